@@ -1,0 +1,78 @@
+"""What every data source produces.
+
+A source returns a `SourceData`: one dataset (split later by `data.splits`) or its own train/val/test
+datasets, plus what is known about it (task, class names). Tensor-backed data is an `ArrayDataset`,
+which the fast in-memory loader batches by indexing (no per-sample `__getitem__`, no collate).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+TASKS = ("classification", "binary", "regression")
+
+
+class ArrayDataset(Dataset):
+    """In-memory samples `x` (N, ...) and targets `y` (N,) or (N, k).
+
+    `transform` maps a batch of inputs (B, ...) to model inputs; it is applied per batch by the fast
+    loader and to a batch of one by `__getitem__`, so both paths give the same values. Images are
+    kept as uint8 (N, C, H, W) and converted to float per batch, which saves 4x memory.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[i : i + 1]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x[0], self.y[i]
+
+    def subset(self, index: torch.Tensor | list[int]) -> ArrayDataset:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ArrayDataset(self.x[index], self.y[index], self.transform)
+
+    def with_transform(self, transform: Callable | None) -> ArrayDataset:
+        return ArrayDataset(self.x, self.y, transform)
+
+
+@dataclass
+class SourceData:
+    """What a data source hands back before splitting."""
+
+    train: Dataset  # all the data when the source has no split of its own
+    val: Dataset | None = None
+    test: Dataset | None = None
+    task: str | None = None  # None: inferred from the targets
+    class_names: list[str] | None = None
+    feature_names: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. {"skipped_files": 2}
+
+
+@dataclass
+class DataBundle:
+    """Split, checked data ready for loaders, plus everything `predict` needs later."""
+
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    task: str  # "classification" | "binary" | "regression"
+    input_shape: tuple[int, ...]  # one sample, e.g. (1, 8, 8), (10,), (T, F)
+    output_dim: int  # classes for classification, 1 for binary, targets for regression
+    class_names: list[str] | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # plain types only (saved in checkpoints)
+    info: dict[str, Any] = field(default_factory=dict)  # dataset summary for the report
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.output_dim if self.task == "classification" else (2 if self.task == "binary" else None)

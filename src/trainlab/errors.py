@@ -1,0 +1,40 @@
+"""Errors a user can cause. The CLI turns every `TrainlabError` into a one-paragraph message and
+exit code 2; anything else is a bug or a failure of the run and exits 1."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class TrainlabError(Exception):
+    """Bad usage, config, data or checkpoint: the message names the key, file or row at fault."""
+
+    exit_code = 2
+
+
+class ConfigError(TrainlabError):
+    """A config key or value is wrong."""
+
+
+class DataError(TrainlabError):
+    """A data file or dataset is wrong (names the file, line or sample)."""
+
+
+class CheckpointError(TrainlabError):
+    """A checkpoint is missing, corrupt or unsafe."""
+
+
+class TrainingDiverged(Exception):
+    """The loss or a gradient became NaN/Inf (exit 1, not a user error)."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """' (did you mean 'a', 'b'?)' or '' when nothing is close."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)]
+    if not close:
+        return ""
+    return " (did you mean " + ", ".join(repr(c) for c in close) + "?)"
