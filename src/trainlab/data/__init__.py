@@ -1,0 +1,203 @@
+"""Data: `build_data(config)` turns `config.data` into a split, checked `DataBundle`.
+
+    source (registry.DATASETS or module:attr) -> SourceData
+      -> task (config.task, else the source's, else inferred from the targets; see `infer_task`)
+      -> splits (data.splits: val/test fractions, stratified, seeded; k-fold)
+      -> label check -> standardisation (fitted on train only) -> transforms -> DataBundle
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from trainlab.config import Config, DataConfig
+from trainlab.data.base import TASKS, ArrayDataset, DataBundle, SourceData
+from trainlab.data.splits import kfold_indices, split_source, targets_of
+from trainlab.errors import ConfigError, DataError
+from trainlab.registry import DATASETS, check_kwargs
+
+__all__ = ["ArrayDataset", "DataBundle", "SourceData", "build_data", "load_source", "infer_task", "kfold_indices",
+           "apply_scaler", "targets_of"]
+
+# Float targets holding only whole numbers are class indices when there are at most this many
+# distinct values (e.g. a CSV label column 0..9); more (e.g. ages, prices) reads as regression.
+MAX_CLASSES_FROM_FLOATS = 20
+
+
+def load_source(cfg: DataConfig) -> SourceData:
+    """Call the source named by `cfg.source` with `cfg.options` (checked against its signature)."""
+    import trainlab.data.sources  # noqa: F401  (fills registry.DATASETS)
+
+    name = cfg.source
+    if name in DATASETS or ":" not in name or name.startswith("torchvision:"):
+        factory = DATASETS.get(name, "data.source")  # unknown -> ConfigError with the closest names
+        check_kwargs(factory, cfg.options, "data.options", skip=("cfg",))
+        source = factory(cfg, **cfg.options)
+    else:
+        obj = DATASETS.get(name, "data.source")  # imports module:attr
+        if not (inspect.isfunction(obj) or (inspect.isclass(obj) and issubclass(obj, Dataset))):
+            raise ConfigError(f"data.source: {name!r} is a {type(obj).__name__}, not a Dataset class or a function "
+                              f"returning datasets")
+        from trainlab.data.user import user_source
+
+        source = user_source(obj, cfg)
+    if not isinstance(source, SourceData):
+        raise TypeError(f"data source {name!r} returned {type(source).__name__}, not SourceData")
+    return source
+
+
+def infer_task(targets: torch.Tensor, class_names: list[str] | None = None) -> str:
+    """The task a target tensor implies (used only when neither config.task nor the source says):
+
+    - more than one target column, or any non-whole value      -> "regression"
+    - class names known: 2 -> "binary", more -> "classification"
+    - whole numbers with 2 distinct values                     -> "binary"
+    - integer dtype (class indices), or float dtype with at most MAX_CLASSES_FROM_FLOATS
+      distinct whole values that are all >= 0                  -> "classification"
+    - anything else (e.g. float ages 18..90)                   -> "regression"
+    """
+    if targets.ndim > 1 and targets.shape[1] > 1:
+        return "regression"
+    t = targets.reshape(-1)
+    if t.is_floating_point() and not bool(torch.all(t == t.round())):
+        return "regression"
+    if class_names is not None:
+        return "binary" if len(class_names) == 2 else "classification"
+    distinct = torch.unique(t)
+    if len(distinct) == 2:
+        return "binary"
+    if not t.is_floating_point() or (len(distinct) <= MAX_CLASSES_FROM_FLOATS and bool(distinct.min() >= 0)):
+        return "classification"
+    return "regression"
+
+
+def _as_task_targets(ds: Dataset | None, task: str) -> Dataset | None:
+    """Class indices as int64, regression values as float32 (only ArrayDataset targets can be changed)."""
+    if not isinstance(ds, ArrayDataset):
+        return ds
+    if task == "regression" and not ds.y.is_floating_point():
+        return ArrayDataset(ds.x, ds.y.to(torch.float32), ds.transform)
+    if task != "regression" and ds.y.is_floating_point() and bool(torch.all(ds.y == ds.y.round())):
+        return ArrayDataset(ds.x, ds.y.to(torch.int64), ds.transform)
+    return ds
+
+
+def _check_labels(splits: dict[str, Dataset], num_classes: int, where: str) -> None:
+    """Every label must be a whole number in [0, num_classes): the error names the value and the split."""
+    for split, ds in splits.items():
+        y = targets_of(ds).reshape(-1)
+        if y.is_floating_point():
+            bad = y[(y != y.round()) | ~torch.isfinite(y)]
+            if len(bad):
+                raise DataError(f"{where}: label {bad[0].item()!r} in the {split} split is not a class index "
+                                f"(a whole number); for numeric targets set task: regression")
+        bad = y[(y < 0) | (y >= num_classes)]
+        if len(bad):
+            value = bad[0].item()
+            hint = "binary targets are 0 and 1" if num_classes == 2 else f"class indices are 0..{num_classes - 1}"
+            raise DataError(f"{where}: label {value:g} in the {split} split is outside [0, {num_classes}): {hint}; "
+                            f"relabel the data from 0, or set task (classification / regression) in the config")
+
+
+def _standardize(train: Dataset, others: list[Dataset | None]) -> tuple[list[Dataset | None], dict[str, Any]]:
+    """Fit per-feature mean/std on the training split (over samples, axis 0) and apply it to every split."""
+    arrays = [ds for ds in [train, *others] if ds is not None]
+    if not all(isinstance(ds, ArrayDataset) for ds in arrays) or not train.x.is_floating_point():
+        raise ConfigError("data.standardize: works on numeric in-memory features (csv and the built-in tabular "
+                          "sets); for images use `Normalize: auto` in data.transforms")
+    mean = train.x.mean(dim=0)  # (F,) or the shape of one sample
+    std = train.x.std(dim=0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature stays as it is, centred
+    scaled = [None if ds is None else ArrayDataset((ds.x - mean) / std, ds.y, ds.transform)
+              for ds in [train, *others]]
+    return scaled, {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def apply_scaler(x: torch.Tensor, scaler: dict[str, Any]) -> torch.Tensor:
+    """(x - mean) / std with the statistics saved in `preprocessing["scaler"]` (for predict)."""
+    mean = torch.as_tensor(scaler["mean"], dtype=x.dtype)
+    std = torch.as_tensor(scaler["std"], dtype=x.dtype)
+    return (x - mean) / std
+
+
+def _class_counts(ds: Dataset | None, class_names: list[str]) -> dict[str, int] | None:
+    if ds is None:
+        return None
+    counts = torch.bincount(targets_of(ds).reshape(-1).long(), minlength=len(class_names))
+    return {name: int(c) for name, c in zip(class_names, counts)}
+
+
+def sample_shape(x: Any) -> tuple[int, ...] | None:
+    """The shape of one input: a tensor's or array's, (C, H, W) of a PIL image, None otherwise."""
+    if hasattr(x, "shape"):
+        return tuple(int(d) for d in x.shape)
+    if hasattr(x, "getbands") and hasattr(x, "size"):  # PIL.Image: size is (W, H)
+        return (len(x.getbands()), x.size[1], x.size[0])
+    return None
+
+
+def build_data(config: Config) -> DataBundle:
+    """Load `config.data.source`, decide the task, split, check labels, standardise, attach transforms."""
+    cfg = config.data
+    source = load_source(cfg)
+    where = f"data source {cfg.source!r}" + (f" ({source.info['path']})" if "path" in source.info else "")
+
+    # The task: config.task wins, then the source's own, then the targets tell (see infer_task).
+    all_targets = targets_of(source.train)
+    task = config.task if config.task != "auto" else (source.task or infer_task(all_targets, source.class_names))
+    if task not in TASKS:
+        raise ValueError(f"data source {cfg.source!r} declared unknown task {task!r}")
+    source.train, source.val, source.test = (_as_task_targets(d, task) for d in (source.train, source.val, source.test))
+
+    train, val, test, split_info = split_source(source, cfg, config.seed, stratified=task != "regression")
+    splits = {name: ds for name, ds in (("train", train), ("val", val), ("test", test)) if ds is not None}
+
+    class_names = source.class_names
+    if task == "regression":
+        y = targets_of(train)
+        output_dim = 1 if y.ndim == 1 else int(y.shape[1])
+        class_names = None
+    else:
+        if class_names is None:  # whole-number labels: named "0", "1", ... up to the largest one
+            top = 1 if task == "binary" else max(int(targets_of(ds).max()) for ds in splits.values())
+            class_names = [str(i) for i in range(max(top + 1, 2))]
+        num_classes = 2 if task == "binary" else len(class_names)
+        if task == "binary" and len(class_names) != 2:
+            raise DataError(f"{where}: task binary needs 2 classes, but the data has {len(class_names)} "
+                            f"({', '.join(class_names[:10])}); set task: classification")
+        _check_labels(splits, num_classes, where)
+        output_dim = 1 if task == "binary" else num_classes
+
+    preprocessing: dict[str, Any] = {"task": task, "class_names": class_names, "feature_names": source.feature_names}
+    preprocessing.update(source.info.pop("preprocessing", {}))
+    if cfg.standardize:
+        (train, val, test), preprocessing["scaler"] = _standardize(train, [val, test])
+
+    raw_shape = sample_shape(train[0][0])
+    try:
+        from trainlab.data.transforms import attach_transforms
+    except ModuleNotFoundError as e:
+        if e.name != "trainlab.data.transforms":
+            raise
+    else:
+        # What the source told (e.g. image_mode, image_size for image folders) plus what is decided here.
+        bundle_info = {**source.info, "source": cfg.source, "task": task, "class_names": class_names,
+                       "input_shape": raw_shape, "seed": config.seed}
+        train, val, test, extra = attach_transforms(train, val, test, cfg, bundle_info)
+        preprocessing.update(extra)
+    input_shape = sample_shape(train[0][0])
+    if input_shape is None:
+        raise DataError(f"{where}: a training sample is a {type(train[0][0]).__name__}, not a tensor; add "
+                        f"ToImage and ToDtype to data.transforms (or return tensors from the dataset)")
+    preprocessing["input_shape"] = list(input_shape)
+
+    splits = {name: ds for name, ds in (("train", train), ("val", val), ("test", test)) if ds is not None}
+    info: dict[str, Any] = {"source": cfg.source, "sizes": {name: len(ds) for name, ds in splits.items()},
+                            **split_info, **source.info}
+    if class_names is not None:
+        info["class_counts"] = {name: _class_counts(ds, class_names) for name, ds in splits.items()}
+    return DataBundle(train=train, val=val, test=test, task=task, input_shape=input_shape, output_dim=output_dim,
+                      class_names=class_names, preprocessing=preprocessing, info=info)

@@ -1,0 +1,168 @@
+"""The `trainlab` command: parses arguments, calls the library, maps errors to exit codes.
+
+Exit codes: 0 success; 2 bad usage, config, data or checkpoint (one paragraph, no traceback);
+1 any other failure, a diverged run included; 130 after SIGINT and 143 after SIGTERM, in both cases
+after saving a resumable checkpoint.
+"""
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import click
+
+from trainlab.errors import TrainingDiverged, TrainlabError
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(textwrap.fill("error: " + message, width=100, break_long_words=False, break_on_hyphens=False), err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns trainlab's own errors into messages and exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        from trainlab.engine.loop import Interrupted
+
+        try:
+            return super().invoke(ctx)
+        except TrainlabError as e:
+            _fail(str(e), 2)
+        except Interrupted as e:
+            click.echo(f"interrupted ({e}); last.pt saved — continue with --resume", err=True)
+            sys.exit(e.exit_code)
+        except TrainingDiverged as e:
+            _fail(str(e), 1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="trainlab")
+def cli() -> None:
+    """trainlab: train, evaluate, diagnose and use PyTorch models from a short YAML file."""
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@click.option("--out", type=click.Path(path_type=Path), help="run directory (default runs/<name>)")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars or epoch lines")
+@click.option("--nproc", type=int, default=None, help="train with N processes on this machine (torchrun + DDP)")
+def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, nproc: int | None) -> None:
+    """Train from CONFIG.yaml (default: the built-in digits example) with KEY=VALUE overrides."""
+    from trainlab.run import train as run_train
+
+    config = None
+    overrides = list(args)
+    if overrides and "=" not in overrides[0]:
+        config = overrides.pop(0)
+    for o in overrides:
+        if "=" not in o:
+            raise TrainlabError(f"argument {o!r} is neither a config file (it must come first) nor a KEY=VALUE override")
+    if nproc and nproc > 1:
+        from trainlab.engine.distributed import launch
+
+        sys.exit(launch(nproc, sys.argv[1:]))
+    if resume and out is None:
+        from trainlab.config import load_config
+        from trainlab.run import default_run_dir
+
+        out = default_run_dir(load_config(config, overrides))
+    run_train(config, overrides, out=out, resume=resume, quiet=quiet)
+
+
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+def eval_(run_dir: Path, split: str) -> None:
+    """Evaluate the best checkpoint of RUN_DIR and print its metrics."""
+    from trainlab.run import evaluate_run
+
+    logs = evaluate_run(run_dir, split)
+    click.echo(f"{split}: " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="CSV to write (default: print it)")
+def predict(run_dir: Path, input_path: Path, out: Path | None) -> None:
+    """Predict on a CSV of feature rows or on image files / a folder, with the run's preprocessing."""
+    from trainlab.predict import predict as run_predict
+
+    text = run_predict(run_dir, input_path, out)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report(run_dir: Path) -> None:
+    """(Re)write RUN_DIR/report.html and RUN_DIR/plots/*.png."""
+    from trainlab.report import write_report
+
+    if not (run_dir / "summary.json").is_file():
+        raise TrainlabError(f"{run_dir} is not a run directory (no summary.json)")
+    click.echo(f"report: {write_report(run_dir)}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("."), show_default=True,
+              help="folder for compare.png and compare.html")
+def compare(run_dirs: tuple[Path, ...], out: Path) -> None:
+    """Compare runs: config differences, best/final metrics, overlaid loss curves."""
+    from trainlab.report.compare import compare_runs
+
+    result = compare_runs(list(run_dirs), out)
+    click.echo(result.get("text", ""))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--compare-shallow", is_flag=True, help="also train a shallower model to tell model bias from optimization")
+@click.option("--batch-sizes", is_flag=True, help="also time updates for batch sizes 1, 2, 4, ...")
+def doctor(run_dir: Path, compare_shallow: bool, batch_sizes: bool) -> None:
+    """Why is training not good? Loss flowchart, critical point, gradient health."""
+    from trainlab.diagnose.doctor import doctor as run_doctor, format_diagnosis
+
+    click.echo(format_diagnosis(run_doctor(run_dir, compare_shallow=compare_shallow, batch_sizes=batch_sizes)))
+
+
+@cli.command("lr-find")
+@click.argument("args", nargs=-1)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="where to save lr_find.png")
+def lr_find(args: tuple[str, ...], out: Path | None) -> None:
+    """LR range test on CONFIG.yaml: prints the suggested learning rate and saves the plot."""
+    from trainlab.diagnose.doctor import format_lr_find, lr_find as run_lr_find
+
+    overrides = list(args)
+    config = overrides.pop(0) if overrides and "=" not in overrides[0] else None
+    click.echo(format_lr_find(run_lr_find(config, overrides, out=out)))
+
+
+@cli.command("list")
+@click.argument("kind", required=False,
+                type=click.Choice(["datasets", "models", "losses", "optimizers", "schedulers", "metrics"]))
+def list_(kind: str | None) -> None:
+    """List the names trainlab knows, with a one-line description each."""
+    from trainlab.registry import KINDS, load_builtins
+
+    load_builtins()
+    for name in [kind] if kind else list(KINDS):
+        click.echo(f"{name}:")
+        for entry in KINDS[name].entries():
+            click.echo(f"  {entry.name:<22} {entry.description}")
+        if kind is None:
+            click.echo("")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="trainlab", standalone_mode=True)
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    return 0

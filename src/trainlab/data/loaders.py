@@ -1,0 +1,175 @@
+"""Loaders: the in-memory fast path and the DataLoader path, both resumable mid-epoch.
+
+Fast path (`TensorLoader`): for an `ArrayDataset` the whole split lives as tensors on the training
+device; a batch is `x[perm[i:i+B]]` — no per-sample `__getitem__`, no collate — and the batch
+transform (float conversion, normalisation, batched augmentation) runs once per batch.
+
+DataLoader path (`make_dataloader`): for lazy data (large image folders, user datasets); decoding
+runs in the workers. A `ResumableSampler` gives the same seeded order and can start mid-epoch.
+
+Both orders are a pure function of (seed, epoch), so a resumed run sees the same batches as an
+uninterrupted one; both shard by rank the way DistributedSampler does (pad by wrapping, then
+`order[rank::world_size]`).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from trainlab.data.base import ArrayDataset
+
+
+def epoch_order(n: int, epoch: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Sample indices of one epoch for one rank (the DistributedSampler recipe: pad, then stride)."""
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g)
+    else:
+        order = torch.arange(n)
+    if world_size > 1:
+        total = -(-n // world_size) * world_size
+        if total > n:
+            order = torch.cat([order, order[: total - n]])
+        order = order[rank::world_size]
+    return order
+
+
+class _Resumable:
+    """Epoch and position (batches already served this epoch): the loader's whole state."""
+
+    epoch: int = 0
+    position: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+class TensorLoader(_Resumable):
+    def __init__(self, dataset: ArrayDataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1):
+        self.dataset = dataset
+        self.x = dataset.x.to(device)  # moved once; batches are slices of these tensors
+        self.y = dataset.y.to(device)
+        self.transform = dataset.transform
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.device, self.rank, self.world_size = seed, torch.device(device), rank, world_size
+        n = len(self.x)
+        self.samples = -(-n // world_size) if world_size > 1 else n
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.samples // self.batch_size
+        return -(-self.samples // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = epoch_order(len(self.x), self.epoch, self.seed, self.shuffle, self.rank, self.world_size).to(self.device)
+        for b in range(self.position, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self.x[idx]
+            if self.transform is not None:
+                x = self.transform(x)
+            self.position = b + 1
+            yield x, self.y[idx]
+        self.epoch, self.position = self.epoch + 1, 0
+
+
+class ResumableSampler(Sampler[tuple[int, int]], _Resumable):
+    """Yields (epoch, index) pairs: the epoch travels with each index into the workers."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return len(epoch_order(self.n, 0, 0, False, self.rank, self.world_size))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = epoch_order(self.n, self.epoch, self.seed, self.shuffle, self.rank, self.world_size)
+        for i in order[self.position * self.batch_size :].tolist():
+            yield self.epoch, i
+
+
+class _SeededItems(Dataset):
+    """Makes per-sample random transforms a function of (seed, epoch, index), so that they repeat
+    exactly on resume whatever the number of workers. Without workers the caller's RNG is restored."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, i = key
+        info = torch.utils.data.get_worker_info()
+        item_seed = ((self.seed * 1_000_003 + epoch) * 10_000_019 + i) % (2**63)
+        if info is None:
+            state = torch.get_rng_state()
+            torch.manual_seed(item_seed)
+            try:
+                return self.dataset[i]
+            finally:
+                torch.set_rng_state(state)
+        torch.manual_seed(item_seed)
+        return self.dataset[i]
+
+
+class ResumableDataLoader(_Resumable):
+    """A torch DataLoader over a ResumableSampler; tracks the position in batches."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False,
+                 seed: int = 0, num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool | None = None,
+                 rank: int = 0, world_size: int = 1, collate_fn=None):
+        self.sampler = ResumableSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                                        world_size=world_size)
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.dataset = dataset
+        self.loader = DataLoader(_SeededItems(dataset, seed),
+                                 batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
+                                 num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_fn,
+                                 persistent_workers=bool(persistent_workers) and num_workers > 0)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.sampler.epoch, self.sampler.position = self.epoch, self.position
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        super().load_state_dict(state)
+        self.sampler.epoch, self.sampler.position = self.epoch, self.position
+
+    def __iter__(self) -> Iterator[Any]:
+        self.sampler.epoch, self.sampler.position = self.epoch, self.position
+        for batch in self.loader:
+            self.position += 1
+            yield batch
+        self.epoch, self.position = self.epoch + 1, 0
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool = False, seed: int = 0,
+                device: torch.device | str = "cpu", num_workers: int = 0, pin_memory: bool | str = "auto",
+                persistent_workers: bool | None = None, in_memory: bool | str = "auto", rank: int = 0,
+                world_size: int = 1) -> TensorLoader | ResumableDataLoader:
+    """The fast path for tensor-backed data, the DataLoader path for everything else."""
+    device = torch.device(device)
+    if isinstance(dataset, ArrayDataset) and in_memory is not False:
+        return TensorLoader(dataset, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device,
+                            rank=rank, world_size=world_size)
+    if pin_memory == "auto":
+        pin_memory = device.type == "cuda"
+    return ResumableDataLoader(dataset, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                               num_workers=num_workers, pin_memory=bool(pin_memory),
+                               persistent_workers=persistent_workers, rank=rank, world_size=world_size)

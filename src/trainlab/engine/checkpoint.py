@@ -1,0 +1,156 @@
+"""Checkpoints: atomic writes, a sha256 beside each file, and loading that never runs code.
+
+Writing: the bytes go to a temp file in the same folder (flush, fsync), then its sha256 to a temp
+sidecar, then both are renamed into place (the checkpoint first). A kill at any moment leaves the
+previous checkpoint intact; a kill between the two renames leaves a finished temp sidecar that
+`load_checkpoint` uses to complete the write. Leftover temp files are removed by `clean_temp_files`.
+
+Loading: `torch.load(weights_only=True)` only — no fallback, whatever the environment says — so a
+malicious pickle is refused without running anything. A checkpoint holds plain types only.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainlab.errors import CheckpointError
+
+TMP_MARK = ".tmp-"
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_tmp(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror} (the previous checkpoint is intact)") from None
+    return tmp
+
+
+_fault_hook = None  # tests may set TRAINLAB_FAULT_PAUSE_IN_SAVE to pause inside a save
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    tmp = _write_tmp(path, data)
+    pause = os.environ.get("TRAINLAB_FAULT_PAUSE_IN_SAVE")
+    if pause:  # test-only fault hook: a window in which a kill lands mid-save
+        Path(pause).write_text(str(os.getpid()))
+        import time
+        time.sleep(30)
+    tmp_sha = _write_tmp(sha_path(path), f"{digest}  {path.name}\n".encode())
+    os.replace(tmp, path)
+    os.replace(tmp_sha, sha_path(path))
+    _fsync_dir(path.parent)
+
+
+def sha_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def clean_temp_files(folder: Path) -> None:
+    for p in folder.glob(f".*{TMP_MARK}*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _recorded_digest(path: Path) -> str | None:
+    side = sha_path(path)
+    return side.read_text().split()[0] if side.is_file() and side.read_text().strip() else None
+
+
+@contextlib.contextmanager
+def _no_unsafe_env():
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD must never turn safe loading off."""
+    saved = {k: os.environ.pop(k) for k in ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",) if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    recorded = _recorded_digest(path)
+    if recorded is not None and recorded != digest:
+        # A kill between the two renames of a save leaves the new sidecar as a temp file.
+        pending = [p for p in path.parent.glob(f".{sha_path(path).name}{TMP_MARK}*")
+                   if p.read_text().split()[:1] == [digest]]
+        if pending:
+            os.replace(pending[0], sha_path(path))
+        else:
+            raise CheckpointError(f"corrupt checkpoint: {path} (its sha256 does not match {sha_path(path).name})")
+    try:
+        with _no_unsafe_env():
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to load safely means we refuse the file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "Unsupported operand" in str(e):
+            raise CheckpointError(f"unsafe checkpoint refused: {path} holds Python objects that loading would "
+                                  f"execute or construct ({reason[:160]}); trainlab only loads plain tensors and "
+                                  f"numbers") from None
+        raise CheckpointError(f"corrupt checkpoint: {path} ({reason[:160]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"corrupt checkpoint: {path} (not a trainlab checkpoint)")
+    return state
+
+
+# ----------------------------------------------------------------------------- RNG state, plain types
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": _py_state_plain(random.getstate()),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": int(np_state["state"]["pos"]),
+                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _py_state_plain(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,531 @@
+"""The training loop: `Trainer.fit` runs epochs of `train_step` (zero_grad -> forward -> loss ->
+backward -> step) and `evaluate` (under `torch.inference_mode()`), with checkpoints holding the full
+training state so that a killed run resumes bit-identically.
+
+Cost notes: the loop never syncs the host with the device per step. Losses and the count of
+non-finite losses are accumulated as device tensors and read every `log_every_n_steps` steps, at
+epoch ends and before every checkpoint write (so a non-finite model is never saved).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from trainlab.config import TrainConfig
+from trainlab.data.base import ArrayDataset
+from trainlab.data.loaders import TensorLoader, make_loader
+from trainlab.engine import checkpoint as ckpt
+from trainlab.engine.callbacks import Callback, CallbackList
+from trainlab.errors import ConfigError, TrainingDiverged
+from trainlab.metrics import TaskMetrics, prepare
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; the current step finished and last.pt was written."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} asked for but CUDA is not available here; use auto or cpu")
+    return device
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DistributedDataParallel and/or torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+class EarlyStopping(Callback):
+    """Stops when `monitor` has not improved by `min_delta` for `patience` epochs."""
+
+    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float = 0.0):
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.best: float | None = None
+        self.wait = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        value = logs.get("monitored")
+        if value is None:
+            return
+        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                       else value > self.best + self.min_delta)
+        if better:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.stop_training = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait, "stop_training": self.stop_training}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wait, self.stop_training = state["best"], state["wait"], state["stop_training"]
+
+
+def monitor_mode(monitor: str, mode: str) -> str:
+    if mode != "auto":
+        return mode
+    return "min" if any(w in monitor for w in ("loss", "mse", "mae", "rmse", "error")) else "max"
+
+
+def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable, metrics: TaskMetrics | None,
+             device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext,
+             keep_outputs: bool = False) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
+    """Mean loss and metrics over a loader; optionally the outputs and targets (for plots/predict)."""
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), device=device)
+    count = 0
+    outputs, targets = [], []
+    with torch.inference_mode():
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast():
+                out = model(x)
+                loss = loss_fn(out, y)
+            total_loss += loss.float() * len(y)
+            count += len(y)
+            if metrics is not None:
+                metrics.update(out, y)
+            if keep_outputs:
+                outputs.append(out.float().cpu())
+                targets.append(y.cpu())
+    model.train(was_training)
+    total_loss, count = _all_reduce_sum(total_loss, count)
+    logs = {"loss": float(total_loss) / max(count, 1)}  # note: one host sync per evaluation
+    if metrics is not None:
+        logs.update(metrics.compute())
+    kept = {"output": torch.cat(outputs), "target": torch.cat(targets)} if keep_outputs and outputs else None
+    return logs, kept
+
+
+def _all_reduce_sum(total: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.stack([total.float(), torch.tensor(float(count), device=total.device)])
+        torch.distributed.all_reduce(t)
+        return t[0], int(t[1])
+    return total, count
+
+
+class Trainer:
+    """Trains any `nn.Module` on any `Dataset`/`DataLoader` with a loss callable and an optimizer.
+
+        trainer = Trainer(model, train_set, val_set, loss_fn=nn.CrossEntropyLoss(),
+                          optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=3)
+        history = trainer.fit()
+
+    Keyword arguments not listed take their values from `TrainConfig` (epochs, max_steps, device,
+    grad_accum, grad_clip, precision, monitor, log_every_n_steps, ...).
+    """
+
+    def __init__(self, model: nn.Module, train_data: Dataset | DataLoader | TensorLoader,
+                 val_data: Dataset | DataLoader | TensorLoader | None = None, *,
+                 loss_fn: Callable | None = None, optimizer: torch.optim.Optimizer | None = None,
+                 scheduler: Any = None, task: str | None = None, metrics: TaskMetrics | list[str] | None = None,
+                 batch_size: int = 64, eval_batch_size: int | None = None, seed: int = 0,
+                 callbacks: list[Callback] = (), train: TrainConfig | None = None,
+                 checkpoint_dir: Any = None, extra_state: dict[str, Any] | None = None,
+                 rank: int = 0, world_size: int = 1, **train_kwargs: Any):
+        self.cfg = (train or TrainConfig()).model_copy(update=train_kwargs) if train_kwargs else (train or TrainConfig())
+        if train_kwargs:
+            TrainConfig.model_validate(self.cfg.model_dump())  # validate the overrides
+        self.device = resolve_device(self.cfg.device)
+        self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
+        self.seed = seed
+        self.model = model.to(self.device)
+        if self.cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.optimizer = optimizer or torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.scheduler = scheduler
+        self.task = task or _task_from_loss(self.loss_fn)
+        self.train_loader = self._loader(train_data, batch_size, shuffle=True)
+        eval_bs = eval_batch_size or batch_size * 4  # no gradients kept: a larger batch is cheaper per sample
+        self.val_loader = self._loader(val_data, eval_bs, shuffle=False) if val_data is not None else None
+        self.metric_names = metrics if isinstance(metrics, list) else None
+        self.metrics = metrics if isinstance(metrics, TaskMetrics) else None
+        self.callbacks = CallbackList(list(callbacks))
+        self.checkpoint_dir = checkpoint_dir  # a folder (Path) for last.pt/best.pt, or None
+        self.extra_state = extra_state or {}
+        self.mode = monitor_mode(self.cfg.monitor, self.cfg.mode)
+        if self.cfg.early_stopping.patience:
+            self.callbacks = CallbackList([*self.callbacks.callbacks, EarlyStopping(
+                self.cfg.monitor, self.mode, self.cfg.early_stopping.patience, self.cfg.early_stopping.min_delta)])
+        self._setup_precision()
+        # Training state (all of it goes into checkpoints).
+        self.epoch = 0  # completed epochs
+        self.global_step = 0  # optimizer steps
+        self.best: dict[str, Any] = {"metric": self.cfg.monitor, "value": None, "epoch": None}
+        self.history: list[dict[str, Any]] = []
+        self.nan_skipped = 0
+        self.samples_seen = 0
+        self.train_time = 0.0
+        self.data_wait = 0.0
+        self.status = "running"
+        self.flops_per_sample: float | None = None
+        self._interrupt: int | None = None
+
+    # ------------------------------------------------------------------ setup helpers
+    def _loader(self, data: Any, batch_size: int, shuffle: bool) -> Any:
+        if isinstance(data, (TensorLoader, DataLoader)) or hasattr(data, "state_dict") and hasattr(data, "__iter__") \
+                and not isinstance(data, Dataset):
+            return data
+        return make_loader(data, batch_size, shuffle=shuffle, seed=self.seed, device=self.device,
+                           rank=self.rank, world_size=self.world_size)
+
+    def _setup_precision(self) -> None:
+        p = self.cfg.precision
+        if p == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.precision: fp16 needs a CUDA device (GradScaler); on CPU use bf16 or fp32")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler("cuda") if p == "fp16" else None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "trainlab-checkpoint-1",
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": ckpt.rng_state(),
+            "loader": self.train_loader.state_dict() if hasattr(self.train_loader, "state_dict") else None,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best": dict(self.best),
+            "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks.callbacks},
+            "history": list(self.history),
+            "nan_skipped": self.nan_skipped,
+            "samples_seen": self.samples_seen,
+            "train_time": self.train_time,
+            **self.extra_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if state.get("loader") is not None and hasattr(self.train_loader, "load_state_dict"):
+            self.train_loader.load_state_dict(state["loader"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.best = dict(state["best"])
+        self.history = list(state["history"])
+        self.nan_skipped = int(state.get("nan_skipped", 0))
+        self.samples_seen = int(state.get("samples_seen", 0))
+        self.train_time = float(state.get("train_time", 0.0))
+        for c in self.callbacks.callbacks:
+            if type(c).__name__ in state.get("callbacks", {}):
+                c.load_state_dict(state["callbacks"][type(c).__name__])
+        ckpt.set_rng_state(state["rng"])  # last: everything above may have drawn random numbers
+
+    def save(self, name: str) -> None:
+        if self.checkpoint_dir is None or not self.is_main:
+            return
+        self._check_finite()  # never write non-finite weights
+        ckpt.save_checkpoint(self.state_dict(), self.checkpoint_dir / name)
+
+    # ------------------------------------------------------------------ the loop
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, update: bool) -> torch.Tensor:
+        """Forward, loss and backward on one batch; optimizer step when `update` (gradient accumulation)."""
+        with self.autocast():
+            output = self.model(x)
+            loss = self.loss_fn(output, y)
+        scaled = loss / self.cfg.grad_accum
+        if self.scaler is not None:
+            self.scaler.scale(scaled).backward()
+        else:
+            scaled.backward()
+        if self._train_correct is not None:
+            with torch.no_grad():
+                preds, target = prepare(self.task, output, y)
+                hit = (preds.argmax(-1) == target) if self.task == "classification" else ((preds > 0.5).long() == target)
+                self._train_correct += hit.sum()
+        if update:
+            if self.callbacks.has("on_after_backward"):
+                self.callbacks.call("on_after_backward", self.global_step, {"model": self.model})
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            if self.cfg.grad_clip is not None:
+                norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                self._nonfinite_check(norm)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def _nonfinite_check(self, value: torch.Tensor) -> None:
+        # Records the first step whose loss/grad norm is not finite, without a host sync.
+        bad = ~torch.isfinite(value.float())
+        self._first_bad = torch.where(bad & (self._first_bad < 0), self.global_step, self._first_bad)
+
+    def _check_finite(self) -> None:
+        first_bad = getattr(self, "_first_bad", None)
+        if first_bad is not None and int(first_bad) >= 0:  # note: host sync
+            step = int(first_bad)
+            raise TrainingDiverged(
+                f"the loss or a gradient became NaN/Inf at epoch {self._step_epoch.get(step, self.epoch + 1)}, "
+                f"step {step + 1} (batch {self._step_batch.get(step, '?')} of the epoch); last.pt and best.pt keep "
+                f"the last finite weights. Try a lower optimizer.lr, train.grad_clip, or train.nan_policy=skip.")
+
+    def fit(self, resume_state: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Train for `train.epochs` epochs (or `train.max_steps` steps); returns the history."""
+        if resume_state is not None:
+            self.load_state_dict(resume_state)
+        steps_per_epoch = max(1, math.ceil(len(self.train_loader) / self.cfg.grad_accum))
+        total_epochs = self.cfg.epochs
+        if self.cfg.max_steps is not None:
+            total_epochs = min(total_epochs, math.ceil(self.cfg.max_steps / steps_per_epoch))
+        self.total_epochs = total_epochs
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._step_epoch: dict[int, int] = {}
+        self._step_batch: dict[int, int] = {}
+        self.callbacks.call("on_train_begin", {"trainer": self, "model": self.model, "optimizer": self.optimizer})
+        previous = self._install_signal_handlers()
+        self.model.train()
+        try:
+            while self.epoch < total_epochs and not self._done():
+                self._train_epoch(steps_per_epoch)
+                if self.callbacks.stop_training or self._done():
+                    break
+            self.status = "completed"
+        except Interrupted:
+            self.status = "interrupted"
+            raise
+        except TrainingDiverged:
+            self.status = "failed"
+            raise
+        finally:
+            self._restore_signal_handlers(previous)
+        return self.history
+
+    def _done(self) -> bool:
+        return self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps
+
+    def _train_epoch(self, steps_per_epoch: int) -> None:
+        epoch = self.epoch + 1  # 1-based in logs
+        loader = self.train_loader
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(self.epoch)
+        start_position = getattr(loader, "position", 0)
+        self.callbacks.call("on_epoch_begin", epoch, {"position": start_position // self.cfg.grad_accum})
+        self.model.train()
+        accum = self.cfg.grad_accum
+        n_batches = len(loader)
+        running = torch.zeros((), device=self.device)  # sum of loss*batch since the last log
+        epoch_loss = torch.zeros((), device=self.device)
+        self._train_correct = torch.zeros((), device=self.device, dtype=torch.long) \
+            if self.task in ("classification", "binary") else None
+        epoch_samples = interval_samples = 0
+        last_log_step = self.global_step
+        t_epoch = t_log = time.perf_counter()
+        wait = 0.0
+        batch_index = start_position
+        t_fetch = time.perf_counter()
+        for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            wait += time.perf_counter() - t_fetch
+            batch_index += 1
+            update = batch_index % accum == 0 or batch_index == n_batches
+            if self.cfg.nan_policy == "skip":
+                loss = self._skip_nonfinite_step(x, y, update)
+            else:
+                loss = self.train_step(x, y, update)
+                self._nonfinite_check(loss)
+            bs = len(y)
+            running += loss * bs
+            epoch_loss += loss * bs
+            epoch_samples += bs
+            interval_samples += bs
+            if not update:
+                t_fetch = time.perf_counter()
+                continue
+            self._step_epoch[self.global_step] = epoch
+            self._step_batch[self.global_step] = batch_index
+            self.global_step += 1
+            if self.scheduler is not None:
+                self.scheduler.step_batch()
+            logs: dict[str, Any] = {"epoch": epoch, "batch_size": bs, "steps_since": 1}
+            if self.global_step % self.cfg.log_every_n_steps == 0:
+                self._check_finite()
+                now = time.perf_counter()
+                logs["loss"] = float(running) / max(interval_samples, 1)  # note: host sync, once per interval
+                logs["lr"] = self.optimizer.param_groups[0]["lr"]
+                logs["samples_per_second"] = interval_samples / max(now - t_log, 1e-9)
+                if self.flops_per_sample and getattr(self, "peak_flops", None):
+                    logs["mfu"] = logs["samples_per_second"] * self.flops_per_sample / self.peak_flops
+                running.zero_()
+                interval_samples, t_log = 0, now
+                self._step_epoch = {k: v for k, v in self._step_epoch.items() if k >= last_log_step}
+                self._step_batch = {k: v for k, v in self._step_batch.items() if k >= last_log_step}
+                last_log_step = self.global_step
+            if self.callbacks.has("on_batch_end"):
+                self.callbacks.call("on_batch_end", self.global_step, logs)
+            if self.cfg.checkpoint_every_n_steps and self.global_step % self.cfg.checkpoint_every_n_steps == 0:
+                self.save("last.pt")
+            if self._interrupt is not None:
+                self._on_interrupt(t_epoch, epoch_samples, wait)
+            if self._done():
+                break
+            t_fetch = time.perf_counter()
+        self._check_finite()
+        elapsed = time.perf_counter() - t_epoch
+        self.train_time += elapsed
+        self.data_wait += wait
+        self.samples_seen += epoch_samples
+        train_logs = {"loss": float(epoch_loss) / max(epoch_samples, 1)}
+        if self._train_correct is not None:
+            train_logs["accuracy"] = float(self._train_correct) / max(epoch_samples, 1)
+        train_logs["samples_per_second"] = epoch_samples / max(elapsed, 1e-9)
+        train_logs["data_wait_fraction"] = wait / max(elapsed, 1e-9)
+        self.epoch += 1
+        val_logs = self.validate()
+        monitored = self._monitored(train_logs, val_logs)
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None:
+            self.scheduler.step_epoch({**{f"train_{k}": v for k, v in train_logs.items()},
+                                       **{f"val_{k}": v for k, v in (val_logs or {}).items()}})
+        row = {"epoch": epoch, "step": self.global_step, "lr": lr, "train": train_logs, "val": val_logs,
+               "monitored": monitored}
+        self.history.append({"epoch": epoch, "step": self.global_step, "lr": lr, "elapsed_seconds": self.train_time,
+                             **{f"train_{k}": v for k, v in train_logs.items()},
+                             **{f"val_{k}": v for k, v in (val_logs or {}).items()}})
+        improved = monitored is not None and (self.best["value"] is None or (
+            monitored < self.best["value"] if self.mode == "min" else monitored > self.best["value"]))
+        if improved:
+            self.best.update(value=monitored, epoch=epoch)
+        self.callbacks.call("on_epoch_end", epoch, row)
+        if improved:
+            self.save("best.pt")
+        self.save("last.pt")
+        if self._interrupt is not None:
+            raise Interrupted(self._interrupt)
+
+    def validate(self) -> dict[str, float] | None:
+        if self.val_loader is None:
+            return None
+        if self.metrics is None:
+            self.metrics = self._make_metrics()
+        logs, _ = evaluate(self.model, self.val_loader, self.loss_fn, self.metrics, self.device, self.autocast)
+        return logs
+
+    def _make_metrics(self) -> TaskMetrics | None:
+        x, _ = next(iter(self._peek_loader()))
+        with torch.inference_mode():
+            was = self.model.training
+            self.model.eval()
+            out = self.model(x[:2].to(self.device))
+            self.model.train(was)
+        num_classes = out.shape[-1] if self.task == "classification" else None
+        return TaskMetrics(self.task, num_classes, out.shape[-1] if out.dim() > 1 else 1, self.metric_names).to(self.device)
+
+    def _peek_loader(self) -> Iterable:
+        loader = self.val_loader or self.train_loader
+        if isinstance(loader, TensorLoader):
+            return [(loader.x[:2] if loader.transform is None else loader.transform(loader.x[:2]), loader.y[:2])]
+        return loader
+
+    def _monitored(self, train_logs: dict[str, float], val_logs: dict[str, float] | None) -> float | None:
+        split, _, name = self.cfg.monitor.partition("_")
+        source = {"train": train_logs, "val": val_logs or {}}.get(split)
+        if source is None or (split == "val" and val_logs is None):
+            source, name = train_logs, name if split in ("train", "val") else self.cfg.monitor
+        if name not in source:
+            available = [f"train_{k}" for k in train_logs] + [f"val_{k}" for k in (val_logs or {})]
+            raise ConfigError(f"train.monitor: {self.cfg.monitor!r} is not a logged value; available: {', '.join(available)}")
+        return source[name]
+
+    def _skip_nonfinite_step(self, x: torch.Tensor, y: torch.Tensor, update: bool) -> torch.Tensor:
+        """nan_policy=skip: a batch whose loss or gradients are not finite changes nothing (one sync per step)."""
+        with self.autocast():
+            output = self.model(x)
+            loss = self.loss_fn(output, y)
+        if not torch.isfinite(loss):
+            self.nan_skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return torch.zeros((), device=self.device)
+        (loss / self.cfg.grad_accum).backward()
+        if update:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if not torch.isfinite(norm):
+                self.nan_skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                return torch.zeros((), device=self.device)
+            if self.cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, self._handle_signal)
+        return previous
+
+    def _restore_signal_handlers(self, previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _handle_signal(self, signum: int, frame: Any) -> None:
+        if self._interrupt is not None and signum == signal.SIGINT:
+            print("\nsecond Ctrl-C: exiting now", file=sys.stderr, flush=True)
+            import os
+            os._exit(130)
+        self._interrupt = signum
+        if self.is_main:
+            print(f"\n{signal.Signals(signum).name} received: finishing the current step and saving last.pt "
+                  f"(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+
+    def _on_interrupt(self, t_epoch: float, epoch_samples: int, wait: float) -> None:
+        self.train_time += time.perf_counter() - t_epoch
+        self.samples_seen += epoch_samples
+        self.data_wait += wait
+        self.save("last.pt")
+        raise Interrupted(self._interrupt)
+
+
+def _task_from_loss(loss_fn: Callable) -> str:
+    inner = getattr(loss_fn, "loss", loss_fn)
+    if isinstance(inner, (nn.CrossEntropyLoss, nn.NLLLoss, nn.MultiMarginLoss)):
+        return "classification"
+    if isinstance(inner, (nn.BCEWithLogitsLoss, nn.BCELoss, nn.SoftMarginLoss)):
+        return "binary"
+    return "regression"
