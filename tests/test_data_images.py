@@ -140,7 +140,7 @@ def test_lazy_varying_sizes_with_fixed_size_transforms(tmp_path):
     assert isinstance(src.train, ImageFileDataset) and src.info["image_sizes_vary"]
     train, _, _, pre = attach_transforms(src.train, src.train, None, cfg, src.info)
     assert train[0][0].shape == (3, 8, 8) and train[1][0].shape == (3, 8, 8)
-    assert pre["eval_transforms"][:2] == [{"Resize": 8}, {"CenterCrop": 8}] and pre["image_size"] is None
+    assert pre["eval_transforms"][:2] == [{"Resize": {"size": 8}}, {"CenterCrop": {"size": 8}}] and pre["image_size"] is None
 
 
 def test_predict_transform_matches_evaluation(tmp_path):

@@ -31,6 +31,15 @@ CIFAR_LAYERS = [{"Conv2d": [3, 20, 5]}, {"MaxPool2d": [2]}, {"Conv2d": [20, 50, 
                 "Flatten", {"Linear": [800, 500]}, {"Linear": [500, 10]}]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_batch(shape, task, n=16):
     x = torch.randn(n, *shape)
     if task == "classification":
@@ -132,6 +141,14 @@ def test_one_channel_and_flat_inputs_fit_every_kind_of_model(name, shape):
         assert isinstance(model.features[0], nn.Conv2d if shape == (784,) else nn.Conv1d)
 
 
+def test_build_model_accepts_a_data_bundle():
+    from trainlab.data.base import DataBundle
+
+    bundle = DataBundle(train=None, val=None, test=None, task="binary", input_shape=(6,), output_dim=1)
+    model = build_model(ModelConfig(name="mlp", hidden=[4]), bundle)
+    assert model(torch.zeros(2, 6)).shape == (2, 1)
+
+
 def test_auto_picks_by_the_rank_of_a_sample():
     assert type(build_model(ModelConfig(), (1, 8, 8), 10)).__name__ == "SmallCNN"
     assert isinstance(build_model(ModelConfig(), (20, 3), 10).rnn, nn.LSTM)
@@ -221,6 +238,10 @@ def test_bad_init_names_are_config_errors():
         apply_init(model, {"Lineer": "zeros"})
     with pytest.raises(ConfigError, match=r"model.init.bias: xavier_uniform cannot initialise"):
         apply_init(model, {"bias": "xavier_uniform"})
+    with pytest.raises(ConfigError, match=r"model.init.Linear.nonlinearity: unknown nonlinearity 'relux' \(did you mean 'relu'"):
+        apply_init(model, {"Linear": {"scheme": "xavier_normal", "nonlinearity": "relux"}})
+    with pytest.raises(ConfigError, match=r"model.init.Linear.mod: .*\(did you mean 'mode'"):
+        apply_init(model, {"Linear": {"scheme": "kaiming_normal", "mod": "fan_out"}})
 
 
 def test_torchvision_model_adapts_channels_and_classes():
@@ -229,6 +250,8 @@ def test_torchvision_model_adapts_channels_and_classes():
     assert check_shapes(model, torch.zeros(2, 1, 32, 32)) == (2, 3)
     with pytest.raises(ConfigError, match=r"unknown torchvision model 'resnet181' \(did you mean 'resnet18'"):
         build_model(ModelConfig(name="torchvision:resnet181"), (3, 32, 32), 3)
+    with pytest.raises(ConfigError, match=r"model.zero_init_residul: .*\(did you mean 'zero_init_residual'"):
+        build_model(ModelConfig(name="torchvision:resnet18", zero_init_residul=True), (3, 32, 32), 3)
     pretrained_shape = nn.Sequential(nn.Flatten(), nn.Linear(4, 1000))  # a head built for ImageNet's 1000 classes
     adapt_classifier(pretrained_shape, 7)
     assert pretrained_shape[1].out_features == 7 and pretrained_shape[1].in_features == 4

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from trainlab.report import write_plots, write_report
-from trainlab.report.plots import ema
+from trainlab.report.plots import _plan, ema, plot_misclassified
 from trainlab.report.rundir import first_conv_from_safetensors, read_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -121,19 +121,34 @@ def assert_png_not_blank(path: Path) -> None:
 
 # ----------------------------------------------------------------------------- plots
 
+CLASSIFICATION_PLOTS = {"loss", "metrics", "lr", "confusion_matrix", "roc", "precision_recall", "misclassified",
+                        "conv_kernels", "layer_norms"}
+
+
+@pytest.fixture(scope="module")
+def classification_report(tmp_path_factory) -> Path:
+    """One classification run with its report written once for the tests below (plots cost seconds)."""
+    run = make_classification_run(tmp_path_factory.mktemp("cls") / "run")
+    write_report(run)
+    return run
+
+
 @pytest.mark.parametrize("make, expected, absent", [
-    (make_classification_run,
-     {"loss", "metrics", "lr", "confusion_matrix", "roc", "precision_recall", "misclassified", "conv_kernels", "layer_norms"},
-     {"regression", "fitted_curve"}),
+    (None, CLASSIFICATION_PLOTS, {"regression", "fitted_curve"}),
     (make_binary_run, {"loss", "metrics", "lr", "confusion_matrix", "roc", "precision_recall", "fitted_curve"},
      {"misclassified", "regression", "conv_kernels", "layer_norms"}),
     (make_regression_run, {"loss", "metrics", "lr", "regression", "fitted_curve"},
      {"confusion_matrix", "roc", "precision_recall", "misclassified", "conv_kernels"}),
 ], ids=["classification", "binary", "regression"])
-def test_write_plots_writes_every_applicable_plot(tmp_path, make, expected, absent):
-    run = make(tmp_path / "run")
+def test_write_plots_writes_every_applicable_plot(tmp_path, classification_report, make, expected, absent):
     skipped: dict[str, str] = {}
-    plots = write_plots(run, skipped)
+    if make is None:  # the shared classification run: its plots are on disk; re-plan without drawing
+        run = classification_report
+        plots = {p.stem: p for p in (run / "plots").glob("*.png")}
+        skipped = {name: why for name, (why, _) in _plan(read_run(run)).items() if why}
+    else:
+        run = make(tmp_path / "run")
+        plots = write_plots(run, skipped)
     assert expected <= set(plots), set(plots)
     assert not absent & set(plots)
     assert absent <= set(skipped) and all(skipped[n] for n in absent)  # each skip says why
@@ -151,7 +166,25 @@ def test_misclassified_images_from_image_index(tmp_path):
     images, true, pred = read_run(run).misclassified_images()
     np.testing.assert_array_equal(true, p["target"][wrong])
     assert (pred != true).all()
-    assert "misclassified" in write_plots(run)
+    assert_png_not_blank(plot_misclassified(images, true, pred, [str(i) for i in range(10)], tmp_path / "m.png"))
+
+
+def test_a_plot_that_fails_is_skipped_with_its_reason_and_the_others_are_written(tmp_path):
+    """A target label outside the output's classes breaks the ROC's one-hot encoding, not the report."""
+    run = make_binary_run(tmp_path / "run")
+    p = dict(np.load(run / "predictions" / "val.npz"))
+    probs = np.stack([1 - p["output"], p["output"], np.zeros_like(p["output"])], axis=1)  # (N, 3)
+    target = p["target"].copy()
+    target[0] = 7
+    np.savez(run / "predictions" / "val.npz", target=target, output=probs)
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(task="classification", class_names=["a", "b", "c"])
+    (run / "summary.json").write_text(json.dumps(summary))
+    skipped: dict[str, str] = {}
+    with pytest.warns(UserWarning, match="roc"):
+        plots = write_plots(run, skipped)
+    assert "IndexError" in skipped["roc"]
+    assert {"loss", "confusion_matrix", "precision_recall"} <= set(plots)
 
 
 def test_conv_kernels_come_from_the_first_conv_in_safetensors(tmp_path):
@@ -204,10 +237,9 @@ def _parse(path: Path) -> _Collector:
     return parser
 
 
-def test_report_html_is_self_contained_and_complete(tmp_path):
-    run = make_classification_run(tmp_path / "run")
-    report = write_report(run)
-    assert report == run / "report.html"
+def test_report_html_is_self_contained_and_complete(classification_report):
+    run = classification_report
+    report = run / "report.html"
     page = _parse(report)
     text = " ".join(page.text)
     tags = [t for t, _ in page.tags]

@@ -69,7 +69,7 @@ def test_random_resized_crop_batched():
 
 def test_deterministic_batch_equals_per_sample_compose():
     x = torch.randint(0, 256, (3, 3, 9, 7), dtype=torch.uint8)
-    items = [{"Resize": [6, 6]}, {"CenterCrop": 4}, "ToTensor", {"Normalize": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.4]}}]
+    items = [{"Resize": {"size": [6, 6]}}, {"CenterCrop": 4}, "ToTensor", {"Normalize": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.4]}}]
     batched = BatchTransform(items)(x)
     per_sample = torch.stack([build_transforms(items)(s) for s in x])
     torch.testing.assert_close(batched, per_sample)
@@ -95,13 +95,15 @@ def test_normalize_auto_uses_training_statistics():
 def test_eval_transforms_default_to_the_deterministic_part():
     items = [{"RandomCrop": {"size": 4, "padding": 1}}, "RandomHorizontalFlip", {"ColorJitter": {"brightness": 0.2}},
              {"RandomResizedCrop": 4}, {"Normalize": [[0.5], [0.5]]}]
-    assert eval_items(items) == [{"CenterCrop": 4}, {"Resize": 4}, {"CenterCrop": 4}, {"Normalize": [[0.5], [0.5]]}]
+    assert eval_items(items) == [{"CenterCrop": {"size": 4}}, {"Resize": {"size": 4}}, {"CenterCrop": {"size": 4}},
+                                 {"Normalize": [[0.5], [0.5]]}]
     x = ArrayDataset(torch.randint(0, 256, (4, 1, 6, 6), dtype=torch.uint8), torch.arange(4))
     train, val, _, pre = attach_transforms(x, x, None, DataConfig(transforms=items), {})
     # ColorJitter has no batched version: training falls back to per-sample v2, evaluation stays batched.
     assert isinstance(train, TransformedDataset) and pre["fast_path"] is False
     assert pre["fast_path_unsupported"] == ["ColorJitter"]
-    assert isinstance(val, ArrayDataset) and torch.equal(val[0][0], val[0][0])
+    expected = (F.center_crop(x.x[0], 4).float() / 255 - 0.5) / 0.5  # the deterministic part only
+    assert isinstance(val, ArrayDataset) and torch.allclose(val[0][0], expected, atol=1e-6)
     assert train[0][0].shape == (1, 4, 4) and val[0][0].shape == (1, 4, 4)
 
 

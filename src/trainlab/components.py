@@ -30,6 +30,10 @@ def to_dtype(value: Any) -> Any:
     return value
 
 
+# Transforms whose first argument is a size: a two-number list is that size, not two arguments.
+_SIZE_FIRST = {"Resize", "CenterCrop", "RandomCrop", "RandomResizedCrop", "FiveCrop", "TenCrop"}
+
+
 def parse_item(item: Any, key: str) -> tuple[str, list[Any], dict[str, Any]]:
     """One list item -> (class name, args, kwargs)."""
     if isinstance(item, str):
@@ -41,6 +45,8 @@ def parse_item(item: Any, key: str) -> tuple[str, list[Any], dict[str, Any]]:
         if isinstance(value, dict):
             return name, [], {k: to_dtype(v) for k, v in value.items()}
         if isinstance(value, list):
+            if name in _SIZE_FIRST and len(value) == 2 and all(isinstance(v, int) for v in value):
+                return name, [list(value)], {}  # `- Resize: [224, 224]` means size (224, 224)
             return name, [to_dtype(v) for v in value], {}
         return name, [to_dtype(value)], {}
     raise ConfigError(f"{key}: {item!r} is not a component: write a name (- ReLU), a name with a list of "

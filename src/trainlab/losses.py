@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainlab.config import LossConfig
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, did_you_mean
 from trainlab.registry import LOSSES, Entry, check_kwargs
 
 AUTO = {"classification": "CrossEntropyLoss", "binary": "BCEWithLogitsLoss", "regression": "MSELoss"}
@@ -63,6 +63,8 @@ REFUSED = {
     "CTCLoss": "log-probabilities (T, B, C), target sequences, and the input and target lengths",
     "GaussianNLLLoss": "a predicted mean, a target and a predicted variance",
     "AdaptiveLogSoftmaxWithLoss": "hidden features and targets; it is a layer with its own weights, not a loss",
+    "LinearCrossEntropyLoss": "hidden features and targets; it holds the classifier's Linear weights itself (a layer "
+                              "fused with the loss), which the optimizer of the model would not train",
 }
 
 _DESCRIPTIONS = {
@@ -220,6 +222,10 @@ def build_loss(cfg: LossConfig, task: str) -> nn.Module:
         raise ConfigError(f"loss.name: {cls_name} needs {' or '.join(TASKS[adapt])} targets, but the task is "
                           f"{task!r}: {hint}")
     check_kwargs(entry.factory, kwargs, "loss")
+    reductions = ("mean", "sum", "none", *(("batchmean",) if cls_name == "KLDivLoss" else ()))
+    if kwargs.get("reduction", "mean") not in reductions:  # torch would only notice at the first step
+        raise ConfigError(f"loss.reduction: {kwargs['reduction']!r} is not a reduction"
+                          f"{did_you_mean(str(kwargs['reduction']), reductions)}; use one of {', '.join(reductions)}")
     if cls_name == "KLDivLoss":
         kwargs.setdefault("reduction", "batchmean")  # "mean" averages over classes too: not the KL divergence
     return TargetAdapter(_build(entry.factory, _tensor_kwargs(kwargs), cls_name), adapt)

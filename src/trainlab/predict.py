@@ -8,7 +8,6 @@ value for a regressor) and, for a classifier, one `prob_<class>` column per clas
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 from pathlib import Path
 from typing import Any
@@ -46,71 +45,25 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path | None 
     return text
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
-
-
 def _read_csv(path: Path, prep: dict[str, Any]) -> tuple[list[str], torch.Tensor]:
+    """(names, (N, *input_shape) features): columns picked and scaled the way the training data was."""
+    from trainlab.data import apply_scaler
+    from trainlab.data.csv_source import read_features
+
     features = prep.get("feature_names")
     if not features:
         raise TrainlabError(f"this run was not trained on CSV/tabular features, so {path} cannot be its input; "
                             f"give an image file or folder")
-    try:
-        with _open_text(path) as f:
-            sample = f.read(4096)
-            f.seek(0)
-            try:
-                dialect = csv.Sniffer().sniff(sample, delimiters=",;\t ")
-            except csv.Error:
-                dialect = csv.excel
-            rows = list(csv.reader(f, dialect))
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    if not rows:
-        raise DataError(f"{path}: the file is empty")
-    header = [c.strip() for c in rows[0]]
-    if all(f in header for f in features):
-        columns = [header.index(f) for f in features]
-        body, first_line = rows[1:], 2
-    elif not _is_numeric_row(header) and any(f in header for f in features) or not _is_numeric_row(header):
-        missing = [f for f in features if f not in header]
-        raise DataError(f"{path}: missing feature column(s) {', '.join(map(repr, missing))}; the run was trained on "
-                        f"{', '.join(map(repr, features))}")
-    else:  # no header: the columns are the training features in order (the target may follow)
-        if len(header) < len(features):
-            raise DataError(f"{path}:1: {len(header)} columns but the run expects {len(features)} features")
-        columns, body, first_line = list(range(len(features))), rows, 1
-    values = []
-    for n, row in enumerate(body, first_line):
-        try:
-            values.append([float(row[c]) for c in columns])
-        except IndexError:
-            raise DataError(f"{path}:{n}: the row has {len(row)} columns, fewer than the header") from None
-        except ValueError:
-            bad = next(c for c in columns if not _is_float(row[c]))
-            raise DataError(f"{path}:{n}:{bad + 1}: {row[bad]!r} is not a number (column "
-                            f"{features[columns.index(bad)]!r})") from None
-    x = torch.tensor(values, dtype=torch.float32)
-    scaler = prep.get("scaler")
-    if scaler:
-        x = (x - torch.tensor(scaler["mean"])) / torch.tensor(scaler["std"])
+    # A CSV run saved how its file was read; a built-in tabular set (iris, ...) only its feature names.
+    csv_info = prep.get("csv") or {"features": list(features), "columns": list(features), "header": True,
+                                   "delimiter": None}
+    x = read_features(path, csv_info)  # (N, F), matched by column name when the file has a header
+    if prep.get("scaler"):
+        x = apply_scaler(x, prep["scaler"])
     shape = prep.get("input_shape")
     if shape and len(shape) > 1:
         x = x.view(len(x), *shape)
-    return [str(i) for i in range(1, len(values) + 1)], x
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _is_numeric_row(row: list[str]) -> bool:
-    return all(_is_float(c) for c in row if c.strip())
+    return [str(i) for i in range(1, len(x) + 1)], x
 
 
 def _read_images(path: Path, prep: dict[str, Any]) -> tuple[list[str], torch.Tensor]:

@@ -78,7 +78,7 @@ def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int =
     test_loader = make_loader(bundle.test, eval_bs, shuffle=False, **loader_args) if bundle.test is not None and len(bundle.test) else None
     model = build_model(config.model, bundle.input_shape, bundle.output_dim, bundle.task).to(device)
     x, _ = _one_batch(bundle)
-    check_shapes(model, x.to(device))
+    check_shapes(model, x.to(device), output_dim=bundle.output_dim)
     summary = model_summary(model, tuple(bundle.input_shape), device=str(device))
     loss_fn = build_loss(config.loss, bundle.task)
     _check_loss(loss_fn, model, bundle, device)
@@ -191,7 +191,8 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
     if world_size > 1:
         from trainlab.engine.distributed import wrap_model
         pipe.model = wrap_model(pipe.model, pipe.device)
-    extra = {"config": cfg.to_dict(), "preprocessing": pipe.bundle.preprocessing}
+    # output_dim: predict and eval rebuild the model from the checkpoint alone (without the data).
+    extra = {"config": cfg.to_dict(), "preprocessing": {**pipe.bundle.preprocessing, "output_dim": pipe.bundle.output_dim}}
     cbs: list[Callback] = []
     writer = None
     if run is not None:
@@ -257,7 +258,8 @@ def _optional_callbacks(cfg: Config, run: RunDir, pipe: Pipeline, writer: Any) -
     try:
         from trainlab.report.tensorboard_extras import TensorBoardExtras
         x, y = _one_batch(pipe.bundle, 16)
-        cbs.append(TensorBoardExtras(writer, cfg.train.histogram_every, (x, y), pipe.bundle.class_names))
+        cbs.append(TensorBoardExtras(writer, cfg.train.histogram_every, (x, y), pipe.bundle.class_names,
+                                     run_dir=run.path))
     except ImportError:
         pass
     return cbs
@@ -455,7 +457,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", with_data: bool =
     prep = state.get("preprocessing") or {}
     input_shape = tuple(prep.get("input_shape") or (bundle.input_shape if bundle else ()))
     task = prep.get("task") or (bundle.task if bundle else "classification")
-    output_dim = int(prep.get("output_dim") or (bundle.output_dim if bundle else 1))
+    output_dim = int(prep.get("output_dim") or (bundle.output_dim if bundle else
+                                                 len(prep.get("class_names") or []) if task == "classification" else 1))
     model = build_model(config.model, input_shape, output_dim, task).to(device)
     if bundle is not None:
         x, _ = _one_batch(bundle)

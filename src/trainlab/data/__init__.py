@@ -146,8 +146,10 @@ def build_data(config: Config) -> DataBundle:
     where = f"data source {cfg.source!r}" + (f" ({source.info['path']})" if "path" in source.info else "")
 
     # The task: config.task wins, then the source's own, then the targets tell (see infer_task).
-    all_targets = targets_of(source.train)
-    task = config.task if config.task != "auto" else (source.task or infer_task(all_targets, source.class_names))
+    if len(source.train) == 0:
+        raise DataError(f"{where}: the training data is empty (0 samples)")
+    task = config.task if config.task != "auto" else (
+        source.task or infer_task(targets_of(source.train), source.class_names))
     if task not in TASKS:
         raise ValueError(f"data source {cfg.source!r} declared unknown task {task!r}")
     source.train, source.val, source.test = (_as_task_targets(d, task) for d in (source.train, source.val, source.test))
@@ -171,8 +173,15 @@ def build_data(config: Config) -> DataBundle:
         _check_labels(splits, num_classes, where)
         output_dim = 1 if task == "binary" else num_classes
 
+    source_preprocessing = source.info.pop("preprocessing", {})
+    # The summary, from the split datasets before transforms (targets are read without loading inputs).
+    info: dict[str, Any] = {"source": cfg.source, "sizes": {name: len(ds) for name, ds in splits.items()},
+                            **split_info, **source.info}
+    if class_names is not None:
+        info["class_counts"] = {name: _class_counts(ds, class_names) for name, ds in splits.items()}
+
     preprocessing: dict[str, Any] = {"task": task, "class_names": class_names, "feature_names": source.feature_names}
-    preprocessing.update(source.info.pop("preprocessing", {}))
+    preprocessing.update(source_preprocessing)
     if cfg.standardize:
         (train, val, test), preprocessing["scaler"] = _standardize(train, [val, test])
 
@@ -194,10 +203,5 @@ def build_data(config: Config) -> DataBundle:
                         f"ToImage and ToDtype to data.transforms (or return tensors from the dataset)")
     preprocessing["input_shape"] = list(input_shape)
 
-    splits = {name: ds for name, ds in (("train", train), ("val", val), ("test", test)) if ds is not None}
-    info: dict[str, Any] = {"source": cfg.source, "sizes": {name: len(ds) for name, ds in splits.items()},
-                            **split_info, **source.info}
-    if class_names is not None:
-        info["class_counts"] = {name: _class_counts(ds, class_names) for name, ds in splits.items()}
     return DataBundle(train=train, val=val, test=test, task=task, input_shape=input_shape, output_dim=output_dim,
                       class_names=class_names, preprocessing=preprocessing, info=info)

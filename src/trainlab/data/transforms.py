@@ -77,9 +77,9 @@ def eval_items(train_items: list[Any], key: str = "data.transforms") -> list[Any
         name, args, kwargs = parse_item(item, f"{key}[{i}]")
         size = kwargs.get("size", args[0] if args else None)
         if name == "RandomCrop":
-            out.append({"CenterCrop": size})
+            out.append({"CenterCrop": {"size": size}})  # keyword form: a list [H, W] stays one argument
         elif name == "RandomResizedCrop":
-            out += [{"Resize": size}, {"CenterCrop": size}]
+            out += [{"Resize": {"size": size}}, {"CenterCrop": {"size": size}}]
         elif not (name.startswith("Random") or name in _AUGMENT):
             out.append(item)
     return out
@@ -336,7 +336,7 @@ def _check_one_size(compose: Callable, channels: int, key: str) -> None:
     if len(shapes) > 1:
         raise ConfigError(f"{key}: the images have different sizes and these transforms do not bring them to one "
                           f"size (e.g. {sorted(shapes)}); set data.image_size: [H, W] (e.g. 224), or end the list "
-                          f"with a fixed-size item such as Resize: [224, 224] or RandomResizedCrop: 224")
+                          f"with a fixed-size item such as Resize: {size: [224, 224]} or RandomResizedCrop: 224")
 
 
 def attach_transforms(train: Dataset, val: Dataset | None, test: Dataset | None, cfg: DataConfig,

@@ -7,7 +7,7 @@
     validation loss large? -- no --> ok
           |
           yes --> held-out loss from the training distribution large too? -- yes --> overfitting
-                                                            \\-- no (≈ train) --> mismatch
+                  (at least halfway to the validation loss)        \\-- no (≈ train) --> mismatch
 
 "Large" training loss is judged against a trivial baseline (predicting the training mean, or the
 class prior), so the verdict does not depend on the loss's units. A validation loss is "large"
@@ -84,7 +84,8 @@ def _curve(history: list[dict], split: str) -> list[float]:
     """The `loss` of each epoch's row of one split, in epoch order (the last row of an epoch wins)."""
     by_epoch: dict[int, float] = {}
     for row in history:
-        if row.get("split") == split and row.get("loss") is not None:
+        # epoch rows only: metrics.jsonl also holds "kind": "step" rows (running losses every N steps)
+        if row.get("split") == split and row.get("loss") is not None and row.get("kind", "epoch") == "epoch":
             by_epoch[int(row.get("epoch", len(by_epoch)))] = float(row["loss"])
     return [by_epoch[e] for e in sorted(by_epoch)]
 
@@ -157,13 +158,17 @@ def verdict(
         return out("ok", ok_head + f"The validation loss ({_fmt(val_loss)}) is close to it: the model fits and generalises.")
     head = ok_head + f"The validation loss is much larger ({_fmt(val_loss)} at best, {_fmt(val[-1])} at the end). "
     if holdout is not None:
-        if is_gap(numbers["holdout_loss"]):
+        # Which explains the gap? Held-out loss at least halfway from the training loss to the
+        # validation loss: the model does not generalise even within its own distribution.
+        h = numbers["holdout_loss"]
+        if is_gap(h) and h - train_loss >= 0.5 * (val_loss - train_loss):
             return out("overfitting", head + (
                 f"Held-out data from the training distribution is also poorly predicted ({_fmt(numbers['holdout_loss'])}): "
                 "the model memorised its training samples instead of learning the pattern (overfitting)."))
         return out("mismatch", head + (
             f"Yet held-out data from the training distribution is predicted about as well as the training data "
-            f"({_fmt(numbers['holdout_loss'])}): the validation data follow a different distribution (mismatch)."))
+            f"({_fmt(h)}): the validation data follow a different distribution (mismatch)."
+            + (" Part of the gap is overfitting too." if is_gap(h) else "")))
     # No held-out set: a validation loss that rose well above its best while the training loss kept
     # falling is the classic overfitting curve; otherwise the two cannot be told apart.
     rose = val[-1] > 1.5 * val_loss and numbers["val_best_epoch"] < len(val) and train[-1] <= train[min(numbers["val_best_epoch"], len(train)) - 1]

@@ -49,7 +49,16 @@ def _write_tmp(path: Path, data: bytes) -> Path:
     return tmp
 
 
-_fault_hook = None  # tests may set TRAINLAB_FAULT_PAUSE_IN_SAVE to pause inside a save
+def _fault_pause(path: Path) -> None:
+    """Test-only fault hook: with TRAINLAB_FAULT_PAUSE_IN_SAVE=MARKER, the first save that replaces an
+    existing checkpoint writes MARKER (holding the pid) once its temp file is written, then sleeps, so
+    that a test can kill the process inside the save."""
+    marker = os.environ.get("TRAINLAB_FAULT_PAUSE_IN_SAVE")
+    if marker and path.exists() and not Path(marker).exists():
+        Path(marker).write_text(str(os.getpid()))
+        import time
+
+        time.sleep(60)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -59,11 +68,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     tmp = _write_tmp(path, data)
-    pause = os.environ.get("TRAINLAB_FAULT_PAUSE_IN_SAVE")
-    if pause:  # test-only fault hook: a window in which a kill lands mid-save
-        Path(pause).write_text(str(os.getpid()))
-        import time
-        time.sleep(30)
+    _fault_pause(path)
     tmp_sha = _write_tmp(sha_path(path), f"{digest}  {path.name}\n".encode())
     os.replace(tmp, path)
     os.replace(tmp_sha, sha_path(path))
@@ -123,6 +128,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"corrupt checkpoint: {path} (not a trainlab checkpoint)")
     return state
+
+
+def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or Inf."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 # ----------------------------------------------------------------------------- RNG state, plain types

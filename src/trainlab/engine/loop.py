@@ -187,6 +187,10 @@ class Trainer:
         self.status = "running"
         self.flops_per_sample: float | None = None
         self._interrupt: int | None = None
+        # Sums of the epoch in progress (plain numbers), saved by mid-epoch checkpoints so that a
+        # resumed epoch logs the same train loss/accuracy as an uninterrupted one.
+        self._epoch_progress: dict[str, float] | None = None
+        self._resume_progress: dict[str, float] | None = None
 
     # ------------------------------------------------------------------ setup helpers
     def _loader(self, data: Any, batch_size: int, shuffle: bool) -> Any:
@@ -222,6 +226,8 @@ class Trainer:
             "nan_skipped": self.nan_skipped,
             "samples_seen": self.samples_seen,
             "train_time": self.train_time,
+            "data_wait": self.data_wait,
+            "epoch_progress": self._epoch_progress,
             **self.extra_state,
         }
 
@@ -240,6 +246,8 @@ class Trainer:
         self.nan_skipped = int(state.get("nan_skipped", 0))
         self.samples_seen = int(state.get("samples_seen", 0))
         self.train_time = float(state.get("train_time", 0.0))
+        self.data_wait = float(state.get("data_wait", 0.0))
+        self._resume_progress = state.get("epoch_progress")
         for c in self.callbacks.callbacks:
             if type(c).__name__ in state.get("callbacks", {}):
                 c.load_state_dict(state["callbacks"][type(c).__name__])
@@ -249,7 +257,14 @@ class Trainer:
         if self.checkpoint_dir is None or not self.is_main:
             return
         self._check_finite()  # never write non-finite weights
-        ckpt.save_checkpoint(self.state_dict(), self.checkpoint_dir / name)
+        state = self.state_dict()
+        bad = ckpt.nonfinite_tensors(state["model"])
+        if bad:  # finite losses but a step with Inf/NaN gradients (no grad_clip to see them) broke the weights
+            raise TrainingDiverged(
+                f"the weights became NaN/Inf by epoch {self.epoch + 1}, step {self.global_step} ({', '.join(bad[:3])}); "
+                f"{name} was not written and keeps the last finite weights. Try a lower optimizer.lr, "
+                f"train.grad_clip, or train.nan_policy=skip.")
+        ckpt.save_checkpoint(state, self.checkpoint_dir / name)
 
     # ------------------------------------------------------------------ the loop
     def train_step(self, x: torch.Tensor, y: torch.Tensor, update: bool) -> torch.Tensor:
@@ -310,6 +325,8 @@ class Trainer:
         self._step_epoch: dict[int, int] = {}
         self._step_batch: dict[int, int] = {}
         self.callbacks.call("on_train_begin", {"trainer": self, "model": self.model, "optimizer": self.optimizer})
+        if resume_state is not None:  # callbacks may have drawn random numbers (a traced forward pass)
+            ckpt.set_rng_state(resume_state["rng"])
         previous = self._install_signal_handlers()
         self.model.train()
         try:
@@ -349,6 +366,21 @@ class Trainer:
         last_log_step = self.global_step
         t_epoch = t_log = time.perf_counter()
         wait = 0.0
+        progress, self._resume_progress = self._resume_progress, None
+        if progress and start_position > 0:  # resuming mid-epoch: continue the epoch's sums
+            epoch_loss += progress["loss_sum"]
+            running += progress["running_sum"]
+            epoch_samples, interval_samples = int(progress["samples"]), int(progress["interval_samples"])
+            if self._train_correct is not None:
+                self._train_correct += int(progress["correct"])
+            t_epoch -= progress["seconds"]
+            wait = progress["data_wait"]
+
+        def snapshot() -> None:  # note: host sync; only before a checkpoint write
+            self._epoch_progress = {
+                "loss_sum": float(epoch_loss), "running_sum": float(running), "samples": epoch_samples,
+                "interval_samples": interval_samples, "seconds": time.perf_counter() - t_epoch, "data_wait": wait,
+                "correct": int(self._train_correct) if self._train_correct is not None else 0}
         batch_index = start_position
         t_fetch = time.perf_counter()
         for x, y in loader:
@@ -393,12 +425,15 @@ class Trainer:
             if self.callbacks.has("on_batch_end"):
                 self.callbacks.call("on_batch_end", self.global_step, logs)
             if self.cfg.checkpoint_every_n_steps and self.global_step % self.cfg.checkpoint_every_n_steps == 0:
+                snapshot()
                 self.save("last.pt")
             if self._interrupt is not None:
+                snapshot()
                 self._on_interrupt(t_epoch, epoch_samples, wait)
             if self._done():
                 break
             t_fetch = time.perf_counter()
+        self._epoch_progress = None
         self._check_finite()
         elapsed = time.perf_counter() - t_epoch
         self.train_time += elapsed
@@ -515,10 +550,11 @@ class Trainer:
                   f"(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
 
     def _on_interrupt(self, t_epoch: float, epoch_samples: int, wait: float) -> None:
+        self.save("last.pt")  # the epoch's partial sums travel in epoch_progress
+        # For the summary of this (interrupted) process only; not saved, so never counted twice.
         self.train_time += time.perf_counter() - t_epoch
         self.samples_seen += epoch_samples
         self.data_wait += wait
-        self.save("last.pt")
         raise Interrupted(self._interrupt)
 
 

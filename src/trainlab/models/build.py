@@ -26,11 +26,19 @@ def auto_model_name(input_shape: Sequence[int]) -> str:
     return AUTO.get(len(input_shape), "mlp")
 
 
-def build_model(cfg: ModelConfig, input_shape: Sequence[int], output_dim: int, task: str = "classification") -> nn.Module:
+def build_model(cfg: ModelConfig, input_shape: Sequence[int] | Any, output_dim: int | None = None,
+                task: str | None = None) -> nn.Module:
     """Build the model `cfg` names for samples of `input_shape`, then apply `cfg.init`.
 
-    `task` is the data's task; the zoo's sizes only need `output_dim`, so it is used for messages.
+    `input_shape` may also be a `DataBundle`, which gives `input_shape`, `output_dim` and `task`.
+    The zoo's sizes need only the shape and `output_dim`; `task` is accepted for symmetry with
+    `build_loss` (a binary task already has output_dim 1).
     """
+    if hasattr(input_shape, "input_shape"):  # a DataBundle
+        bundle = input_shape
+        input_shape, output_dim, task = bundle.input_shape, bundle.output_dim, bundle.task
+    if output_dim is None:
+        raise TypeError("build_model needs output_dim (or a DataBundle)")
     input_shape = tuple(int(s) for s in input_shape)
     name, kwargs = cfg.name, cfg.kwargs()
     if name != "sequential" and cfg.layers:
@@ -109,6 +117,10 @@ def build_torchvision(name: str, kwargs: dict[str, Any], input_shape: tuple[int,
     kwargs = dict(kwargs)
     weights = kwargs.setdefault("weights", None)
     builder = tvm.get_model_builder(name)
+    model_class = inspect.signature(builder).return_annotation  # e.g. ResNet: check the user's keywords on it
+    if inspect.isclass(model_class):
+        own = inspect.signature(builder).parameters
+        check_kwargs(model_class, {k: v for k, v in kwargs.items() if k not in own}, "model")
     if "aux_logits" in inspect.signature(builder).parameters or name in ("googlenet", "inception_v3"):
         kwargs.setdefault("aux_logits", False)  # a single output tensor for the loss
         if weights is None:

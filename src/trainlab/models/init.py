@@ -29,6 +29,7 @@ KEY = "model.init"
 SCHEMES = ("uniform", "normal", "trunc_normal", "constant", "ones", "zeros", "eye", "dirac", "xavier_uniform",
            "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "sparse")
 _GAIN_SCHEMES = ("xavier_uniform", "xavier_normal", "orthogonal")
+NONLINEARITIES = ("linear", "conv1d", "conv2d", "conv3d", "sigmoid", "tanh", "relu", "leaky_relu", "selu")
 _DEFAULTS = {"normal": {"std": 0.01}, "trunc_normal": {"std": 0.02}}
 # Group names accepted besides torch.nn class names.
 _GROUPS = {"Conv": nn.modules.conv._ConvNd, "BatchNorm": nn.modules.batchnorm._BatchNorm, "RNN*": nn.RNNBase}
@@ -53,8 +54,10 @@ def parse_scheme(value: Any, key: str) -> tuple[str, dict[str, Any]]:
         nonlinearity, param = kwargs.pop("nonlinearity"), kwargs.pop("param", None)
         try:
             kwargs["gain"] = nn.init.calculate_gain(nonlinearity, param)
-        except ValueError as e:
-            raise ConfigError(f"{key}.nonlinearity: {e}") from None
+        except ValueError:
+            raise ConfigError(f"{key}.nonlinearity: unknown nonlinearity {nonlinearity!r}"
+                              f"{did_you_mean(str(nonlinearity), NONLINEARITIES)}; choose from "
+                              f"{', '.join(NONLINEARITIES)}") from None
     check_kwargs(getattr(nn.init, scheme + "_"), kwargs, key, skip=("tensor",))
     return scheme, kwargs
 

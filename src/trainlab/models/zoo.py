@@ -126,7 +126,8 @@ class ConvNet(nn.Module):
         return out[0].numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], *self.sample_shape)  # (B, C, H, W) or (B, C, L)
+        if x.dim() != len(self.sample_shape) + 1:  # flat (B, F) -> (B, 1, s, s) or (B, 1, F)
+            x = x.reshape(x.shape[0], *self.sample_shape)
         return self.head(torch.flatten(self.features(x), 1))
 
 

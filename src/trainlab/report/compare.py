@@ -16,11 +16,11 @@ from trainlab.report.rundir import RunFiles, epoch_rows, read_run
 IGNORED_KEYS = {"name"}
 
 
-def compare_runs(run_dirs: list[Path], out_dir: Path | None = None, echo: bool = True) -> dict[str, Any]:
+def compare_runs(run_dirs: list[Path], out_dir: Path | None = None, echo: bool = False) -> dict[str, Any]:
     """Compare runs; write out_dir/compare.png and out_dir/compare.html (out_dir: the current directory).
 
     Returns {"text": the table as text, "header": [...], "rows": [[key, value per run], ...],
-    "config_diff": {dotted key: [value per run]}, "png": Path, "html": Path}. Prints the text when `echo`.
+    "config_diff": {dotted key: [value per run]}, "png": Path, "html": Path}; prints the text when `echo`.
     """
     runs = [_load(Path(d)) for d in run_dirs]
     if not runs:

@@ -7,6 +7,7 @@ The run-directory files themselves are read by `trainlab.report.rundir`.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay, auc, confusion_matrix, precision_recall_fscore_support, roc_curve
 
 from trainlab.report.rundir import RunFiles, epoch_rows, metric_names, read_run, step_rows
@@ -62,6 +64,7 @@ def plot_loss_curves(rows: list[dict[str, Any]], path: Path, smoothing: float = 
     for split, series in _by_split(epoch_rows(rows), "loss").items():
         axes[0].plot(*series, marker="o", ms=3, label=split)
     axes[0].set(title="loss per epoch", xlabel="epoch", ylabel="loss")
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend()
     if steps:
         x = [r["step"] for r in steps]
@@ -87,6 +90,7 @@ def plot_metrics(rows: list[dict[str, Any]], path: Path) -> Path:
         for split, series in _by_split(epochs, name).items():
             ax.plot(*series, marker="o", ms=3, label=split)
         ax.set(title=name, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     for ax in axes[len(names):]:
@@ -96,13 +100,16 @@ def plot_metrics(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def plot_lr(rows: list[dict[str, Any]], path: Path) -> Path:
     """LR against the step (step rows carry it every log interval; epoch rows otherwise)."""
+    x_key = "step"
     pts = [(r["step"], r["lr"]) for r in step_rows(rows) if _num(r.get("lr"))]
     if not pts:
-        pts = [(r["step"], r["lr"]) for r in epoch_rows(rows) if r.get("split") == "train" and _num(r.get("lr"))]
+        train = [r for r in epoch_rows(rows) if r.get("split", "train") == "train" and _num(r.get("lr"))]
+        x_key = "step" if all(_num(r.get("step")) for r in train) else "epoch"
+        pts = [(r[x_key], r["lr"]) for r in train]
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
     ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None)
-    ax.set(title="learning rate", xlabel="step", ylabel="lr")
+    ax.set(title="learning rate", xlabel=x_key, ylabel="lr")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -119,7 +126,8 @@ def plot_layer_norms(rows: list[dict[str, Any]], path: Path, max_legend: int = 1
             pts = [(r[x_key], r[key]) for r in rows if r["layer"] == layer and _num(r.get(key)) and r[key] > 0]
             if pts:
                 ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=layer)
-        ax.set(title=key.replace("_", " "), xlabel=x_key, yscale="log")
+        # gradients span decades between layers (log); weight norms change by percents (linear)
+        ax.set(title=key.replace("_", " "), xlabel=x_key, yscale="log" if key == "grad_norm" else "linear")
         ax.grid(alpha=0.3, which="both")
     if len(layers) <= max_legend:
         axes[1].legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -136,7 +144,7 @@ def confusion_matrix_figure(target: np.ndarray, pred: np.ndarray, class_names: S
     """Counts (left) and row-normalised rates (right); numbers are written in the cells up to 20 classes."""
     labels = np.arange(len(class_names))
     n = len(labels)
-    size = max(4.5, 0.45 * n)
+    size = min(max(4.5, 0.45 * n), 14)  # inches per panel; 100 classes still fit a screen
     fig = Figure(figsize=(2 * size + 1, size), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, normalize, fmt, title in ((axes[0], None, "d", "counts"), (axes[1], "true", ".2f", "normalised by true class")):
@@ -145,6 +153,8 @@ def confusion_matrix_figure(target: np.ndarray, pred: np.ndarray, class_names: S
         disp.plot(ax=ax, colorbar=False, include_values=n <= 20, values_format=fmt, cmap="Blues",
                   xticks_rotation=45 if n > 5 else "horizontal")
         ax.set_title(title)
+        if n > 30:
+            ax.tick_params(labelsize=max(3, 9 - n // 15))
     return fig
 
 
@@ -174,7 +184,7 @@ def plot_precision_recall(target: np.ndarray, pred: np.ndarray, class_names: Seq
     """Grouped bars: precision and recall of each class (sklearn, zero where a class is never predicted)."""
     labels = np.arange(len(class_names))
     precision, recall, _, support = precision_recall_fscore_support(target, pred, labels=labels, zero_division=0)
-    fig = Figure(figsize=(max(6, 0.5 * len(labels) + 2), 4))
+    fig = Figure(figsize=(min(max(6, 0.5 * len(labels) + 2), 20), 4))
     ax = fig.subplots()
     ax.bar(labels - 0.2, precision, width=0.4, label="precision")
     ax.bar(labels + 0.2, recall, width=0.4, label="recall")
@@ -296,7 +306,11 @@ def write_plots(run_dir: Path, skipped: dict[str, str] | None = None) -> dict[st
         if reason:
             skipped[name] = reason
             continue
-        written[name] = draw(out_dir / f"{name}.png")
+        try:
+            written[name] = draw(out_dir / f"{name}.png")
+        except Exception as e:  # one odd array must not cost the run its other plots and its report
+            warnings.warn(f"plot {name!r} failed: {type(e).__name__}: {e}", stacklevel=2)
+            skipped[name] = f"drawing it failed ({type(e).__name__}: {e})"
     return written
 
 

@@ -144,9 +144,11 @@ def step_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def metric_names(rows: list[dict[str, Any]]) -> list[str]:
-    """Numeric keys of epoch rows that are metrics (accuracy, f1, mse, ...), in first-seen order."""
+    """Numeric keys of epoch rows that are metrics (accuracy, f1, mse, ...), in first-seen order. Where
+    there are val/test rows only their keys count: train rows may also carry throughput and timings."""
     names: dict[str, None] = {}
-    for r in rows:
+    evaluated = [r for r in rows if r.get("split") in ("val", "test")]
+    for r in evaluated or rows:
         for k, v in r.items():
             if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool):
                 names[k] = None

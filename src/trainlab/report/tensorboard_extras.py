@@ -21,25 +21,27 @@ from trainlab.report.plots import confusion_matrix_figure
 
 class TensorBoardExtras(Callback):
     """`writer` is a `torch.utils.tensorboard.SummaryWriter`; `sample_batch` an (x, y) pair (else taken
-    from `logs["sample_batch"]` at train begin); `histogram_every` None turns the histograms off."""
+    from `logs["sample_batch"]` at train begin); `histogram_every` None turns the histograms off;
+    `run_dir` (else `logs["run_dir"]`) is where the confusion matrix' predictions/val.npz is read at the end,
+    unless `on_train_end`'s logs carry "predictions" ({"target", "output"} arrays)."""
 
     def __init__(self, writer: Any, histogram_every: int | None = None, sample_batch: tuple[torch.Tensor, Any] | None = None,
-                 class_names: list[str] | None = None, max_images: int = 32):
+                 class_names: list[str] | None = None, max_images: int = 32, run_dir: str | Path | None = None):
         self.writer = writer
         self.histogram_every = histogram_every
         self.sample_batch = sample_batch
         self.class_names = class_names
         self.max_images = max_images
         self.model: nn.Module | None = None
-        self.run_path: Path | None = None
+        self.run_path = Path(run_dir) if run_dir is not None else None
         self.epochs_done = 0  # counted here (saved in state_dict) so "every N epochs" survives --resume
         self._grads: dict[str, torch.Tensor] | None = None  # buffers, only during an epoch that logs histograms
 
     # ------------------------------------------------------------------ hooks
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
-        self.model = _unwrap(logs["model"])
-        self.run_path = _run_path(logs)
+        self.model = _unwrap(logs.get("model") or logs["trainer"].model)
+        self.run_path = _run_path(logs) or self.run_path
         self.class_names = self.class_names or logs.get("class_names")
         batch = self.sample_batch if self.sample_batch is not None else logs.get("sample_batch")
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
