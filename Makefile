@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "import trainlab, torch, torchvision" && touch $(STAMP)
 
 demo: $(STAMP)
-	@TQDM_DISABLE=$${TQDM_DISABLE:-0} $(VENV)/bin/trainlab train --out runs/demo
+	@$(VENV)/bin/trainlab train
 
 # Debian's Chromium renders report.html in the browser test; when it cannot be installed the test
 # is skipped with the reason.

@@ -68,7 +68,7 @@ def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, np
         from trainlab.config import load_config
         from trainlab.run import default_run_dir
 
-        out = default_run_dir(load_config(config, overrides))
+        out = default_run_dir(load_config(config, overrides), existing=True)
     run_train(config, overrides, out=out, resume=resume, quiet=quiet)
 
 

@@ -144,8 +144,16 @@ class Run:
         return f"Run({self.run_dir}, status={self.status}, test: {shown})"
 
 
-def default_run_dir(config: Config) -> Path:
-    return Path("runs") / config.name
+def default_run_dir(config: Config, existing: bool = False) -> Path:
+    """runs/<name>; when that already holds a run, runs/<name>-2, -3, ... (`existing`: the latest one)."""
+    base = Path("runs") / config.name
+    candidates = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 10_000)]
+    latest = base
+    for path in candidates:
+        if not (path / "checkpoints" / "last.pt").exists() and not (path / "summary.json").exists():
+            return latest if existing else path
+        latest = path
+    return latest
 
 
 def train(config: str | Path | dict[str, Any] | Config | None = None, overrides: list[str] | dict[str, Any] | None = None,
@@ -165,7 +173,7 @@ def train(config: str | Path | dict[str, Any] | Config | None = None, overrides:
     if cfg.data.k_fold and cfg.data.fold is None:
         from trainlab.kfold import train_kfold
         return train_kfold(cfg, out=out, quiet=quiet)
-    return _train_one(cfg, Path(out) if out else default_run_dir(cfg), resume=resume, quiet=quiet,
+    return _train_one(cfg, Path(out) if out else default_run_dir(cfg, existing=resume), resume=resume, quiet=quiet,
                       callbacks=list(callbacks))
 
 

@@ -110,6 +110,10 @@ def split_source(source: SourceData, cfg: DataConfig, seed: int,
     if cfg.fold is not None and cfg.k_fold is None:
         raise ConfigError("data.fold: is set but data.k_fold is not; set data.k_fold to the number of folds")
     train, val, test = source.train, source.val, source.test
+    # Where each split came from: a random cut of the training data is from the training
+    # distribution (doctor uses this to tell overfitting from mismatch).
+    info["val_from"] = "source" if val is not None else ("k_fold" if cfg.k_fold else "val_fraction")
+    info["test_from"] = "source" if test is not None else ("test_fraction" if cfg.test_fraction > 0 else None)
     targets = targets_of(train)
     index = np.arange(len(train))
 
