@@ -95,3 +95,32 @@ def test_diverging_regression_stops_before_saving_nonfinite_weights(tmp_path, ca
     for name in ("last.pt", "best.pt"):
         path = run / "checkpoints" / name
         assert not path.exists() or finite_weights(path)
+
+
+def test_weights_broken_by_a_step_with_finite_loss_are_never_saved(tmp_path):
+    """A step can overflow the weights while every loss so far was finite (Inf gradients, no grad_clip
+    to see them): the save itself checks the weights."""
+    from trainlab import Trainer
+    from trainlab.data.base import ArrayDataset
+    from trainlab.engine.callbacks import Callback
+    from trainlab.errors import TrainingDiverged
+
+    model = torch.nn.Linear(3, 1)
+
+    class OverflowAtStep3(Callback):
+        def on_batch_end(self, step, logs):
+            if step == 3:
+                with torch.no_grad():
+                    model.weight[0, 0] = float("inf")
+
+    data = ArrayDataset(torch.randn(40, 3), torch.randn(40, 1))
+    trainer = Trainer(model, data, loss_fn=torch.nn.MSELoss(), batch_size=8, epochs=1, checkpoint_every_n_steps=1,
+                      checkpoint_dir=tmp_path, callbacks=[OverflowAtStep3()], device="cpu")
+    with pytest.raises(TrainingDiverged, match=r"weights became NaN/Inf by epoch 1, step 3 \(batch 3 .*weight"):
+        trainer.fit()
+    assert trainer.status == "failed"
+    assert load_step(tmp_path / "last.pt") == 2 and finite_weights(tmp_path / "last.pt")
+
+
+def load_step(path: Path) -> int:
+    return torch.load(path, weights_only=True)["global_step"]

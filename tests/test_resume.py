@@ -82,7 +82,8 @@ def test_sigkill_inside_a_save_and_mid_epoch_then_resume_is_bit_identical(tmp_pa
     ref_run = reference_run(tmp_path_factory)  # trains in this process while the subprocess starts up
     wait_until(marker.exists, proc, "the paused save")
     kill(proc)
-    assert any(p.name.startswith(".last.pt.tmp-") for p in last.parent.iterdir())  # the unfinished write
+    leftovers = [p for p in last.parent.iterdir() if p.name.startswith(".last.pt.tmp-")]
+    assert leftovers  # the unfinished write
     first = load(last)  # the previous checkpoint is intact
     assert first["global_step"] == 5 and first["loader"] == {"epoch": 0, "position": 5}
 
@@ -93,7 +94,7 @@ def test_sigkill_inside_a_save_and_mid_epoch_then_resume_is_bit_identical(tmp_pa
     wait_until(lambda: sidecar.read_text() != before, proc, "a new checkpoint")
     kill(proc)
     assert load(last)["global_step"] > 5
-    assert not any(p.name.startswith(".last.pt.tmp-") for p in last.parent.iterdir())  # cleaned on resume
+    assert not any(p.exists() for p in leftovers)  # cleaned up on resume
 
     # 3. Resumed to the end: the same weights, history and metrics rows as the uninterrupted run.
     assert main(["train", *ARGS, "--out", str(run), "--quiet", "--resume"]) == 0

@@ -144,6 +144,16 @@ def lr_find(args: tuple[str, ...], out: Path | None) -> None:
     click.echo(format_lr_find(run_lr_find(config, overrides, out=out)))
 
 
+_ALSO = {
+    "datasets": "any torchvision.datasets class by name (its arguments in data.options); \"module:attr\" for your own Dataset",
+    "models": "sequential (model.layers: a list of torch.nn layers); torchvision:<name> (any torchvision.models "
+              "builder); \"module:attr\" for your own nn.Module",
+    "losses": "any torch.nn loss class by name, with its keyword arguments; \"module:attr\"",
+    "optimizers": "any torch.optim class by name, with its keyword arguments; \"module:attr\"",
+    "schedulers": "any torch.optim.lr_scheduler class by name; warmup_steps/warmup_epochs in front of any of them",
+}
+
+
 @cli.command("list")
 @click.argument("kind", required=False,
                 type=click.Choice(["datasets", "models", "losses", "optimizers", "schedulers", "metrics"]))
@@ -156,6 +166,8 @@ def list_(kind: str | None) -> None:
         click.echo(f"{name}:")
         for entry in KINDS[name].entries():
             click.echo(f"  {entry.name:<22} {entry.description}")
+        if name in _ALSO:
+            click.echo(f"  {'also:':<22} {_ALSO[name]}")
         if kind is None:
             click.echo("")
 

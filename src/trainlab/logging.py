@@ -160,8 +160,13 @@ class TensorBoardScalars(Callback):
         self.writer.flush()
 
 
+_SHORT = {"accuracy": "acc"}
+_NOT_METRICS = ("samples_per_second", "data_wait_fraction")
+
+
 def _fmt(logs: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    return " ".join(f"{_SHORT.get(k, k)} {v:.4g}" for k, v in logs.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_METRICS)
 
 
 class ConsoleProgress(Callback):
@@ -202,11 +207,14 @@ class ConsoleProgress(Callback):
             self.bar.close()
             self.bar = None
         if not self.quiet:
-            parts = [f"epoch {epoch}/{self.epochs}", f"train: {_fmt(logs.get('train') or {})}"]
+            train = logs.get("train") or {}
+            parts = [f"epoch {epoch}/{self.epochs}", f"train {_fmt(train)}"]
             if logs.get("val"):
-                parts.append(f"val: {_fmt(logs['val'])}")
+                parts.append(f"val {_fmt(logs['val'])}")
             if logs.get("lr") is not None:
-                parts.append(f"lr={logs['lr']:.3g}")
+                parts.append(f"lr {logs['lr']:.3g}")
+            if train.get("samples_per_second"):
+                parts.append(f"{train['samples_per_second']:,.0f} samples/s")
             print(" | ".join(parts), file=sys.stdout, flush=True)
 
     def on_train_end(self, logs: dict[str, Any]) -> None:

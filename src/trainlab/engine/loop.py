@@ -260,8 +260,11 @@ class Trainer:
         state = self.state_dict()
         bad = ckpt.nonfinite_tensors(state["model"])
         if bad:  # finite losses but a step with Inf/NaN gradients (no grad_clip to see them) broke the weights
+            mid_epoch = self._epoch_progress is not None  # set by mid-epoch saves only
+            where = (f"epoch {self.epoch + 1}, step {self.global_step} (batch {getattr(self.train_loader, 'position', '?')}"
+                     f" of the epoch" if mid_epoch else f"epoch {self.epoch}, step {self.global_step} (the epoch's end")
             raise TrainingDiverged(
-                f"the weights became NaN/Inf by epoch {self.epoch + 1}, step {self.global_step} ({', '.join(bad[:3])}); "
+                f"the weights became NaN/Inf by {where}; in {', '.join(bad[:3])}); "
                 f"{name} was not written and keeps the last finite weights. Try a lower optimizer.lr, "
                 f"train.grad_clip, or train.nan_policy=skip.")
         ckpt.save_checkpoint(state, self.checkpoint_dir / name)
