@@ -98,14 +98,14 @@ class MetricsFile(Callback):
         self.path = path
         if truncate_after_step is not None and path.is_file():
             # Resuming: drop rows written after the checkpoint we resume from, so that no step is
-            # logged twice.
+            # logged twice, and the old test row (the resumed run tests again at its end).
             keep = []
             for line in path.read_text().splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if row.get("step", 0) <= truncate_after_step:
+                if row.get("step", 0) <= truncate_after_step and row.get("split") != "test":
                     keep.append(line)
             path.write_text("".join(l + "\n" for l in keep))
         self.file = open(path, "a")

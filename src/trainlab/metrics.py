@@ -2,15 +2,28 @@
 and reduced across processes by torchmetrics when torch.distributed is initialised."""
 from __future__ import annotations
 
+import importlib
+
 import torch
-import torchmetrics
-from torchmetrics import classification as C
-from torchmetrics import regression as R
 
 from trainlab.errors import ConfigError, did_you_mean
 from trainlab.registry import METRICS
 
 DEFAULTS = {"classification": ["accuracy", "f1"], "binary": ["accuracy", "auroc"], "regression": ["mse", "mae", "r2"]}
+
+
+class _Lazy:
+    """torchmetrics takes seconds to import (it pulls in torch._dynamo): import it on first use."""
+
+    def __init__(self, module: str):
+        self.module = module
+
+    def __getattr__(self, name: str):
+        return getattr(importlib.import_module(self.module), name)
+
+
+C = _Lazy("torchmetrics.classification")
+R = _Lazy("torchmetrics.regression")
 
 
 def _for(task_factories: dict):
@@ -55,6 +68,8 @@ class TaskMetrics:
             if name not in METRICS:
                 raise ConfigError(f"metrics[{i}]: unknown metric {name!r}{did_you_mean(name, METRICS.names())}")
         self.names = names
+        import torchmetrics
+
         self.collection = torchmetrics.MetricCollection(
             {n: METRICS.get(n)(task, num_classes, output_dim) for n in names})
 

@@ -1,0 +1,145 @@
+"""What a run writes while it trains (trainlab/logging.py): the metrics.jsonl and summary.json schema,
+TensorBoard scalars read back with tensorboard's own EventAccumulator, the checkpoints and
+model.safetensors, and the console (progress bars off with --quiet / TQDM_DISABLE=1, one summary line
+per epoch otherwise). Most tests read the session's digits run (conftest.py)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import cli_in_process
+
+EPOCHS = 12  # the default example's train.epochs
+SPLITS = {"train", "val", "test"}
+
+
+def metrics_rows(run) -> list[dict]:
+    return [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def summary_of(run) -> dict:
+    return json.loads((run.path / "summary.json").read_text())
+
+
+def test_metrics_jsonl_schema(digits_run):
+    rows = metrics_rows(digits_run)
+    for i, row in enumerate(rows, 1):
+        assert {"epoch", "step", "split"} <= row.keys(), f"line {i}: {row}"
+        assert row["split"] in SPLITS, f"line {i}"
+        assert isinstance(row["epoch"], int) and 1 <= row["epoch"] <= EPOCHS, f"line {i}"
+        assert isinstance(row["step"], int) and row["step"] >= 0, f"line {i}"
+        assert math.isfinite(row["loss"]), f"line {i}"
+
+    epoch_rows = [r for r in rows if r.get("kind") == "epoch"]
+    for split in ("train", "val"):
+        epochs = [r["epoch"] for r in epoch_rows if r["split"] == split]
+        assert epochs == list(range(1, EPOCHS + 1)), split
+        assert all("accuracy" in r for r in epoch_rows if r["split"] == split)
+    # One test row, after training, with the metrics of the summary.
+    test_rows = [r for r in rows if r["split"] == "test"]
+    assert len(test_rows) == 1 and rows[-1] is test_rows[0]
+    assert test_rows[0]["accuracy"] == pytest.approx(summary_of(digits_run)["final"]["test"]["accuracy"], abs=1e-9)
+
+    # Step rows: strictly increasing steps, each within its epoch's steps.
+    step_rows = [r for r in rows if r.get("kind") == "step"]
+    assert step_rows, "no per-step rows"
+    steps = [r["step"] for r in step_rows]
+    assert steps == sorted(set(steps))
+    end_step = {r["epoch"]: r["step"] for r in epoch_rows if r["split"] == "train"}
+    for r in step_rows:
+        assert end_step.get(r["epoch"] - 1, 0) < r["step"] <= end_step[r["epoch"]]
+    assert all(r["split"] == "train" and r["lr"] > 0 for r in step_rows)
+
+
+def test_summary_json_schema(digits_run):
+    summary = summary_of(digits_run)
+    rows = metrics_rows(digits_run)
+    assert summary["status"] == "completed"
+    assert summary["epochs_completed"] == EPOCHS
+    last_train = [r for r in rows if r.get("kind") == "epoch" and r["split"] == "train"][-1]
+    assert isinstance(summary["global_step"], int) and summary["global_step"] == last_train["step"] > 0
+    assert isinstance(summary["samples_per_second"], float) and summary["samples_per_second"] > 0
+
+    # best: the monitored value (val_loss by default) is the lowest validation loss of the run.
+    val = {r["epoch"]: r for r in rows if r.get("kind") == "epoch" and r["split"] == "val"}
+    best = summary["best"]
+    assert best["metric"] == "val_loss"
+    assert best["value"] == pytest.approx(min(r["loss"] for r in val.values()))
+    assert val[best["epoch"]]["loss"] == pytest.approx(best["value"])
+
+    final = summary["final"]
+    assert set(final) == SPLITS
+    for split in SPLITS:
+        assert {"loss", "accuracy"} <= final[split].keys(), split
+        assert 0 <= final[split]["accuracy"] <= 1
+    assert {"f1"} <= final["val"].keys() and {"f1"} <= final["test"].keys()  # the classification defaults
+    assert final["val"]["loss"] == pytest.approx(val[EPOCHS]["loss"])  # the last epoch's values
+
+
+def test_tensorboard_scalars_read_back_one_value_per_epoch(digits_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(digits_run.path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/accuracy", "lr"} <= tags
+    val = {r["epoch"]: r for r in metrics_rows(digits_run) if r.get("kind") == "epoch" and r["split"] == "val"}
+    for tag in ("train/loss", "val/loss", "val/accuracy", "lr"):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == list(range(1, EPOCHS + 1)), tag
+    for s in events.Scalars("val/loss"):
+        assert s.value == pytest.approx(val[s.step]["loss"], rel=1e-6)  # stored as float32
+    lrs = [s.value for s in events.Scalars("lr")]
+    assert lrs[-1] < lrs[0]  # the default cosine schedule decays
+
+
+def test_checkpoints_load_safely_and_safetensors_holds_the_best_weights(digits_run):
+    checkpoints = digits_run.path / "checkpoints"
+    best = torch.load(checkpoints / "best.pt", weights_only=True, map_location="cpu")
+    last = torch.load(checkpoints / "last.pt", weights_only=True, map_location="cpu")
+    summary = summary_of(digits_run)
+    assert last["epoch"] == EPOCHS and last["global_step"] == summary["global_step"]
+    assert best["epoch"] == summary["best"]["epoch"]
+    tensors = load_file(str(digits_run.path / "model.safetensors"))
+    model_tensors = {k: v for k, v in best["model"].items() if isinstance(v, torch.Tensor)}
+    assert tensors.keys() == model_tensors.keys()
+    for k in tensors:
+        assert torch.equal(tensors[k], model_tensors[k]), k
+
+
+def test_tqdm_disable_silences_the_bars_but_keeps_one_line_per_epoch(digits_run):
+    # The session's run had TQDM_DISABLE=1 and no --quiet.
+    err, out = digits_run.proc.stderr, digits_run.proc.stdout
+    assert "\r" not in err and "%|" not in err
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == [f"{e}/{EPOCHS}" for e in range(1, EPOCHS + 1)]
+    assert all("train" in line and "val" in line and "loss" in line for line in lines)
+
+
+def short_run(capsys, tmp_path, *extra: str) -> tuple[int, str, str]:
+    return cli_in_process(capsys, "train", "model.name=mlp", "model.hidden=[16]", "train.epochs=2",
+                          "train.max_steps=25", "data.batch_size=64", "train.device=cpu", "--out",
+                          str(tmp_path / "run"), *extra)
+
+
+def test_progress_bars_and_epoch_lines_without_quiet(tmp_path, capsys, monkeypatch, no_report):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    code, out, err = short_run(capsys, tmp_path)
+    assert code == 0, err
+    assert "%|" in err and "epoch 1/2" in err  # a tqdm bar per epoch, on stderr
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["1/2", "2/2"]
+    assert "%|" not in out
+
+
+def test_quiet_prints_no_bars_and_no_epoch_lines(tmp_path, capsys, monkeypatch, no_report):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    code, out, err = short_run(capsys, tmp_path, "--quiet")
+    assert code == 0, err
+    assert "\r" not in err and "%|" not in err
+    assert not [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert (tmp_path / "run" / "summary.json").is_file()
