@@ -16,6 +16,10 @@ from trainlab.errors import TrainingDiverged, TrainlabError
 
 
 def _fail(message: str, code: int = 2) -> None:
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # under torchrun: say which process failed
+        message = f"rank {os.environ.get('RANK', '?')}: {message}"
     click.echo(textwrap.fill("error: " + message, width=100, break_long_words=False, break_on_hyphens=False), err=True)
     sys.exit(code)
 
@@ -49,7 +53,10 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars or epoch lines")
 @click.option("--nproc", type=int, default=None, help="train with N processes on this machine (torchrun + DDP)")
-def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, nproc: int | None) -> None:
+@click.option("--max-restarts", type=int, default=0, show_default=True,
+              help="with --nproc: restart all processes up to K times when one fails (they resume from last.pt)")
+def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, nproc: int | None,
+          max_restarts: int) -> None:
     """Train from CONFIG.yaml (default: the built-in digits example) with KEY=VALUE overrides."""
     from trainlab.run import train as run_train
 
@@ -61,15 +68,33 @@ def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, np
         if "=" not in o:
             raise TrainlabError(f"argument {o!r} is neither a config file (it must come first) nor a KEY=VALUE override")
     if nproc and nproc > 1:
+        from trainlab.config import load_config
         from trainlab.engine.distributed import launch
+        from trainlab.run import default_run_dir
 
-        sys.exit(launch(nproc, sys.argv[1:]))
+        out = out or default_run_dir(load_config(config, overrides), existing=resume)  # one folder for all ranks
+        argv = ["train", *([config] if config else []), *overrides, *(["--out", str(out)] if out else []),
+                *(["--resume"] if resume else []), *(["--quiet"] if quiet else [])]
+        sys.exit(launch(nproc, argv, max_restarts))
+    from trainlab.engine import distributed
+
+    rank, world_size, _ = distributed.env()
+    if rank > 0:  # under torchrun only rank 0 talks; the others print errors only (stderr)
+        import os
+        import warnings
+
+        quiet = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the worker
+        warnings.simplefilter("ignore")
     if resume and out is None:
         from trainlab.config import load_config
         from trainlab.run import default_run_dir
 
         out = default_run_dir(load_config(config, overrides), existing=True)
-    run_train(config, overrides, out=out, resume=resume, quiet=quiet)
+    try:
+        run_train(config, overrides, out=out, resume=resume, quiet=quiet)
+    finally:
+        distributed.teardown()
 
 
 @cli.command("eval")

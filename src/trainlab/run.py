@@ -23,6 +23,7 @@ from trainlab.config import Config, load_config, validate
 from trainlab.data.base import ArrayDataset, DataBundle
 from trainlab.data.loaders import make_loader
 from trainlab.engine import checkpoint as ckpt
+from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback
 from trainlab.engine.loop import Interrupted, Trainer, evaluate, resolve_device, unwrap
 from trainlab.errors import CheckpointError, ConfigError, TrainingDiverged, TrainlabError
@@ -74,8 +75,10 @@ def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int =
     train_loader = make_loader(bundle.train, d.batch_size, shuffle=d.shuffle, drop_last=d.drop_last,
                                rank=rank, world_size=world_size, **loader_args)
     eval_bs = d.eval_batch_size or d.batch_size * 4
-    val_loader = make_loader(bundle.val, eval_bs, shuffle=False, **loader_args) if bundle.val is not None and len(bundle.val) else None
-    test_loader = make_loader(bundle.test, eval_bs, shuffle=False, **loader_args) if bundle.test is not None and len(bundle.test) else None
+    # Evaluation shards: every sample on exactly one rank (no padding), reduced by sums across ranks.
+    val_set, test_set = (distributed.eval_shard(s, rank, world_size) for s in (bundle.val, bundle.test))
+    val_loader = make_loader(val_set, eval_bs, shuffle=False, **loader_args) if val_set is not None and len(bundle.val) else None
+    test_loader = make_loader(test_set, eval_bs, shuffle=False, **loader_args) if test_set is not None and len(bundle.test) else None
     model = build_model(config.model, bundle.input_shape, bundle.output_dim, bundle.task).to(device)
     x, _ = _one_batch(bundle)
     check_shapes(model, x.to(device), output_dim=bundle.output_dim)
@@ -173,8 +176,12 @@ def train(config: str | Path | dict[str, Any] | Config | None = None, overrides:
     if cfg.data.k_fold and cfg.data.fold is None:
         from trainlab.kfold import train_kfold
         return train_kfold(cfg, out=out, quiet=quiet)
-    return _train_one(cfg, Path(out) if out else default_run_dir(cfg, existing=resume), resume=resume, quiet=quiet,
-                      callbacks=list(callbacks))
+    if out is None:
+        rank, world_size, _ = distributed.setup(resolve_device(cfg.train.device))
+        # Under torchrun every rank uses rank 0's choice (rank 0 may have created the folder already).
+        out = distributed.broadcast_object(default_run_dir(cfg, existing=resume or distributed.restarted())
+                                           if rank == 0 else None)
+    return _train_one(cfg, Path(out), resume=resume, quiet=quiet, callbacks=list(callbacks))
 
 
 def _yaml_value(v: Any) -> str:
@@ -183,22 +190,24 @@ def _yaml_value(v: Any) -> str:
 
 
 def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: list[Callback]) -> Run:
-    rank, world_size = distributed_env()
+    rank, world_size, _ = distributed.setup(resolve_device(cfg.train.device))  # joins torchrun's group
     is_main = rank == 0
     resume_state = None
-    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0"):
-        resume = True  # an elastic restart continues from the last checkpoint
+    restarted = distributed.restarted()
+    if restarted and (out / "checkpoints" / "last.pt").exists():
+        resume = True  # an elastic restart continues from the last checkpoint (none yet: from the start)
     if resume:
         resume_state, cfg = _resume_state(out, cfg)
-    elif is_main and (out / "checkpoints" / "last.pt").exists():
+    elif not restarted and (out / "checkpoints" / "last.pt").exists():  # every rank stops, not only rank 0
         raise TrainlabError(f"{out} already holds a run; use --resume to continue it, or --out for a new folder")
     run = RunDir(out) if is_main else None
     if run is not None:
         ckpt.clean_temp_files(run.checkpoints)
     pipe = build_pipeline(cfg, rank=rank, world_size=world_size)
     if world_size > 1:
-        from trainlab.engine.distributed import wrap_model
-        pipe.model = wrap_model(pipe.model, pipe.device)
+        pipe.model = distributed.wrap_model(pipe.model, pipe.device)  # rank 0's initial weights on every rank
+        if rank > 0:  # its own random stream (dropout, batch augmentation); rank 0 keeps the 1-process one
+            seed_everything(cfg.seed + 1_000_003 * rank)
     # output_dim: predict and eval rebuild the model from the checkpoint alone (without the data).
     extra = {"config": cfg.to_dict(), "preprocessing": {**pipe.bundle.preprocessing, "output_dim": pipe.bundle.output_dim}}
     cbs: list[Callback] = []
@@ -210,8 +219,9 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
             print(pipe.summary)
             print(_data_line(pipe.bundle))
             if world_size > 1:
-                print(f"distributed: {world_size} processes x batch {cfg.data.batch_size} = "
-                      f"effective batch size {world_size * cfg.data.batch_size}")
+                accum = f" x grad_accum {cfg.train.grad_accum}" if cfg.train.grad_accum > 1 else ""
+                print(f"distributed: {world_size} processes x batch {cfg.data.batch_size}{accum} = "
+                      f"effective batch size {world_size * cfg.data.batch_size * cfg.train.grad_accum}")
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run.tensorboard), purge_step=(resume_state or {}).get("epoch", 0) + 1 if resume_state else None)
@@ -225,7 +235,7 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
                       scheduler=pipe.scheduler, task=pipe.bundle.task,
                       metrics=TaskMetrics(pipe.bundle.task, pipe.bundle.num_classes if pipe.bundle.task == "classification" else None,
                                           pipe.bundle.output_dim, cfg.metrics).to(pipe.device),
-                      seed=cfg.seed, callbacks=cbs + list(callbacks), train=cfg.train,
+                      seed=cfg.seed, callbacks=cbs + list(callbacks) + distributed.fault_callbacks(rank), train=cfg.train,
                       checkpoint_dir=run.checkpoints if run else None, extra_state=extra, rank=rank,
                       world_size=world_size)
     _measure_flops(trainer, pipe, cfg)
@@ -330,13 +340,15 @@ def _finish(trainer: Trainer, pipe: Pipeline, run: RunDir | None, cfg: Config, s
         best.update({k: v for k, v in best_row.items() if k.startswith("val_") or k.startswith("train_")})
     if status == "completed":
         _load_best(trainer, run)
+        distributed.broadcast_weights(trainer.model)  # every rank tests the best weights rank 0 loaded
         metrics = TaskMetrics(pipe.bundle.task, pipe.bundle.num_classes if pipe.bundle.task == "classification" else None,
                               pipe.bundle.output_dim, cfg.metrics).to(pipe.device)
         for split, loader in (("val", pipe.val_loader), ("test", pipe.test_loader)):
             if loader is None:
                 continue
             logs, kept = evaluate(trainer.model, loader, pipe.loss_fn, metrics, pipe.device, trainer.autocast,
-                                  keep_outputs=run is not None)
+                                  keep_outputs=run is not None or trainer.world_size > 1)
+            kept = distributed.gather_eval_outputs(kept, trainer.rank, trainer.world_size)  # whole split on rank 0
             if split == "test":
                 final["test"] = logs
             if run is not None and kept is not None:

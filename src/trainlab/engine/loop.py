@@ -24,6 +24,7 @@ from trainlab.config import TrainConfig
 from trainlab.data.base import ArrayDataset
 from trainlab.data.loaders import TensorLoader, make_loader
 from trainlab.engine import checkpoint as ckpt
+from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback, CallbackList
 from trainlab.errors import ConfigError, TrainingDiverged
 from trainlab.metrics import TaskMetrics, prepare
@@ -191,6 +192,7 @@ class Trainer:
         # resumed epoch logs the same train loss/accuracy as an uninterrupted one.
         self._epoch_progress: dict[str, float] | None = None
         self._resume_progress: dict[str, float] | None = None
+        self._resume_rng: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ setup helpers
     def _loader(self, data: Any, batch_size: int, shuffle: bool) -> Any:
@@ -228,6 +230,7 @@ class Trainer:
             "train_time": self.train_time,
             "data_wait": self.data_wait,
             "epoch_progress": self._epoch_progress,
+            "world_size": self.world_size,
             **self.extra_state,
         }
 
@@ -251,13 +254,44 @@ class Trainer:
         for c in self.callbacks.callbacks:
             if type(c).__name__ in state.get("callbacks", {}):
                 c.load_state_dict(state["callbacks"][type(c).__name__])
-        ckpt.set_rng_state(state["rng"])  # last: everything above may have drawn random numbers
+        self._resume_rng = self._rank_resume(state)
+        if self._resume_rng is not None:
+            ckpt.set_rng_state(self._resume_rng)  # last: everything above may have drawn random numbers
+
+    def _rank_resume(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """This rank's RNG state and partial epoch sums from a checkpoint (saved once, by rank 0, with
+        every rank's entry in `rank_states`). Returns the RNG state to restore (None: keep the fresh one)."""
+        saved_world = int(state.get("world_size", 1))
+        own = distributed.own_rank_state(state, self.rank, self.world_size)
+        if own is not None:  # the same number of processes: continue exactly
+            self._resume_progress = own.get("epoch_progress")
+            return own["rng"]
+        if saved_world == self.world_size:  # a single-process checkpoint
+            return state["rng"]
+        # Another number of processes: same fraction of the epoch; rank 0 carries the partial sums.
+        message = distributed.world_size_change(saved_world, self.world_size, getattr(self.train_loader, "batch_size", 0))
+        if self.is_main:
+            print(f"note: {message}", file=sys.stderr, flush=True)
+        if hasattr(self.train_loader, "load_state_dict") and state.get("loader") is not None:
+            loader = dict(state["loader"])
+            loader["position"] = distributed.rescale_position(int(loader["position"]), saved_world, self.world_size)
+            self.train_loader.load_state_dict(loader)
+        self._resume_progress = (distributed.merge_progress(state.get("rank_states")) or state.get("epoch_progress")) \
+            if self.is_main else None
+        return state["rng"] if self.is_main else None
 
     def save(self, name: str) -> None:
+        rank_states = None
+        if self.world_size > 1 and self._interrupt is None:
+            # A collective (every rank calls save): each rank's RNG and partial sums go to rank 0, which
+            # writes them into the one checkpoint. Not after a signal: ranks may be at different steps.
+            rank_states = distributed.gather_rank_states({"rng": ckpt.rng_state(), "epoch_progress": self._epoch_progress})
         if self.checkpoint_dir is None or not self.is_main:
             return
         self._check_finite()  # never write non-finite weights
         state = self.state_dict()
+        if rank_states is not None:
+            state["rank_states"] = rank_states
         bad = ckpt.nonfinite_tensors(state["model"])
         if bad:  # finite losses but a step with Inf/NaN gradients (no grad_clip to see them) broke the weights
             mid_epoch = self._epoch_progress is not None  # set by mid-epoch saves only
@@ -328,8 +362,8 @@ class Trainer:
         self._step_epoch: dict[int, int] = {}
         self._step_batch: dict[int, int] = {}
         self.callbacks.call("on_train_begin", {"trainer": self, "model": self.model, "optimizer": self.optimizer})
-        if resume_state is not None:  # callbacks may have drawn random numbers (a traced forward pass)
-            ckpt.set_rng_state(resume_state["rng"])
+        if resume_state is not None and self._resume_rng is not None:  # callbacks may have drawn random numbers
+            ckpt.set_rng_state(self._resume_rng)
         previous = self._install_signal_handlers()
         self.model.train()
         try:
@@ -439,12 +473,17 @@ class Trainer:
         self._epoch_progress = None
         self._check_finite()
         elapsed = time.perf_counter() - t_epoch
+        correct = self._train_correct
+        if self.world_size > 1:  # the epoch's train numbers over every rank's shard (one collective)
+            loss_sum, n, hits = distributed.all_reduce_sums(epoch_loss, epoch_samples, 0 if correct is None else correct)
+            epoch_loss, epoch_samples = torch.tensor(loss_sum), int(n)
+            correct = None if correct is None else torch.tensor(hits)
         self.train_time += elapsed
         self.data_wait += wait
         self.samples_seen += epoch_samples
         train_logs = {"loss": float(epoch_loss) / max(epoch_samples, 1)}
-        if self._train_correct is not None:
-            train_logs["accuracy"] = float(self._train_correct) / max(epoch_samples, 1)
+        if correct is not None:
+            train_logs["accuracy"] = float(correct) / max(epoch_samples, 1)
         train_logs["samples_per_second"] = epoch_samples / max(elapsed, 1e-9)
         train_logs["data_wait_fraction"] = wait / max(elapsed, 1e-9)
         self.epoch += 1
