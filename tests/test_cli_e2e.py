@@ -108,8 +108,6 @@ def test_fp16_on_cpu_exits_2_naming_train_precision(tmp_path, capsys):
     assert "train.precision" in err and "Traceback" not in err
 
 
-@pytest.mark.xfail(strict=True, reason="run._train_one writes summary.json with status 'running' before the Trainer "
-                   "checks train.precision; the ConfigError leaves it 'running', not a contract status")
 def test_a_precision_error_leaves_no_run_claiming_to_be_running(tmp_path, capsys):
     code, _, _ = cli_in_process(capsys, "train", "model.name=mlp", "train.epochs=1", "train.device=cpu",
                                 "train.precision=fp16", "--out", str(tmp_path / "run"), "--quiet")

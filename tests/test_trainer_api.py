@@ -123,9 +123,6 @@ def test_trainer_with_a_user_module_and_a_tensor_dataset_lowers_the_loss():
     assert trainer.global_step == 5 * math.ceil(200 / 32)
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer._make_metrics peeks a batch with next(iter(val_loader)), which "
-                   "advances the ResumableDataLoader's position: the first validation skips the first val batch "
-                   "(with a single val batch it sees no sample: loss 0, and R2 raises for a regression)")
 def test_trainer_first_validation_sees_every_validation_sample():
     torch.manual_seed(0)
     x, y = blobs(96)
@@ -219,8 +216,6 @@ def test_callback_hooks_come_in_order():
     assert names[: len(expected)] == expected
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer.fit never calls on_train_end; only run._finish does, so a user "
-                   "callback on a bare Trainer misses the last hook of the contract")
 def test_bare_trainer_calls_on_train_end():
     recorder = HookRecorder()
     small_trainer([recorder], epochs=1).fit()

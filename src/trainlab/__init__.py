@@ -6,7 +6,10 @@
 
     trainer = trainlab.Trainer(model, train_set, val_set, loss_fn=nn.CrossEntropyLoss(), optimizer=opt, epochs=3)
     trainer.fit()
+
+Attributes are imported on first use, so that `trainlab --help` and config errors answer quickly.
 """
+import importlib as _importlib
 import os as _os
 
 # On a busy CPU, OpenMP threads that spin while waiting make small ops 10-30x slower (measured on
@@ -14,12 +17,23 @@ import os as _os
 # only takes effect if torch was not imported before trainlab.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from trainlab.config import Config, load_config
-from trainlab.engine.callbacks import Callback
-from trainlab.engine.loop import Trainer, evaluate
-from trainlab.errors import CheckpointError, ConfigError, DataError, TrainlabError
-from trainlab.run import Run, evaluate_run, load_run, train
-
-__all__ = ["Callback", "CheckpointError", "Config", "ConfigError", "DataError", "Run", "Trainer", "TrainlabError",
-           "evaluate", "evaluate_run", "load_config", "load_run", "train"]
+_EXPORTS = {
+    "Config": "trainlab.config", "load_config": "trainlab.config",
+    "Callback": "trainlab.engine.callbacks",
+    "Trainer": "trainlab.engine.loop", "evaluate": "trainlab.engine.loop",
+    "CheckpointError": "trainlab.errors", "ConfigError": "trainlab.errors", "DataError": "trainlab.errors",
+    "TrainlabError": "trainlab.errors",
+    "Run": "trainlab.run", "evaluate_run": "trainlab.run", "load_run": "trainlab.run", "train": "trainlab.run",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(_importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'trainlab' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

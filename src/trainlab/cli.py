@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from trainlab.errors import TrainingDiverged, TrainlabError
+from trainlab.errors import Interrupted, TrainingDiverged, TrainlabError
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -28,8 +28,6 @@ class _Group(click.Group):
     """Turns trainlab's own errors into messages and exit codes."""
 
     def invoke(self, ctx: click.Context):
-        from trainlab.engine.loop import Interrupted
-
         try:
             return super().invoke(ctx)
         except TrainlabError as e:
@@ -58,7 +56,7 @@ def cli() -> None:
 def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, nproc: int | None,
           max_restarts: int) -> None:
     """Train from CONFIG.yaml (default: the built-in digits example) with KEY=VALUE overrides."""
-    from trainlab.run import train as run_train
+    from trainlab.config import load_config
 
     config = None
     overrides = list(args)
@@ -67,16 +65,18 @@ def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, np
     for o in overrides:
         if "=" not in o:
             raise TrainlabError(f"argument {o!r} is neither a config file (it must come first) nor a KEY=VALUE override")
-    if nproc and nproc > 1:
-        from trainlab.config import load_config
-        from trainlab.engine.distributed import launch
-        from trainlab.run import default_run_dir
+    cfg = load_config(config, overrides)  # a bad key or value is reported before torch is even imported
+    from trainlab.run import default_run_dir
 
-        out = out or default_run_dir(load_config(config, overrides), existing=resume)  # one folder for all ranks
-        argv = ["train", *([config] if config else []), *overrides, *(["--out", str(out)] if out else []),
+    if nproc and nproc > 1:
+        from trainlab.engine.distributed import launch
+
+        out = out or default_run_dir(cfg, existing=resume)  # one folder for all ranks
+        argv = ["train", *([config] if config else []), *overrides, "--out", str(out),
                 *(["--resume"] if resume else []), *(["--quiet"] if quiet else [])]
         sys.exit(launch(nproc, argv, max_restarts))
     from trainlab.engine import distributed
+    from trainlab.run import train as run_train
 
     rank, world_size, _ = distributed.env()
     if rank > 0:  # under torchrun only rank 0 talks; the others print errors only (stderr)
@@ -87,12 +87,9 @@ def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, np
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the worker
         warnings.simplefilter("ignore")
     if resume and out is None:
-        from trainlab.config import load_config
-        from trainlab.run import default_run_dir
-
-        out = default_run_dir(load_config(config, overrides), existing=True)
+        out = default_run_dir(cfg, existing=True)
     try:
-        run_train(config, overrides, out=out, resume=resume, quiet=quiet)
+        run_train(cfg, out=out, resume=resume, quiet=quiet)
     finally:
         distributed.teardown()
 

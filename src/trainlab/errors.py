@@ -24,6 +24,17 @@ class CheckpointError(TrainlabError):
     """A checkpoint is missing, corrupt or unsafe."""
 
 
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; the current step finished and last.pt was written (exit 130/143)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name)
+
+
 class TrainingDiverged(Exception):
     """The loss or a gradient became NaN/Inf (exit 1, not a user error)."""
 

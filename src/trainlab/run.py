@@ -68,6 +68,8 @@ def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int =
     load_builtins()
     seed_everything(config.seed)
     device = resolve_device(config.train.device)
+    if config.train.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA device (GradScaler); on CPU use bf16 or fp32")
     bundle = bundle or build_data(config)
     d = config.data
     loader_args = dict(seed=config.seed, device=device, num_workers=d.num_workers, pin_memory=d.pin_memory,
@@ -87,7 +89,8 @@ def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int =
     _check_loss(loss_fn, model, bundle, device)
     optimizer = build_optimizer(config.optimizer, model)
     steps_per_epoch = max(1, -(-len(train_loader) // config.train.grad_accum))
-    scheduler = build_scheduler(config.scheduler, optimizer, steps_per_epoch, config.train.epochs)
+    scheduler = build_scheduler(config.scheduler, optimizer, steps_per_epoch, config.train.epochs,
+                                config.train.max_steps)
     return Pipeline(config, bundle, model, loss_fn, optimizer, scheduler, train_loader, val_loader, test_loader,
                     device, summary)
 
@@ -238,6 +241,7 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
                       seed=cfg.seed, callbacks=cbs + list(callbacks) + distributed.fault_callbacks(rank), train=cfg.train,
                       checkpoint_dir=run.checkpoints if run else None, extra_state=extra, rank=rank,
                       world_size=world_size)
+    trainer.caller_ends_training = True
     _measure_flops(trainer, pipe, cfg)
     status = "failed"
     error: BaseException | None = None

@@ -26,17 +26,10 @@ from trainlab.data.loaders import TensorLoader, make_loader
 from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback, CallbackList
-from trainlab.errors import ConfigError, TrainingDiverged
+from trainlab.errors import ConfigError, Interrupted, TrainingDiverged
 from trainlab.metrics import TaskMetrics, prepare
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; the current step finished and last.pt was written."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        self.exit_code = 128 + signum
-        super().__init__(signal.Signals(signum).name)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -188,6 +181,10 @@ class Trainer:
         self.status = "running"
         self.flops_per_sample: float | None = None
         self._interrupt: int | None = None
+        # run.py calls on_train_end itself, after testing the best checkpoint (with the test metrics)
+        self.caller_ends_training = False
+        self._watched: list[tuple[torch.Tensor, int, int, int]] = []  # see _watch
+        self._batch_index = 0
         # Sums of the epoch in progress (plain numbers), saved by mid-epoch checkpoints so that a
         # resumed epoch logs the same train loss/accuracy as an uninterrupted one.
         self._epoch_progress: dict[str, float] | None = None
@@ -309,16 +306,20 @@ class Trainer:
         with self.autocast():
             output = self.model(x)
             loss = self.loss_fn(output, y)
-        scaled = loss / self.cfg.grad_accum
+        scaled = loss / self.cfg.grad_accum if self.cfg.grad_accum > 1 else loss
         if self.scaler is not None:
             self.scaler.scale(scaled).backward()
         else:
             scaled.backward()
         if self._train_correct is not None:
-            with torch.no_grad():
-                preds, target = prepare(self.task, output, y)
-                hit = (preds.argmax(-1) == target) if self.task == "classification" else ((preds > 0.5).long() == target)
-                self._train_correct += hit.sum()
+            with torch.no_grad():  # on the device: no sync; a logit > 0 is a probability > 0.5
+                if self.task == "classification" and y.dim() == 1:
+                    self._train_correct += (output.argmax(-1) == y).sum()
+                elif self.task == "binary":
+                    self._train_correct += ((output.view(-1) > 0) == (y.view(-1) > 0.5)).sum()
+                else:
+                    preds, target = prepare(self.task, output, y)
+                    self._train_correct += (preds.argmax(-1) == target).sum()
         if update:
             if self.callbacks.has("on_after_backward"):
                 self.callbacks.call("on_after_backward", self.global_step, {"model": self.model})
@@ -326,7 +327,7 @@ class Trainer:
                 self.scaler.unscale_(self.optimizer)
             if self.cfg.grad_clip is not None:
                 norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-                self._nonfinite_check(norm)
+                self._watch(norm)
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -335,19 +336,24 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def _nonfinite_check(self, value: torch.Tensor) -> None:
-        # Records the first step whose loss/grad norm is not finite, without a host sync.
-        bad = ~torch.isfinite(value.float())
-        self._first_bad = torch.where(bad & (self._first_bad < 0), self.global_step, self._first_bad)
+    def _watch(self, value: torch.Tensor) -> None:
+        """Keeps a loss or gradient norm (a device scalar) with where it came from, for `_check_finite`:
+        no host sync per step, only a reference kept until the next check."""
+        self._watched.append((value, self.global_step, self.epoch + 1, self._batch_index))
 
     def _check_finite(self) -> None:
-        first_bad = getattr(self, "_first_bad", None)
-        if first_bad is not None and int(first_bad) >= 0:  # note: host sync
-            step = int(first_bad)
+        """Raises TrainingDiverged naming the first non-finite loss or gradient since the last check."""
+        if not self._watched:
+            return
+        values = torch.stack([v.detach().float().reshape(()) for v, *_ in self._watched])
+        bad = ~torch.isfinite(values)
+        if bool(bad.any()):  # note: host sync, once per log interval and before every save
+            _, step, epoch, batch = self._watched[int(bad.nonzero()[0])]
             raise TrainingDiverged(
-                f"the loss or a gradient became NaN/Inf at epoch {self._step_epoch.get(step, self.epoch + 1)}, "
-                f"step {step + 1} (batch {self._step_batch.get(step, '?')} of the epoch); last.pt and best.pt keep "
-                f"the last finite weights. Try a lower optimizer.lr, train.grad_clip, or train.nan_policy=skip.")
+                f"the loss or a gradient became NaN/Inf at epoch {epoch}, step {step + 1} (batch {batch} of the "
+                f"epoch); last.pt and best.pt keep the last finite weights. Try a lower optimizer.lr, "
+                f"train.grad_clip, or train.nan_policy=skip.")
+        self._watched.clear()
 
     def fit(self, resume_state: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Train for `train.epochs` epochs (or `train.max_steps` steps); returns the history."""
@@ -358,9 +364,8 @@ class Trainer:
         if self.cfg.max_steps is not None:
             total_epochs = min(total_epochs, math.ceil(self.cfg.max_steps / steps_per_epoch))
         self.total_epochs = total_epochs
-        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        self._step_epoch: dict[int, int] = {}
-        self._step_batch: dict[int, int] = {}
+        self._watched: list[tuple[torch.Tensor, int, int, int]] = []
+        self._batch_index = 0
         self.callbacks.call("on_train_begin", {"trainer": self, "model": self.model, "optimizer": self.optimizer})
         if resume_state is not None and self._resume_rng is not None:  # callbacks may have drawn random numbers
             ckpt.set_rng_state(self._resume_rng)
@@ -380,6 +385,9 @@ class Trainer:
             raise
         finally:
             self._restore_signal_handlers(previous)
+        if not self.caller_ends_training:
+            self.callbacks.call("on_train_end", {"status": self.status, "history": self.history,
+                                                 "epoch": self.epoch, "step": self.global_step})
         return self.history
 
     def _done(self) -> bool:
@@ -396,16 +404,15 @@ class Trainer:
         accum = self.cfg.grad_accum
         n_batches = len(loader)
         running = torch.zeros((), device=self.device)  # sum of loss*batch since the last log
-        epoch_loss = torch.zeros((), device=self.device)
+        epoch_loss = torch.zeros((), device=self.device)  # the same over the epoch's earlier intervals
         self._train_correct = torch.zeros((), device=self.device, dtype=torch.long) \
             if self.task in ("classification", "binary") else None
         epoch_samples = interval_samples = 0
-        last_log_step = self.global_step
         t_epoch = t_log = time.perf_counter()
         wait = 0.0
         progress, self._resume_progress = self._resume_progress, None
         if progress and start_position > 0:  # resuming mid-epoch: continue the epoch's sums
-            epoch_loss += progress["loss_sum"]
+            epoch_loss += progress["loss_sum"] - progress["running_sum"]
             running += progress["running_sum"]
             epoch_samples, interval_samples = int(progress["samples"]), int(progress["interval_samples"])
             if self._train_correct is not None:
@@ -415,7 +422,7 @@ class Trainer:
 
         def snapshot() -> None:  # note: host sync; only before a checkpoint write
             self._epoch_progress = {
-                "loss_sum": float(epoch_loss), "running_sum": float(running), "samples": epoch_samples,
+                "loss_sum": float(epoch_loss + running), "running_sum": float(running), "samples": epoch_samples,
                 "interval_samples": interval_samples, "seconds": time.perf_counter() - t_epoch, "data_wait": wait,
                 "correct": int(self._train_correct) if self._train_correct is not None else 0}
         batch_index = start_position
@@ -426,22 +433,20 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             wait += time.perf_counter() - t_fetch
             batch_index += 1
+            self._batch_index = batch_index
             update = batch_index % accum == 0 or batch_index == n_batches
             if self.cfg.nan_policy == "skip":
                 loss = self._skip_nonfinite_step(x, y, update)
             else:
                 loss = self.train_step(x, y, update)
-                self._nonfinite_check(loss)
+                self._watch(loss)
             bs = len(y)
             running += loss * bs
-            epoch_loss += loss * bs
             epoch_samples += bs
             interval_samples += bs
             if not update:
                 t_fetch = time.perf_counter()
                 continue
-            self._step_epoch[self.global_step] = epoch
-            self._step_batch[self.global_step] = batch_index
             self.global_step += 1
             if self.scheduler is not None:
                 self.scheduler.step_batch()
@@ -454,11 +459,9 @@ class Trainer:
                 logs["samples_per_second"] = interval_samples / max(now - t_log, 1e-9)
                 if self.flops_per_sample and getattr(self, "peak_flops", None):
                     logs["mfu"] = logs["samples_per_second"] * self.flops_per_sample / self.peak_flops
+                epoch_loss += running
                 running.zero_()
                 interval_samples, t_log = 0, now
-                self._step_epoch = {k: v for k, v in self._step_epoch.items() if k >= last_log_step}
-                self._step_batch = {k: v for k, v in self._step_batch.items() if k >= last_log_step}
-                last_log_step = self.global_step
             if self.callbacks.has("on_batch_end"):
                 self.callbacks.call("on_batch_end", self.global_step, logs)
             if self.cfg.checkpoint_every_n_steps and self.global_step % self.cfg.checkpoint_every_n_steps == 0:
@@ -472,6 +475,7 @@ class Trainer:
             t_fetch = time.perf_counter()
         self._epoch_progress = None
         self._check_finite()
+        epoch_loss += running
         elapsed = time.perf_counter() - t_epoch
         correct = self._train_correct
         if self.world_size > 1:  # the epoch's train numbers over every rank's shard (one collective)
@@ -518,7 +522,7 @@ class Trainer:
         return logs
 
     def _make_metrics(self) -> TaskMetrics | None:
-        x, _ = next(iter(self._peek_loader()))
+        x = self._peek_inputs()
         with torch.inference_mode():
             was = self.model.training
             self.model.eval()
@@ -527,11 +531,13 @@ class Trainer:
         num_classes = out.shape[-1] if self.task == "classification" else None
         return TaskMetrics(self.task, num_classes, out.shape[-1] if out.dim() > 1 else 1, self.metric_names).to(self.device)
 
-    def _peek_loader(self) -> Iterable:
+    def _peek_inputs(self) -> torch.Tensor:
+        """Two inputs from the data, read without moving any loader's position."""
         loader = self.val_loader or self.train_loader
         if isinstance(loader, TensorLoader):
-            return [(loader.x[:2] if loader.transform is None else loader.transform(loader.x[:2]), loader.y[:2])]
-        return loader
+            return loader.x[:2] if loader.transform is None else loader.transform(loader.x[:2])
+        ds = loader.dataset
+        return torch.stack([torch.as_tensor(ds[i][0]) for i in range(min(2, len(ds)))])
 
     def _monitored(self, train_logs: dict[str, float], val_logs: dict[str, float] | None) -> float | None:
         split, _, name = self.cfg.monitor.partition("_")

@@ -339,9 +339,9 @@ def _check_required(cls: Any, kwargs: dict[str, Any], name: str) -> None:
 
 
 def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                    epochs: int) -> LRSchedule:
+                    epochs: int, max_steps: int | None = None) -> LRSchedule:
     """The LR schedule `cfg.name` with its warmup, for a run of `epochs` x `steps_per_epoch`
-    optimizer steps (count optimizer steps, i.e. batches / grad_accum)."""
+    optimizer steps (count optimizer steps, i.e. batches / grad_accum), or `max_steps` when shorter."""
     entry = SCHEDULERS.entry(cfg.name, "scheduler.name")
     cls, name = entry.factory, entry.name
     interval = _resolve_interval(cfg, entry)
@@ -367,6 +367,9 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, step
     if warmup >= run and cls is not _constant:
         raise ConfigError(f"scheduler.warmup_{'steps' if cfg.warmup_steps else 'epochs'}: the warmup "
                           f"({warmup} {interval}s) takes the whole run ({run} {interval}s)")
+    if max_steps is not None and max_steps < total_steps:  # train.max_steps ends the run first
+        total_steps = max_steps
+        run = max(warmup + 1, total_steps if interval == "step" else -(-max_steps // steps_per_epoch))
 
     kwargs = _main_kwargs(name, cls, user_kwargs, optimizer, run - warmup, total_steps, cfg.monitor)
     if cls is not _constant:
