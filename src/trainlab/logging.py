@@ -186,7 +186,8 @@ class ConsoleProgress(Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None:
         if not self.bars_off:
             self.bar = self.tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.epochs}", leave=False,
-                                 initial=logs.get("position", 0), file=self.stream, dynamic_ncols=True, mininterval=0.25)
+                                 initial=logs.get("position", 0), file=self.stream, dynamic_ncols=True, mininterval=0.25,
+                                 disable=False)  # we decided above; tqdm reads TQDM_DISABLE only at import
         self._start = time.perf_counter()
 
     def on_batch_end(self, step: int, logs: dict[str, Any]) -> None:

@@ -52,3 +52,37 @@ class CallbackList:
     @property
     def stop_training(self) -> bool:
         return any(c.stop_training for c in self.callbacks)
+
+
+class EarlyStopping(Callback):
+    """Stops when `monitor` has not improved by `min_delta` for `patience` epochs."""
+
+    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float = 0.0):
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.best: float | None = None
+        self.wait = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        value = logs.get("monitored")
+        if value is None:
+            return
+        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                       else value > self.best + self.min_delta)
+        if better:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.stop_training = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait, "stop_training": self.stop_training}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wait, self.stop_training = state["best"], state["wait"], state["stop_training"]
+
+
+def monitor_mode(monitor: str, mode: str) -> str:
+    if mode != "auto":
+        return mode
+    return "min" if any(w in monitor for w in ("loss", "mse", "mae", "rmse", "error")) else "max"

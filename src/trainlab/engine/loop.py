@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,107 +20,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trainlab.config import TrainConfig
-from trainlab.data.base import ArrayDataset
 from trainlab.data.loaders import TensorLoader, make_loader
 from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
-from trainlab.engine.callbacks import Callback, CallbackList
+from trainlab.engine.callbacks import Callback, CallbackList, EarlyStopping, monitor_mode
+from trainlab.engine.device import resolve_device, unwrap
+from trainlab.engine.evaluate import evaluate
+from trainlab.engine.signals import SignalCatcher
 from trainlab.errors import ConfigError, Interrupted, TrainingDiverged
 from trainlab.metrics import TaskMetrics, prepare
 
 
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} asked for but CUDA is not available here; use auto or cpu")
-    return device
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DistributedDataParallel and/or torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
-class EarlyStopping(Callback):
-    """Stops when `monitor` has not improved by `min_delta` for `patience` epochs."""
-
-    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float = 0.0):
-        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
-        self.best: float | None = None
-        self.wait = 0
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        value = logs.get("monitored")
-        if value is None:
-            return
-        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
-                                       else value > self.best + self.min_delta)
-        if better:
-            self.best, self.wait = value, 0
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                self.stop_training = True
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait": self.wait, "stop_training": self.stop_training}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.wait, self.stop_training = state["best"], state["wait"], state["stop_training"]
-
-
-def monitor_mode(monitor: str, mode: str) -> str:
-    if mode != "auto":
-        return mode
-    return "min" if any(w in monitor for w in ("loss", "mse", "mae", "rmse", "error")) else "max"
-
-
-def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable, metrics: TaskMetrics | None,
-             device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext,
-             keep_outputs: bool = False) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
-    """Mean loss and metrics over a loader; optionally the outputs and targets (for plots/predict)."""
-    was_training = model.training
-    model.eval()
-    total_loss = torch.zeros((), device=device)
-    count = 0
-    outputs, targets = [], []
-    with torch.inference_mode():
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast():
-                out = model(x)
-                loss = loss_fn(out, y)
-            total_loss += loss.float() * len(y)
-            count += len(y)
-            if metrics is not None:
-                metrics.update(out, y)
-            if keep_outputs:
-                outputs.append(out.float().cpu())
-                targets.append(y.cpu())
-    model.train(was_training)
-    total_loss, count = _all_reduce_sum(total_loss, count)
-    logs = {"loss": float(total_loss) / max(count, 1)}  # note: one host sync per evaluation
-    if metrics is not None:
-        logs.update(metrics.compute())
-    kept = {"output": torch.cat(outputs), "target": torch.cat(targets)} if keep_outputs and outputs else None
-    return logs, kept
-
-
-def _all_reduce_sum(total: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.stack([total.float(), torch.tensor(float(count), device=total.device)])
-        torch.distributed.all_reduce(t)
-        return t[0], int(t[1])
-    return total, count
 
 
 class Trainer:
@@ -180,7 +89,7 @@ class Trainer:
         self.data_wait = 0.0
         self.status = "running"
         self.flops_per_sample: float | None = None
-        self._interrupt: int | None = None
+        self.signals = SignalCatcher(announce=self.is_main)
         # run.py calls on_train_end itself, after testing the best checkpoint (with the test metrics)
         self.caller_ends_training = False
         self._watched: list[tuple[torch.Tensor, int, int, int]] = []  # see _watch
@@ -279,7 +188,7 @@ class Trainer:
 
     def save(self, name: str) -> None:
         rank_states = None
-        if self.world_size > 1 and self._interrupt is None:
+        if self.world_size > 1 and self.signals.received is None:
             # A collective (every rank calls save): each rank's RNG and partial sums go to rank 0, which
             # writes them into the one checkpoint. Not after a signal: ranks may be at different steps.
             rank_states = distributed.gather_rank_states({"rng": ckpt.rng_state(), "epoch_progress": self._epoch_progress})
@@ -369,7 +278,7 @@ class Trainer:
         self.callbacks.call("on_train_begin", {"trainer": self, "model": self.model, "optimizer": self.optimizer})
         if resume_state is not None and self._resume_rng is not None:  # callbacks may have drawn random numbers
             ckpt.set_rng_state(self._resume_rng)
-        previous = self._install_signal_handlers()
+        self.signals.install()
         self.model.train()
         try:
             while self.epoch < total_epochs and not self._done():
@@ -384,7 +293,7 @@ class Trainer:
             self.status = "failed"
             raise
         finally:
-            self._restore_signal_handlers(previous)
+            self.signals.restore()
         if not self.caller_ends_training:
             self.callbacks.call("on_train_end", {"status": self.status, "history": self.history,
                                                  "epoch": self.epoch, "step": self.global_step})
@@ -467,7 +376,7 @@ class Trainer:
             if self.cfg.checkpoint_every_n_steps and self.global_step % self.cfg.checkpoint_every_n_steps == 0:
                 snapshot()
                 self.save("last.pt")
-            if self._interrupt is not None:
+            if self.signals.received is not None:
                 snapshot()
                 self._on_interrupt(t_epoch, epoch_samples, wait)
             if self._done():
@@ -510,8 +419,8 @@ class Trainer:
         if improved:
             self.save("best.pt")
         self.save("last.pt")
-        if self._interrupt is not None:
-            raise Interrupted(self._interrupt)
+        if self.signals.received is not None:
+            raise Interrupted(self.signals.received)
 
     def validate(self) -> dict[str, float] | None:
         if self.val_loader is None:
@@ -572,38 +481,13 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    # ------------------------------------------------------------------ signals
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        previous = {}
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, self._handle_signal)
-        return previous
-
-    def _restore_signal_handlers(self, previous: dict[int, Any]) -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-    def _handle_signal(self, signum: int, frame: Any) -> None:
-        if self._interrupt is not None and signum == signal.SIGINT:
-            print("\nsecond Ctrl-C: exiting now", file=sys.stderr, flush=True)
-            import os
-            os._exit(130)
-        self._interrupt = signum
-        if self.is_main:
-            print(f"\n{signal.Signals(signum).name} received: finishing the current step and saving last.pt "
-                  f"(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
-
     def _on_interrupt(self, t_epoch: float, epoch_samples: int, wait: float) -> None:
         self.save("last.pt")  # the epoch's partial sums travel in epoch_progress
         # For the summary of this (interrupted) process only; not saved, so never counted twice.
         self.train_time += time.perf_counter() - t_epoch
         self.samples_seen += epoch_samples
         self.data_wait += wait
-        raise Interrupted(self._interrupt)
+        raise Interrupted(self.signals.received)
 
 
 def _task_from_loss(loss_fn: Callable) -> str:
