@@ -292,3 +292,20 @@ def test_bf16_trainer_on_cpu_computes_under_autocast():
     assert dtypes and all(d == torch.bfloat16 for d in dtypes)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a bf16 model
     assert math.isfinite(history[-1]["train_loss"]) and math.isfinite(history[-1]["val_loss"])
+
+
+def test_compile_falls_back_to_eager_with_a_warning_when_the_backend_fails(monkeypatch):
+    import torch
+
+    from trainlab.data import build_data
+    from trainlab.config import load_config
+    from trainlab.run import compile_model
+
+    def broken(model, *a, **k):
+        raise RuntimeError("no backend here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cfg = load_config({"data": {"source": "iris"}})
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with pytest.warns(UserWarning, match="train.compile"):
+        assert compile_model(model, build_data(cfg), torch.device("cpu")) is model

@@ -211,6 +211,8 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
         pipe.model = distributed.wrap_model(pipe.model, pipe.device)  # rank 0's initial weights on every rank
         if rank > 0:  # its own random stream (dropout, batch augmentation); rank 0 keeps the 1-process one
             seed_everything(cfg.seed + 1_000_003 * rank)
+    if cfg.train.compile:
+        pipe.model = compile_model(pipe.model, pipe.bundle, pipe.device)
     # output_dim: predict and eval rebuild the model from the checkpoint alone (without the data).
     extra = {"config": cfg.to_dict(), "preprocessing": {**pipe.bundle.preprocessing, "output_dim": pipe.bundle.output_dim}}
     cbs: list[Callback] = []
@@ -260,6 +262,24 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
         raise error
     return Run(out, cfg, unwrap(pipe.model), trainer.history, best, final, status,
                run.read_summary() if run else {})
+
+
+def compile_model(model: nn.Module, bundle: DataBundle, device: torch.device) -> nn.Module:
+    """torch.compile, tried on one batch; where the backend is missing or fails, the eager model with a warning."""
+    import warnings
+
+    try:
+        compiled = torch.compile(model)
+        x, _ = _one_batch(bundle)
+        saved = {k: v.clone() for k, v in model.state_dict().items()}  # e.g. BatchNorm statistics
+        with torch.random.fork_rng(devices=[]):  # the trial forward must not move the training RNG
+            compiled(x.to(device))
+        model.load_state_dict(saved)
+        return compiled
+    except Exception as e:  # noqa: BLE001 - any backend failure means: train eagerly
+        warnings.warn(f"train.compile: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      f"training without it", stacklevel=2)
+        return model
 
 
 def _data_line(bundle: DataBundle) -> str:
