@@ -93,3 +93,14 @@ def no_report(monkeypatch: pytest.MonkeyPatch) -> None:
         return path
 
     monkeypatch.setattr(trainlab.report, "write_report", stub)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train fastest on one thread; more only add contention on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

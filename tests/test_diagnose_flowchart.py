@@ -7,14 +7,9 @@ from torch import nn
 
 from trainlab.diagnose.flowchart import VERDICTS, baseline_loss, verdict
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny full-batch models: threads only add contention on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 
 
 def _train(model, x, y, x_val, y_val, epochs=10, steps_per_epoch=40, lr=1e-2, optimizer="Adam"):

@@ -8,13 +8,9 @@ from torch import nn
 from trainlab.diagnose.gradients import LayerStatsCallback, gradient_health, gradient_snapshot, read_layer_stats
 from trainlab.engine.callbacks import CallbackList
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 
 
 def _chain(depth, width, act=None, in_dim=4):

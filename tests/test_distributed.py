@@ -104,7 +104,8 @@ def test_resume_with_another_process_count_states_the_new_effective_batch_size()
     assert distributed.rescale_position(6, 2, 4) == 3  # same fraction of the epoch
     states = [{"epoch_progress": {"loss_sum": 1.0, "samples": 10, "seconds": 2.0}},
               {"epoch_progress": {"loss_sum": 3.0, "samples": 12, "seconds": 3.0}}]
-    assert distributed.merge_progress(states) == {"loss_sum": 4.0, "samples": 22, "seconds": 3.0}
+    merged = {"loss_sum": 4.0, "samples": 22, "seconds": 3.0}  # sums; the wall clock is the longest rank's
+    assert distributed.merge_progress(states) == merged
     assert distributed.own_rank_state({"rank_states": [{"a": 0}, {"a": 1}]}, 1, 2) == {"a": 1}
     assert distributed.own_rank_state({"rank_states": [{"a": 0}, {"a": 1}]}, 1, 3) is None
 

@@ -34,10 +34,9 @@ def curve(fn="sin3x", n=128, low=-3.0, high=3.0, val_low=None, val_high=None, se
 def source_module(tmp_path, monkeypatch):
     (tmp_path / "doctor_curves.py").write_text(textwrap.dedent(SOURCE))
     monkeypatch.syspath_prepend(str(tmp_path))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
 
 def _config(name, model, optimizer, epochs, batch_size=128, **options):

@@ -30,6 +30,8 @@ from trainlab.errors import ConfigError
 
 from conftest import load_run_dir_checker
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ALL = sorted(p.stem for p in EXAMPLES.glob("*.yaml"))
 
@@ -41,12 +43,6 @@ OFFLINE = ["linear_regression", "sigmoid_regression", "sklearn_diabetes_regressi
 FEW_STEPS = {"train.epochs": 1, "train.max_steps": 3, "train.device": "cpu", "data.num_workers": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared; tiny models gain nothing from threads
-    yield
-    torch.set_num_threads(n)
 
 
 class _NoExtras(Callback):

@@ -7,13 +7,9 @@ from torch import nn
 
 from trainlab.diagnose.lr_finder import lr_range_test, plot_lr_find, suggest_steepest, suggest_valley
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 
 
 def test_restores_model_optimizer_and_rng_exactly():

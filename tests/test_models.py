@@ -16,6 +16,8 @@ from trainlab.models.build import adapt_classifier
 from trainlab.models.zoo import InceptionA, Layers, ResidualBlock
 from trainlab.registry import MODELS, add_user_path
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 # A suitable (tiny) sample shape, task and keyword arguments for every zoo model; a new model must be
 # added here.
 ZOO_CASES = {
@@ -31,13 +33,6 @@ CIFAR_LAYERS = [{"Conv2d": [3, 20, 5]}, {"MaxPool2d": [2]}, {"Conv2d": [20, 50, 
                 "Flatten", {"Linear": [800, 500]}, {"Linear": [500, 10]}]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_batch(shape, task, n=16):
