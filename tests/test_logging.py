@@ -143,3 +143,18 @@ def test_quiet_prints_no_bars_and_no_epoch_lines(tmp_path, capsys, monkeypatch, 
     assert "\r" not in err and "%|" not in err
     assert not [line for line in out.splitlines() if line.startswith("epoch ")]
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_each_param_group_learning_rate_is_logged(tmp_path, capsys, no_report):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    code, out, err = short_run(capsys, tmp_path, "train.log_every_n_steps=1", "train.max_steps=3",
+                               "optimizer.name=SGD", "optimizer.lr=0.1",
+                               "optimizer.param_groups=[{params: '1.*', lr: 0.01}, {params: '3.*', lr: 0.02}]",
+                               "--quiet")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step_rows = [r for r in rows if r.get("kind") == "step"]
+    assert step_rows and all(sorted(r["lrs"].values()) == [0.01, 0.02] for r in step_rows)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert len([t for t in events.Tags()["scalars"] if t.startswith("lr/")]) == 2

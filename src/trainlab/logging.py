@@ -117,7 +117,8 @@ class MetricsFile(Callback):
     def on_batch_end(self, step: int, logs: dict[str, Any]) -> None:
         if "loss" in logs:
             self.write({"epoch": logs["epoch"], "step": step, "split": "train", "kind": "step",
-                        "loss": logs["loss"], "lr": logs.get("lr"), "samples_per_second": logs.get("samples_per_second")})
+                        "loss": logs["loss"], "lr": logs.get("lr"), "samples_per_second": logs.get("samples_per_second"),
+                        **({"lrs": logs["lrs"]} if "lrs" in logs else {})})
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         for split in ("train", "val"):
@@ -143,6 +144,8 @@ class TensorBoardScalars(Callback):
             for key in ("lr", "grad_norm", "samples_per_second"):
                 if logs.get(key) is not None:
                     self.writer.add_scalar(f"train/{key}", logs[key], step)
+            for group, lr in (logs.get("lrs") or {}).items():
+                self.writer.add_scalar(f"lr/{group}", lr, step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         for split in ("train", "val"):

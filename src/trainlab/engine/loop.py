@@ -365,6 +365,8 @@ class Trainer:
                 now = time.perf_counter()
                 logs["loss"] = float(running) / max(interval_samples, 1)  # note: host sync, once per interval
                 logs["lr"] = self.optimizer.param_groups[0]["lr"]
+                if len(self.optimizer.param_groups) > 1:  # per-layer learning rates: each group's own
+                    logs["lrs"] = {str(g.get("name", i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
                 logs["samples_per_second"] = interval_samples / max(now - t_log, 1e-9)
                 if self.flops_per_sample and getattr(self, "peak_flops", None):
                     logs["mfu"] = logs["samples_per_second"] * self.flops_per_sample / self.peak_flops
