@@ -103,9 +103,6 @@ def plot_batch_sweep(rows: list[dict[str, Any]], path: str | Path) -> Path:
             ax.axvline(limit, color="gray", linestyle="--", label=f"free up to {limit}")
             ax.legend()
     fig.suptitle("Batch size sweep")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    from trainlab.report.plots import save_figure
+
+    return save_figure(fig, path)

@@ -173,10 +173,7 @@ def plot_lr_find(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("loss")
     ax.set_title("LR range test")
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    from trainlab.report.plots import save_figure
+
+    return save_figure(fig, path)
 

@@ -45,6 +45,16 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a figure as PNG (creating the folder) and close it; for plots made outside this module."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def ema(values: Sequence[float], smoothing: float = 0.9) -> np.ndarray:
     """Exponential moving average, debiased like TensorBoard's smoothing slider (so it starts at the data)."""
     out, avg = np.empty(len(values)), 0.0
