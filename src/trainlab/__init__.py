@@ -10,12 +10,6 @@
 Attributes are imported on first use, so that `trainlab --help` and config errors answer quickly.
 """
 import importlib as _importlib
-import os as _os
-
-# On a busy CPU, OpenMP threads that spin while waiting make small ops 10-30x slower (measured on
-# a 2-core machine with one other busy process: 172 ms vs 6.7 ms per step of a small CNN). It
-# only takes effect if torch was not imported before trainlab.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
     "Config": "trainlab.config", "load_config": "trainlab.config",

@@ -112,7 +112,8 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(default=None, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
-    channels_last: bool = False
+    # auto: on for 2-d conv nets on the CPU when the model's forward allows it (engine/device.py)
+    channels_last: bool | Literal["auto"] = "auto"
     log_every_n_steps: int = Field(default=50, ge=1)
     checkpoint_every_n_steps: int | None = Field(default=None, ge=1)
     histogram_every: int | None = Field(default=None, ge=1)  # epochs between weight/grad histograms

@@ -25,6 +25,7 @@ from trainlab.data.loaders import make_loader
 from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback
+from trainlab.engine.device import resolve_channels_last
 from trainlab.engine.loop import Interrupted, Trainer, evaluate, resolve_device, unwrap
 from trainlab.errors import CheckpointError, ConfigError, TrainingDiverged, TrainlabError
 from trainlab.logging import ConsoleProgress, MetricsFile, RunDir, TensorBoardScalars
@@ -207,7 +208,13 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
     if run is not None:
         ckpt.clean_temp_files(run.checkpoints)
     pipe = build_pipeline(cfg, rank=rank, world_size=world_size)
+    train_cfg = cfg.train
     if world_size > 1:
+        # The layout is chosen before DistributedDataParallel holds the parameters (the Trainer keeps the choice).
+        with torch.random.fork_rng(devices=[]):
+            x, _ = _one_batch(pipe.bundle, 2)
+        train_cfg = cfg.train.model_copy(update={"channels_last": resolve_channels_last(
+            pipe.model, x.to(pipe.device), cfg.train.channels_last, pipe.device, cfg.train.precision)})
         pipe.model = distributed.wrap_model(pipe.model, pipe.device)  # rank 0's initial weights on every rank
         if rank > 0:  # its own random stream (dropout, batch augmentation); rank 0 keeps the 1-process one
             seed_everything(cfg.seed + 1_000_003 * rank)
@@ -240,7 +247,7 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
                       scheduler=pipe.scheduler, task=pipe.bundle.task,
                       metrics=TaskMetrics(pipe.bundle.task, pipe.bundle.num_classes if pipe.bundle.task == "classification" else None,
                                           pipe.bundle.output_dim, cfg.metrics).to(pipe.device),
-                      seed=cfg.seed, callbacks=cbs + list(callbacks) + distributed.fault_callbacks(rank), train=cfg.train,
+                      seed=cfg.seed, callbacks=cbs + list(callbacks) + distributed.fault_callbacks(rank), train=train_cfg,
                       checkpoint_dir=run.checkpoints if run else None, extra_state=extra, rank=rank,
                       world_size=world_size)
     trainer.caller_ends_training = True
@@ -389,6 +396,7 @@ def _finish(trainer: Trainer, pipe: Pipeline, run: RunDir | None, cfg: Config, s
         mfu=((trainer.samples_seen / trainer.train_time) * trainer.flops_per_sample / trainer.peak_flops)
         if trainer.flops_per_sample and trainer.train_time > 0 and getattr(trainer, "peak_flops", None) else None,
         peak_flops=getattr(trainer, "peak_flops", None), nan_skipped=trainer.nan_skipped,
+        channels_last=trainer.channels_last, threads=torch.get_num_threads() if pipe.device.type == "cpu" else None,
         time_to_target=_time_to_target(trainer), train_time_seconds=trainer.train_time)
     test_for_logs = {"epoch": trainer.epoch, "step": trainer.global_step, "test": final.get("test"), "status": status}
     trainer.callbacks.call("on_train_end", test_for_logs)

@@ -154,11 +154,13 @@ class TensorLoader(_Resumable):
         order = epoch_order(len(self.x), self.epoch, self.seed, self.shuffle, self.rank, self.world_size).to(self.device)
         for b in range(self.position, len(self)):
             idx = order[b * bs : (b + 1) * bs]
-            x = self.inputs[idx]  # a gather makes a copy: the model may change its input in place
+            # index_select, not x[idx]: the same rows (a copy, so the model may change its input in
+            # place), 4x faster on the CPU for a batch of 64 MNIST images (7.6 against 34 us)
+            x = torch.index_select(self.inputs, 0, idx)
             if transform is not None:
                 x = transform(x)
             self.position = b + 1
-            yield x, self.y[idx]
+            yield x, torch.index_select(self.y, 0, idx)
         self.epoch, self.position = self.epoch + 1, 0
 
 

@@ -24,7 +24,7 @@ from trainlab.data.loaders import TensorLoader, make_loader
 from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback, CallbackList, EarlyStopping, monitor_mode
-from trainlab.engine.device import resolve_device, unwrap
+from trainlab.engine.device import resolve_channels_last, resolve_device, unwrap
 from trainlab.engine.evaluate import evaluate
 from trainlab.engine.signals import SignalCatcher
 from trainlab.errors import ConfigError, Interrupted, TrainingDiverged
@@ -59,8 +59,6 @@ class Trainer:
         self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
         self.seed = seed
         self.model = model.to(self.device)
-        if self.cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
         self.optimizer = optimizer or torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.scheduler = scheduler
@@ -68,6 +66,10 @@ class Trainer:
         self.train_loader = self._loader(train_data, batch_size, shuffle=True)
         eval_bs = eval_batch_size or batch_size * 4  # no gradients kept: a larger batch is cheaper per sample
         self.val_loader = self._loader(val_data, eval_bs, shuffle=False) if val_data is not None else None
+        # after the loaders: the layout is tried on two of their inputs
+        sample = self._sample_inputs()
+        self.channels_last = sample is not None and resolve_channels_last(
+            unwrap(self.model), sample, self.cfg.channels_last, self.device, self.cfg.precision)
         self.metric_names = metrics if isinstance(metrics, list) else None
         self.metrics = metrics if isinstance(metrics, TaskMetrics) else None
         self.callbacks = CallbackList(list(callbacks))
@@ -254,7 +256,8 @@ class Trainer:
         """Raises TrainingDiverged naming the first non-finite loss or gradient since the last check."""
         if not self._watched:
             return
-        values = torch.stack([v.detach().float().reshape(()) for v, *_ in self._watched])
+        values = torch.stack([v if v.dtype == torch.float32 and v.dim() == 0 else v.detach().float().reshape(())
+                              for v, *_ in self._watched])  # losses are float32 scalars already: no op each
         bad = ~torch.isfinite(values)
         if bool(bad.any()):  # note: host sync, once per log interval and before every save
             _, step, epoch, batch = self._watched[int(bad.nonzero()[0])]
@@ -338,7 +341,7 @@ class Trainer:
         t_fetch = time.perf_counter()
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            if self.cfg.channels_last and x.dim() == 4:
+            if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             wait += time.perf_counter() - t_fetch
             batch_index += 1
@@ -350,7 +353,7 @@ class Trainer:
                 loss = self.train_step(x, y, update)
                 self._watch(loss)
             bs = len(y)
-            running += loss * bs
+            running.add_(loss.float(), alpha=bs)  # one op (loss.float() is the loss itself in fp32)
             epoch_samples += bs
             interval_samples += bs
             if not update:
@@ -441,6 +444,21 @@ class Trainer:
             self.model.train(was)
         num_classes = out.shape[-1] if self.task == "classification" else None
         return TaskMetrics(self.task, num_classes, out.shape[-1] if out.dim() > 1 else 1, self.metric_names).to(self.device)
+
+    def _sample_inputs(self) -> torch.Tensor | None:
+        """`_peek_inputs` without moving any random stream the training run depends on (None: the data
+        gives no tensor inputs to peek at, e.g. a user's dataset of dicts)."""
+        generators = [g for g in (getattr(getattr(self.train_loader, "transform", None), "generator", None),) if g is not None]
+        saved = [g.get_state() for g in generators]
+        try:
+            with torch.random.fork_rng(devices=[]):
+                x = self._peek_inputs()
+            return x if isinstance(x, torch.Tensor) else None
+        except Exception:  # noqa: BLE001 - only an optimisation depends on it
+            return None
+        finally:
+            for g, state in zip(generators, saved):
+                g.set_state(state)
 
     def _peek_inputs(self) -> torch.Tensor:
         """Two inputs from the data, read without moving any loader's position."""
