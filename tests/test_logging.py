@@ -63,6 +63,13 @@ def test_summary_json_schema(digits_run):
     last_train = [r for r in rows if r.get("kind") == "epoch" and r["split"] == "train"][-1]
     assert isinstance(summary["global_step"], int) and summary["global_step"] == last_train["step"] > 0
     assert isinstance(summary["samples_per_second"], float) and summary["samples_per_second"] > 0
+    # speed accounting: evaluation samples/s, the share of time waiting for data, MFU from counted FLOPs
+    assert summary["eval_samples_per_second"] > 0
+    assert 0 <= summary["data_wait_fraction"] < 1
+    assert summary["flops_per_sample"] > 0 and summary["peak_flops"] > 0
+    assert summary["mfu"] == pytest.approx(summary["samples_per_second"] * summary["flops_per_sample"]
+                                           / summary["peak_flops"], rel=1e-9)
+    assert summary["channels_last"] is True  # the default example is a conv net on the CPU
 
     # best: the monitored value (val_loss by default) is the lowest validation loss of the run.
     val = {r["epoch"]: r for r in rows if r.get("kind") == "epoch" and r["split"] == "val"}
@@ -133,7 +140,22 @@ def test_progress_bars_and_epoch_lines_without_quiet(tmp_path, capsys, monkeypat
     assert "%|" in err and "epoch 1/2" in err  # a tqdm bar per epoch, on stderr
     epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in epoch_lines] == ["1/2", "2/2"]
+    assert all(" samples/s (eval " in line for line in epoch_lines)  # training and evaluation speed
     assert "%|" not in out
+
+
+def test_progress_bar_shows_loss_speed_data_wait_and_mfu(monkeypatch):
+    import io
+
+    from trainlab.logging import ConsoleProgress
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    progress = ConsoleProgress(steps_per_epoch=4, epochs=1, stream=io.StringIO())
+    progress.on_epoch_begin(1, {})
+    progress.on_batch_end(1, {"epoch": 1, "steps_since": 1, "loss": 0.5, "samples_per_second": 12345.0,
+                              "data_wait_fraction": 0.25, "mfu": 0.123})
+    assert progress.bar.postfix == "loss=0.5000, samples/s=12,345, data wait=25%, mfu=12.3%"
+    assert progress.bar.n == 1
 
 
 def test_quiet_prints_no_bars_and_no_epoch_lines(tmp_path, capsys, monkeypatch, no_report):

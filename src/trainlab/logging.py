@@ -202,6 +202,8 @@ class ConsoleProgress(Callback):
                     post["acc"] = f"{logs['accuracy']:.3f}"
                 if logs.get("samples_per_second"):
                     post["samples/s"] = f"{logs['samples_per_second']:,.0f}"
+                if logs.get("data_wait_fraction") is not None:
+                    post["data wait"] = f"{100 * logs['data_wait_fraction']:.0f}%"
                 if logs.get("mfu") is not None:
                     post["mfu"] = f"{100 * logs['mfu']:.1f}%"
                 self.bar.set_postfix(post, refresh=False)
@@ -218,7 +220,10 @@ class ConsoleProgress(Callback):
             if logs.get("lr") is not None:
                 parts.append(f"lr {logs['lr']:.3g}")
             if train.get("samples_per_second"):
-                parts.append(f"{train['samples_per_second']:,.0f} samples/s")
+                speed = f"{train['samples_per_second']:,.0f} samples/s"
+                if logs.get("eval_samples_per_second"):
+                    speed += f" (eval {logs['eval_samples_per_second']:,.0f})"
+                parts.append(speed)
             print(" | ".join(parts), file=sys.stdout, flush=True)
 
     def on_train_end(self, logs: dict[str, Any]) -> None:

@@ -392,6 +392,7 @@ def _finish(trainer: Trainer, pipe: Pipeline, run: RunDir | None, cfg: Config, s
         status=status, epochs_completed=trainer.epoch, global_step=trainer.global_step, best=best, final=final,
         samples_per_second=(trainer.samples_seen / trainer.train_time) if trainer.train_time > 0 else None,
         data_wait_fraction=trainer.data_wait / trainer.train_time if trainer.train_time > 0 else None,
+        eval_samples_per_second=trainer.eval_samples / trainer.eval_time if trainer.eval_time > 0 else None,
         flops_per_sample=trainer.flops_per_sample,
         mfu=((trainer.samples_seen / trainer.train_time) * trainer.flops_per_sample / trainer.peak_flops)
         if trainer.flops_per_sample and trainer.train_time > 0 and getattr(trainer, "peak_flops", None) else None,

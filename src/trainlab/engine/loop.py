@@ -89,6 +89,8 @@ class Trainer:
         self.samples_seen = 0
         self.train_time = 0.0
         self.data_wait = 0.0
+        self.eval_samples, self.eval_time = 0, 0.0  # validation passes (this process; for samples/s)
+        self.last_eval_speed: float | None = None
         self.status = "running"
         self.flops_per_sample: float | None = None
         self.signals = SignalCatcher(announce=self.is_main)
@@ -371,6 +373,7 @@ class Trainer:
                 if len(self.optimizer.param_groups) > 1:  # per-layer learning rates: each group's own
                     logs["lrs"] = {str(g.get("name", i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
                 logs["samples_per_second"] = interval_samples / max(now - t_log, 1e-9)
+                logs["data_wait_fraction"] = wait / max(now - t_epoch, 1e-9)  # of the epoch so far
                 if self.flops_per_sample and getattr(self, "peak_flops", None):
                     logs["mfu"] = logs["samples_per_second"] * self.flops_per_sample / self.peak_flops
                 epoch_loss += running
@@ -412,7 +415,7 @@ class Trainer:
             self.scheduler.step_epoch({**{f"train_{k}": v for k, v in train_logs.items()},
                                        **{f"val_{k}": v for k, v in (val_logs or {}).items()}})
         row = {"epoch": epoch, "step": self.global_step, "lr": lr, "train": train_logs, "val": val_logs,
-               "monitored": monitored}
+               "monitored": monitored, "eval_samples_per_second": self.last_eval_speed if val_logs else None}
         self.history.append({"epoch": epoch, "step": self.global_step, "lr": lr, "elapsed_seconds": self.train_time,
                              **{f"train_{k}": v for k, v in train_logs.items()},
                              **{f"val_{k}": v for k, v in (val_logs or {}).items()}})
@@ -432,7 +435,12 @@ class Trainer:
             return None
         if self.metrics is None:
             self.metrics = self._make_metrics()
-        logs, _ = evaluate(self.model, self.val_loader, self.loss_fn, self.metrics, self.device, self.autocast)
+        stats: dict[str, float] = {}
+        logs, _ = evaluate(self.model, self.val_loader, self.loss_fn, self.metrics, self.device, self.autocast,
+                           stats=stats)
+        self.eval_samples += int(stats["samples"])
+        self.eval_time += stats["seconds"]
+        self.last_eval_speed = stats["samples"] / max(stats["seconds"], 1e-9)
         return logs
 
     def _make_metrics(self) -> TaskMetrics | None:

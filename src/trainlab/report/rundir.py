@@ -18,7 +18,7 @@ import yaml
 
 # keys of metrics.jsonl rows that are bookkeeping, not metrics
 NOT_METRICS = {"epoch", "step", "split", "kind", "loss", "lr", "time", "elapsed", "seconds",
-               "samples_per_second", "grad_norm", "fold"}
+               "samples_per_second", "data_wait_fraction", "grad_norm", "fold"}
 
 
 @dataclass
