@@ -347,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
     peak = peak_flops(torch.device("cpu"), n=2048, repeats=10)
     flops = {m: model_flops(m, *tensors) for m in models}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.samples:,} samples, batch {BATCH}, "
-          f"{args.rounds} round(s); peak fp32 matmul probe {peak / 1e9:.1f} GFLOP/s; load {os.getloadavg()[0]:.2f}",
+          f"{args.rounds} round(s); OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+          f"peak fp32 matmul probe {peak / 1e9:.1f} GFLOP/s; load {os.getloadavg()[0]:.2f}",
           flush=True)
     for m in models:  # warm-up: one-off costs (allocator, oneDNN primitives, imports) stay out of round 1
         for lp in loops:

@@ -62,6 +62,50 @@ def test_auto_falls_back_when_the_forward_needs_contiguous_tensors():
     model(images())  # and it still runs
 
 
+def test_only_4d_tensors_change_layout():
+    class WithVolume(nn.Module):  # a 5-d buffer: Module.to(memory_format=channels_last) would raise
+        def __init__(self):
+            super().__init__()
+            self.conv = conv_net(channels=3)
+            self.register_buffer("volume", torch.zeros(1, 1, 2, 2, 2))
+
+        def forward(self, x):
+            return self.conv(x)
+
+    model = WithVolume()
+    assert resolve_channels_last(model, images(channels=3), "auto", CPU)
+    assert model.conv[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.volume.is_contiguous() and model.training
+
+
+def test_true_does_not_blame_the_layout_for_a_forward_that_fails_anyway():
+    broken = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(5, 10))  # 4*6*6 features, not 5
+    assert not resolve_channels_last(broken, images(), True, CPU)  # training reports the real error
+    assert broken[0].weight.is_contiguous()
+
+
+def test_the_trial_moves_no_random_stream():
+    class Noisy(nn.Module):  # draws random numbers even in eval mode
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 10)
+
+        def forward(self, x):
+            return self.head((self.conv(x) + 0.01 * torch.randn(1)).flatten(1))
+
+    model, x = Noisy(), images(channels=3)
+    state = torch.get_rng_state()
+    assert resolve_channels_last(model, x, "auto", CPU)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_lazy_model_not_yet_built_is_trainable_after_the_trial():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(10))  # uninitialised until a forward
+    assert resolve_channels_last(model, images(channels=3), "auto", CPU)  # the trial forward builds it
+    model(images(channels=3)).sum().backward()  # no inference tensors left behind by the trial
+    assert model[2].weight.grad is not None
+
+
 def test_true_on_a_model_that_cannot_take_it_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"train\.channels_last: true.*\.view"):
         resolve_channels_last(ViewNet(), images(), True, CPU)

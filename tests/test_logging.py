@@ -180,3 +180,23 @@ def test_each_param_group_learning_rate_is_logged(tmp_path, capsys, no_report):
     assert step_rows and all(sorted(r["lrs"].values()) == [0.01, 0.02] for r in step_rows)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     assert len([t for t in events.Tags()["scalars"] if t.startswith("lr/")]) == 2
+
+
+def test_resume_truncation_drops_rows_of_an_epoch_the_checkpoint_did_not_finish(tmp_path):
+    """A checkpoint at an epoch's last step, taken before the epoch's end (checkpoint_every_n_steps),
+    shares its step with that epoch's rows; a process killed between the two leaves those rows behind."""
+    from trainlab.logging import MetricsFile
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"epoch": 1, "step": 15, "split": "train", "kind": "step", "loss": 1.0},
+            {"epoch": 1, "step": 20, "split": "train", "kind": "step", "loss": 0.9},
+            {"epoch": 1, "step": 20, "split": "train", "kind": "epoch", "loss": 0.95},
+            {"epoch": 1, "step": 20, "split": "val", "kind": "epoch", "loss": 0.97},
+            {"epoch": 2, "step": 25, "split": "train", "kind": "step", "loss": 0.8}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    MetricsFile(path, truncate_after_step=20, completed_epochs=0).file.close()  # mid-epoch checkpoint at step 20
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    assert kept == rows[:2]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    MetricsFile(path, truncate_after_step=20, completed_epochs=1).file.close()  # the epoch-end checkpoint
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:4]

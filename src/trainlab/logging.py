@@ -94,18 +94,22 @@ class MetricsFile(Callback):
     """Appends one JSON object per line to metrics.jsonl: step rows ("kind": "step") every log
     interval and epoch rows ("kind": "epoch") for each split."""
 
-    def __init__(self, path: Path, truncate_after_step: int | None = None):
+    def __init__(self, path: Path, truncate_after_step: int | None = None, completed_epochs: int | None = None):
         self.path = path
         if truncate_after_step is not None and path.is_file():
             # Resuming: drop rows written after the checkpoint we resume from, so that no step is
-            # logged twice, and the old test row (the resumed run tests again at its end).
+            # logged twice, and the old test row (the resumed run tests again at its end). A
+            # checkpoint taken at an epoch's last step but before its end (checkpoint_every_n_steps)
+            # has that epoch's rows at the same step: they go too (`completed_epochs`).
             keep = []
             for line in path.read_text().splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if row.get("step", 0) <= truncate_after_step and row.get("split") != "test":
+                unfinished = completed_epochs is not None and row.get("kind") == "epoch" \
+                    and row.get("epoch", 0) > completed_epochs
+                if row.get("step", 0) <= truncate_after_step and row.get("split") != "test" and not unfinished:
                     keep.append(line)
             path.write_text("".join(l + "\n" for l in keep))
         self.file = open(path, "a")

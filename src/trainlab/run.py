@@ -208,13 +208,15 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
     if run is not None:
         ckpt.clean_temp_files(run.checkpoints)
     pipe = build_pipeline(cfg, rank=rank, world_size=world_size)
+    # The layout is chosen before DistributedDataParallel or torch.compile hold the parameters (the
+    # Trainer keeps the choice).
     train_cfg = cfg.train
-    if world_size > 1:
-        # The layout is chosen before DistributedDataParallel holds the parameters (the Trainer keeps the choice).
+    if cfg.train.channels_last is not False:
         with torch.random.fork_rng(devices=[]):
             x, _ = _one_batch(pipe.bundle, 2)
         train_cfg = cfg.train.model_copy(update={"channels_last": resolve_channels_last(
-            pipe.model, x.to(pipe.device), cfg.train.channels_last, pipe.device, cfg.train.precision)})
+            pipe.model, x, cfg.train.channels_last, pipe.device, cfg.train.precision)})
+    if world_size > 1:
         pipe.model = distributed.wrap_model(pipe.model, pipe.device)  # rank 0's initial weights on every rank
         if rank > 0:  # its own random stream (dropout, batch augmentation); rank 0 keeps the 1-process one
             seed_everything(cfg.seed + 1_000_003 * rank)
@@ -237,7 +239,8 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run.tensorboard), purge_step=(resume_state or {}).get("epoch", 0) + 1 if resume_state else None)
-        cbs += [MetricsFile(run.metrics, truncate_after_step=resume_state["global_step"] if resume_state else None),
+        cbs += [MetricsFile(run.metrics, truncate_after_step=resume_state["global_step"] if resume_state else None,
+                            completed_epochs=resume_state["epoch"] if resume_state else None),
                 TensorBoardScalars(writer),
                 ConsoleProgress(len(pipe.train_loader), cfg.train.epochs, quiet=quiet)]
         cbs += _optional_callbacks(cfg, run, pipe, writer)

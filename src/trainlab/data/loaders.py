@@ -155,7 +155,7 @@ class TensorLoader(_Resumable):
         for b in range(self.position, len(self)):
             idx = order[b * bs : (b + 1) * bs]
             # index_select, not x[idx]: the same rows (a copy, so the model may change its input in
-            # place), 4x faster on the CPU for a batch of 64 MNIST images (7.6 against 34 us)
+            # place) in half the time on the CPU for 64 random MNIST rows (benchmarks/bench_kernels.py)
             x = torch.index_select(self.inputs, 0, idx)
             if transform is not None:
                 x = transform(x)

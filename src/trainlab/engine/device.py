@@ -32,29 +32,52 @@ def resolve_channels_last(model: nn.Module, x: torch.Tensor, setting: bool | str
     """Whether to train in the channels-last layout, and if so the model converted to it.
 
     `train.channels_last: auto` turns it on for a model with 2-d convolutions on the CPU (oneDNN's
-    NHWC kernels: a 1.2-1.7x faster training step for every conv net of the zoo on a 2-core machine;
+    NHWC kernels: a 1.1-1.7x faster training step for the zoo's conv nets on a 2-core machine;
     BENCHMARKS.md), when a trial forward on `x` works in that layout: a forward that calls
     `.view(B, -1)` on conv features needs contiguous tensors, and `auto` then keeps them. `true` makes
-    that failure a config error. On CUDA `auto` stays off (not measured here); `true` is the usual
-    advice there with bf16/fp16 (tensor cores). `precision` is kept for that choice.
+    that failure a config error (a forward that fails in both layouts is left to fail in training,
+    with its own error). On CUDA `auto` stays off (not measured here); `true` is the usual advice
+    there with bf16/fp16 (tensor cores). `precision` is kept for that choice.
+    The trial runs in eval mode under no_grad, with the RNG forked: no BatchNorm statistics, dropout
+    or random stream moves.
     """
     if setting is False or x.dim() != 4 or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return False
     if setting == "auto" and device.type != "cpu":
         return False
-    model.to(memory_format=torch.channels_last)
+    error = _layout_error(model, x.to(device), device)
+    if error is None:
+        return True
+    _to_layout(model, torch.contiguous_format)
+    if setting is True and _layout_error(model, x.to(device), device, channels_last=False) is None:
+        raise ConfigError(f"train.channels_last: true, but the model's forward fails on channels-last inputs "
+                          f"({error}); use .reshape or .flatten(1) instead of .view on conv "
+                          f"features, or set train.channels_last: false")
+    return False
+
+
+def _layout_error(model: nn.Module, x: torch.Tensor, device: torch.device, channels_last: bool = True) -> str | None:
+    """The first line of the error of a trial forward in the given layout (None: it works)."""
     was = model.training
     try:
-        model.eval()  # no BatchNorm statistics moved, no dropout drawn by the trial
-        with torch.inference_mode():
-            model(x[:2].to(device).contiguous(memory_format=torch.channels_last))
-    except RuntimeError as e:
-        model.to(memory_format=torch.contiguous_format)
-        if setting == "auto":
-            return False
-        raise ConfigError(f"train.channels_last: true, but the model's forward fails on channels-last inputs "
-                          f"({str(e).splitlines()[0][:160]}); use .reshape or .flatten(1) instead of .view on conv "
-                          f"features, or set train.channels_last: false") from None
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            if channels_last:
+                _to_layout(model, torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+            model.eval()
+            model(x[:2])
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure means: not this layout
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
     finally:
         model.train(was)
-    return True
+
+
+def _to_layout(model: nn.Module, memory_format: torch.memory_format) -> None:
+    """`model.to(memory_format=...)` for its 4-d parameters and buffers only: a 5-d tensor or a lazy
+    parameter not yet built (which `Module.to` refuses) stays as it is."""
+    from torch.nn.parameter import is_lazy
+
+    for t in [*model.parameters(), *model.buffers()]:
+        if not is_lazy(t) and t.dim() == 4:
+            t.data = t.data.to(memory_format=memory_format)  # restrides size-1 dims too, as Module.to does

@@ -67,7 +67,7 @@ class Trainer:
         eval_bs = eval_batch_size or batch_size * 4  # no gradients kept: a larger batch is cheaper per sample
         self.val_loader = self._loader(val_data, eval_bs, shuffle=False) if val_data is not None else None
         # after the loaders: the layout is tried on two of their inputs
-        sample = self._sample_inputs()
+        sample = self._sample_inputs() if self.cfg.channels_last is not False else None
         self.channels_last = sample is not None and resolve_channels_last(
             unwrap(self.model), sample, self.cfg.channels_last, self.device, self.cfg.precision)
         self.metric_names = metrics if isinstance(metrics, list) else None
