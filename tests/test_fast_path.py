@@ -157,3 +157,15 @@ def test_digits_trains_to_the_same_accuracy_through_either_path():
     # neither draws from the global RNG, so the two runs are the same run.
     assert fast["accuracy"] == slow["accuracy"]
     assert abs(fast["loss"] - slow["loss"]) < 1e-5
+
+
+def test_dataloader_path_keeps_its_workers_across_epochs_by_default():
+    from torch.utils.data import TensorDataset
+
+    ds = TensorDataset(torch.arange(16).float().reshape(16, 1), torch.arange(16))
+    assert ResumableDataLoader(ds, 4, num_workers=1).loader.persistent_workers is True
+    assert ResumableDataLoader(ds, 4, num_workers=1, persistent_workers=False).loader.persistent_workers is False
+    assert ResumableDataLoader(ds, 4, num_workers=0).loader.persistent_workers is False
+    loader = ResumableDataLoader(ds, 4, shuffle=True, seed=1, num_workers=1)
+    first, second = epoch_targets(loader), epoch_targets(loader)  # the same workers serve the next epoch
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(16)) and not torch.equal(first, second)

@@ -21,7 +21,7 @@ from torch import nn
 
 from trainlab.config import Config, load_config, validate
 from trainlab.data.base import ArrayDataset, DataBundle
-from trainlab.data.loaders import make_loader
+from trainlab.data.loaders import TensorLoader, make_loader
 from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback
@@ -414,6 +414,10 @@ def _finish(trainer: Trainer, pipe: Pipeline, run: RunDir | None, cfg: Config, s
     except ImportError:
         _minimal_report(run)
     if not quiet:
+        wait = summary.get("data_wait_fraction")
+        if wait is not None and wait > 0.3 and cfg.data.num_workers == 0 and not isinstance(pipe.train_loader, TensorLoader):
+            print(f"\nnote: {wait:.0%} of the training time waited for data (decoded in this process); "
+                  f"data.num_workers=N decodes in N worker processes (worth it with cores to spare)")
         print(f"\nrun directory: {run.path}")
         if final.get("test"):
             print("test: " + " ".join(f"{k}={v:.4f}" for k, v in final["test"].items()))

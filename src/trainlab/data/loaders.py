@@ -218,7 +218,8 @@ class ResumableDataLoader(_Resumable):
         self.loader = DataLoader(_SeededItems(dataset, seed),
                                  batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
                                  num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_fn,
-                                 persistent_workers=bool(persistent_workers) and num_workers > 0)
+                                 # workers live across epochs unless the user says otherwise
+                                 persistent_workers=num_workers > 0 and persistent_workers is not False)
 
     def __len__(self) -> int:
         n = len(self.sampler)
