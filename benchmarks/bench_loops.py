@@ -17,10 +17,12 @@ Loops, each one epoch of SGD (momentum 0.5, lr 0.01) with batch 64 on 1x28x28 in
 Samples/s: a-c+ time the epoch loop; d from its on_train_epoch_start to on_train_epoch_end; e is the
 run's own training samples/s (history `train_samples_per_second`: the epoch loop, not setup, test
 evaluation or the run-directory writes, which happen outside it). Ratios e/x are taken within each
-round, then the median over rounds is printed, so a change of machine load between rounds cancels out;
-odd rounds run the loops in the reverse order, so that a drift of the machine's speed within a round
-does not favour the loops that run first. The best round of each loop (max samples/s: interference
-only ever slows a loop down) and the ratio of bests are printed beside the medians.
+round; odd rounds run the loops in the reverse order (an ABBA design), and the headline is the
+geometric mean of the per-round ratios over an even number of rounds, which cancels both a change of
+machine speed between rounds and an effect of a loop's place in the round (one was measured: on the
+MLP, trainlab ran 0.80-0.87x c when it came last in a round and 1.19-1.27x when it came first).
+The median of the per-round ratios, the best round of each loop (max samples/s) and the ratio of the
+bests are printed beside it. `--report FILE` prints the tables again from a saved --json file.
 MFU = samples/s x FLOPs per training sample (forward + backward, torch.utils.flop_counter) / the peak
 of a 2048^3 fp32 matmul probe on this machine.
 
@@ -318,7 +320,7 @@ def model_flops(model_name: str, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every loop (default 5)")
+    p.add_argument("--rounds", type=int, default=6, help="interleaved rounds of every loop, even (default 6)")
     p.add_argument("--samples", type=int, default=60_000, help="training samples (default 60,000)")
     p.add_argument("--test-samples", type=int, default=1_000, help="test-file samples (trainlab evaluates them)")
     p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
@@ -326,7 +328,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="a smoke run: 2,048 samples, 1 round")
     p.add_argument("--json", type=Path, help="also write the per-round numbers here")
     p.add_argument("--verbose", action="store_true", help="show the loops' own progress bars and logs")
+    p.add_argument("--report", type=Path, help="print the tables from a saved --json file and exit")
     args = p.parse_args(argv)
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        results = saved["samples_per_second"]
+        models = list(results)
+        table = report(results, saved["flops_per_sample"], saved["peak_flops"], list(results[models[0]]), models)
+        return {**saved, "table": table}
+    if args.rounds > 1 and args.rounds % 2:
+        p.error("--rounds must be even (as many rounds in each order)")
     if args.quick:
         args.samples, args.rounds, args.test_samples = 2048, 1, 256
     models = [m for m in args.models.split(",") if m]
@@ -389,28 +400,31 @@ def report(results, flops, peak, loops, models) -> dict:
             ratios = [e / v for e, v in zip(e_runs, runs)]
             med, best = statistics.median(runs), max(runs)
             table[m][lp] = {"samples_per_second": med, "best_samples_per_second": best,
-                            "trainlab_ratio": statistics.median(ratios) if ratios else None,
+                            "trainlab_ratio": statistics.geometric_mean(ratios) if ratios else None,
+                            "trainlab_median_ratio": statistics.median(ratios) if ratios else None,
                             "trainlab_best_ratio": max(e_runs) / best if e_runs else None,
                             "mfu": med * flops[m] / peak if flops[m] else None}
     for m in models:
         print(f"\n{m.upper()} (FLOPs per training sample {flops[m] / 1e6:.2f} M)\n"
-              "| loop | samples/s (median) | e / this (median of rounds) | samples/s (best) | e / this (bests) | MFU |\n"
-              "|---|---|---|---|---|---|")
+              "| loop | samples/s (median) | e / this (geometric mean of rounds) | e / this (median of rounds) "
+              "| samples/s (best) | e / this (bests) | MFU |\n|---|---|---|---|---|---|---|")
         for lp in loops:
             t = table[m][lp]
             ratio = f"{t['trainlab_ratio']:.2f}x" if t["trainlab_ratio"] is not None else "-"
+            median_ratio = f"{t['trainlab_median_ratio']:.2f}x" if t["trainlab_median_ratio"] is not None else "-"
             best_ratio = f"{t['trainlab_best_ratio']:.2f}x" if t["trainlab_best_ratio"] is not None else "-"
-            print(f"| {LABELS[lp]} | {t['samples_per_second']:,.0f} | {ratio} | {t['best_samples_per_second']:,.0f} | "
+            print(f"| {LABELS[lp]} | {t['samples_per_second']:,.0f} | {ratio} | {median_ratio} | {t['best_samples_per_second']:,.0f} | "
                   f"{best_ratio} | " + (f"{100 * t['mfu']:.1f}%" if t["mfu"] else "-") + " |")
-    print("\nratios: trainlab's samples/s over the row's; 'median of rounds' pairs the two loops within each round")
+    print("\nratios: trainlab's samples/s over the row's; 'of rounds' pairs the two loops within each round")
     checks = [(lp, m, want) for (lp, m), want in TARGETS.items() if m in table and lp in table[m] and "e" in table[m]]
     if checks:
-        print("\ntargets (e / row, median of rounds | bests):")
+        print("\ntargets (e / row: geometric mean of rounds, the headline | median of rounds | bests):")
         for lp, m, want in checks:
-            got, got_best = table[m][lp]["trainlab_ratio"], table[m][lp]["trainlab_best_ratio"]
-            verdict = "met" if got >= want and got_best >= want else "met by one statistic" \
-                if max(got, got_best) >= want else "NOT met"
-            print(f"  {m} e/{lp} >= {want:.2f}x: {got:.2f}x | {got_best:.2f}x  {verdict}")
+            t = table[m][lp]
+            got, others = t["trainlab_ratio"], (t["trainlab_median_ratio"], t["trainlab_best_ratio"])
+            verdict = ("met" if got >= want else "NOT met") + ("" if all(o >= want for o in others) == (got >= want)
+                                                               else " (not by every statistic)")
+            print(f"  {m} e/{lp} >= {want:.2f}x: {got:.2f}x | {others[0]:.2f}x | {others[1]:.2f}x  {verdict}")
     return table
 
 
