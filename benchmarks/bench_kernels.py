@@ -82,30 +82,13 @@ def gather(repeats: int) -> None:
               f"{statistics.median(index):.1f} us, index_select {statistics.median(select):.1f} us", flush=True)
 
 
-def mlp() -> nn.Module:
-    dims = [784, 512, 256, 128, 64]
-    layers: list[nn.Module] = [nn.Flatten()]
-    for a, b in zip(dims, dims[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(64, 10))
-
-
 def omp_child(repeats: int) -> None:
-    """Samples/s of the hand-written MLP loop on 12,800 samples, `repeats` times (one child per setting)."""
+    """Samples/s of the hand-written MLP loop (bench_loops' loop c) on 12,800 samples, `repeats` times."""
+    from bench_loops import run_hand_written  # the same loop and model as the loop benchmark
+
     n = 12_800
     x, y = torch.randn(n, 1, 28, 28), torch.randint(0, 10, (n,))
-    runs = []
-    for r in range(repeats):
-        torch.manual_seed(r)
-        model = mlp()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
-        t = time.perf_counter()
-        for idx in torch.randperm(n).split(BATCH):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-        runs.append(n / (time.perf_counter() - t))
-    print(", ".join(f"{v:,.0f}" for v in runs))
+    print(", ".join(f"{run_hand_written('mlp', x, y, r):,.0f}" for r in range(repeats)))
 
 
 def omp(repeats: int) -> None:

@@ -102,3 +102,14 @@ def test_missing_config_file_names_its_path(tmp_path):
 def test_unknown_cli_option_is_a_usage_error():
     r = subprocess.run([*TRAINLAB, "train", "--epochs", "3"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_a_value_that_fits_no_type_of_a_union_is_one_error_naming_the_key():
+    from trainlab.config import load_config
+    from trainlab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.channels_last=maybe"])
+    text = str(info.value)
+    assert "train.channels_last: bad value 'maybe'" in text and "or input should be 'auto'" in text
+    assert "channels_last.bool" not in text and "literal" not in text

@@ -242,9 +242,32 @@ def _format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "missing":
             lines.append(f"{key}: required key missing")
+            continue
+        # A value that fits none of a union's types (`bool | Literal["auto"]`) gets one error per
+        # type, located at key.<type>: one line for the key, with every type's message.
+        key = ".".join(loc[:_field_depth(loc)])
+        line = f"{key}: bad value {value!r}: "
+        if lines and lines[-1].startswith(line):
+            lines[-1] += f", or {msg[0].lower()}{msg[1:]}"
         else:
-            lines.append(f"{key}: bad value {value!r}: {msg}")
+            lines.append(line + msg)
     return "invalid config: " + "; ".join(lines)
+
+
+def _field_depth(loc: list[str]) -> int:
+    """How many leading parts of a pydantic error location are config keys (the rest name union types)."""
+    model: Any = Config
+    for depth, part in enumerate(loc):
+        if model is None:  # below a plain field: list indices are keys, anything else a union's type
+            if not part.isdigit():
+                return depth
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return len(loc)
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return len(loc)
 
 
 def validate(raw: dict[str, Any]) -> Config:

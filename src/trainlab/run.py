@@ -215,7 +215,7 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
         with torch.random.fork_rng(devices=[]):
             x, _ = _one_batch(pipe.bundle, 2)
         train_cfg = cfg.train.model_copy(update={"channels_last": resolve_channels_last(
-            pipe.model, x, cfg.train.channels_last, pipe.device, cfg.train.precision)})
+            pipe.model, x, cfg.train.channels_last, pipe.device)})
     if world_size > 1:
         pipe.model = distributed.wrap_model(pipe.model, pipe.device)  # rank 0's initial weights on every rank
         if rank > 0:  # its own random stream (dropout, batch augmentation); rank 0 keeps the 1-process one

@@ -27,8 +27,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def resolve_channels_last(model: nn.Module, x: torch.Tensor, setting: bool | str, device: torch.device,
-                          precision: str = "fp32") -> bool:
+def resolve_channels_last(model: nn.Module, x: torch.Tensor, setting: bool | str, device: torch.device) -> bool:
     """Whether to train in the channels-last layout, and if so the model converted to it.
 
     `train.channels_last: auto` turns it on for a model with 2-d convolutions on the CPU (oneDNN's
@@ -37,7 +36,7 @@ def resolve_channels_last(model: nn.Module, x: torch.Tensor, setting: bool | str
     `.view(B, -1)` on conv features needs contiguous tensors, and `auto` then keeps them. `true` makes
     that failure a config error (a forward that fails in both layouts is left to fail in training,
     with its own error). On CUDA `auto` stays off (not measured here); `true` is the usual advice
-    there with bf16/fp16 (tensor cores). `precision` is kept for that choice.
+    there with bf16/fp16 (tensor cores).
     The trial runs in eval mode under no_grad, with the RNG forked: no BatchNorm statistics, dropout
     or random stream moves.
     """

@@ -69,7 +69,7 @@ class Trainer:
         # after the loaders: the layout is tried on two of their inputs
         sample = self._sample_inputs() if self.cfg.channels_last is not False else None
         self.channels_last = sample is not None and resolve_channels_last(
-            unwrap(self.model), sample, self.cfg.channels_last, self.device, self.cfg.precision)
+            unwrap(self.model), sample, self.cfg.channels_last, self.device)
         self.metric_names = metrics if isinstance(metrics, list) else None
         self.metrics = metrics if isinstance(metrics, TaskMetrics) else None
         self.callbacks = CallbackList(list(callbacks))
@@ -456,8 +456,8 @@ class Trainer:
     def _sample_inputs(self) -> torch.Tensor | None:
         """`_peek_inputs` without moving any random stream the training run depends on (None: the data
         gives no tensor inputs to peek at, e.g. a user's dataset of dicts)."""
-        generators = [g for g in (getattr(getattr(self.train_loader, "transform", None), "generator", None),) if g is not None]
-        saved = [g.get_state() for g in generators]
+        generator = getattr(getattr(self.train_loader, "transform", None), "generator", None)  # a BatchTransform's
+        saved = generator.get_state() if generator is not None else None
         try:
             with torch.random.fork_rng(devices=[]):
                 x = self._peek_inputs()
@@ -465,8 +465,8 @@ class Trainer:
         except Exception:  # noqa: BLE001 - only an optimisation depends on it
             return None
         finally:
-            for g, state in zip(generators, saved):
-                g.set_state(state)
+            if generator is not None:
+                generator.set_state(saved)
 
     def _peek_inputs(self) -> torch.Tensor:
         """Two inputs from the data, read without moving any loader's position."""
