@@ -40,12 +40,16 @@ def test_compare_shows_the_differing_config_keys_and_metrics(tmp_path, capsys):
     assert len(srcs) == 1 and srcs[0].startswith("data:image/png;base64,")
 
 
-def test_compare_defaults_to_the_current_directory_and_labels_same_named_runs_by_path(tmp_path, monkeypatch):
+def test_compare_defaults_to_a_folder_under_runs_and_labels_same_named_runs_by_path(tmp_path, monkeypatch):
     a = make_regression_run(tmp_path / "a" / "run")
     b = make_regression_run(tmp_path / "b" / "run")
     monkeypatch.chdir(tmp_path)
     result = compare_runs([a, b], echo=False)
-    assert (tmp_path / "compare.png").is_file() and (tmp_path / "compare.html").is_file()
+    assert not (tmp_path / "compare.html").exists()  # never into the current folder (a project's root)
+    assert (tmp_path / "runs" / "compare" / "compare.png").is_file()
+    assert (tmp_path / "runs" / "compare" / "compare.html").is_file()
+    compare_runs([a, b], echo=False)  # a second comparison keeps the first
+    assert (tmp_path / "runs" / "compare-2" / "compare.html").is_file()
     assert result["header"][1:] == [str(a), str(b)]
     assert "no config differences" in result["text"]
 

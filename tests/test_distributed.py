@@ -169,7 +169,7 @@ def test_only_rank_0_writes_and_other_ranks_stay_silent(ddp_run):
 
 
 def test_reported_validation_and_test_numbers_are_over_the_whole_split(ddp_run, single_run):
-    from trainlab.run import evaluate_run
+    from trainlab.finished import evaluate_run
 
     run, _ = ddp_run
     summary = json.loads((run / "summary.json").read_text())

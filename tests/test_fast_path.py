@@ -12,7 +12,7 @@ from trainlab.data.loaders import ResumableDataLoader, TensorLoader, make_loader
 from trainlab.data.transforms import BatchTransform
 from trainlab.engine.loop import evaluate
 from trainlab.metrics import TaskMetrics
-from trainlab.run import build_pipeline
+from trainlab.pipeline import build_pipeline
 
 N = 50
 
@@ -143,7 +143,7 @@ def train_digits(in_memory):
     assert isinstance(pipe.train_loader, TensorLoader if in_memory == "auto" else ResumableDataLoader)
     trainer = trainlab.Trainer(pipe.model, pipe.train_loader, pipe.val_loader, loss_fn=pipe.loss_fn,
                                optimizer=pipe.optimizer, scheduler=pipe.scheduler, task=pipe.bundle.task,
-                               seed=cfg.seed, train=cfg.train)
+                               train=cfg.train)
     trainer.fit()
     logs, _ = evaluate(trainer.model, pipe.test_loader, pipe.loss_fn,
                        TaskMetrics("classification", 10, 10, ["accuracy"]), pipe.device)

@@ -114,7 +114,7 @@ def test_weights_broken_by_a_step_with_finite_loss_are_never_saved(tmp_path):
                     model.weight[0, 0] = float("inf")
 
     data = ArrayDataset(torch.randn(40, 3), torch.randn(40, 1))
-    trainer = Trainer(model, data, loss_fn=torch.nn.MSELoss(), batch_size=8, epochs=1, checkpoint_every_n_steps=1,
+    trainer = Trainer.from_datasets(model, data, loss_fn=torch.nn.MSELoss(), batch_size=8, epochs=1, checkpoint_every_n_steps=1,
                       checkpoint_dir=tmp_path, callbacks=[OverflowAtStep3()], device="cpu")
     with pytest.raises(TrainingDiverged, match=r"weights became NaN/Inf by epoch 1, step 3 \(batch 3 .*weight"):
         trainer.fit()

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from trainlab.config import OptimizerConfig, SchedulerConfig
-from trainlab.engine.optim import build_optimizer, build_scheduler, infer_mode
+from trainlab.engine.monitor import resolve_mode as infer_mode
+from trainlab.engine.optim import build_optimizer, build_scheduler
 from trainlab.errors import ConfigError
 from trainlab.registry import OPTIMIZERS, SCHEDULERS
 
@@ -293,7 +294,6 @@ def test_optimizer_config_errors(cfg, match):
     ({"name": "none", "gamma": 0.1}, r"scheduler\.gamma"),
     ({"name": "step", "step_size": 2, "warmup_steps": 3}, r"scheduler\.warmup_steps.*warmup_epochs"),
     ({"name": "cosine", "warmup_steps": 3, "warmup_epochs": 1}, r"not both"),
-    ({"name": "cosine", "warmup_epochs": 10}, r"whole run"),
     ({"name": "onecycle", "interval": "epoch"}, r"scheduler\.interval"),
     ({"name": "onecycle", "warmup_steps": 2}, r"own warmup"),
     ({"name": "plateau", "interval": "step"}, r"scheduler\.interval"),
@@ -312,3 +312,36 @@ def test_every_registered_scheduler_and_torch_class_names_build():
     cyclic = schedule(name="cycliclr", base_lr=0.01, max_lr=0.1, step_size_up=2)
     assert cyclic.name == "CyclicLR" and cyclic.interval == "step"
     torch.testing.assert_close(run_steps(cyclic, 5), [0.01, 0.055, 0.1, 0.055, 0.01])
+
+
+def test_a_warmup_longer_than_the_run_is_clipped_with_a_warning(capsys):
+    # A smoke run of a real config (train.max_steps=3) must not fail on the config's warmup.
+    sched = build_scheduler(SchedulerConfig(name="cosine", warmup_steps=5), sgd(), steps_per_epoch=10,
+                            epochs=5, max_steps=3)
+    err = capsys.readouterr().err
+    assert "scheduler.warmup_steps" in err and "5 steps" in err and "3 steps" in err and "clipped to 2" in err
+    lrs = []
+    for _ in range(3):
+        lrs.append(sched.lr())
+        sched.step_batch()
+    assert lrs[0] < lrs[1] <= 0.1 + 1e-9  # still a warmup, then the main schedule within the 3 steps
+
+
+def test_milestones_past_the_end_of_the_run_are_a_warning(capsys):
+    build_scheduler(SchedulerConfig(name="multistep", milestones=[2, 50]), sgd(), steps_per_epoch=4,
+                    epochs=5)
+    assert "scheduler.milestones: [50]" in capsys.readouterr().err
+
+
+def test_plateau_follows_the_runs_monitor_and_its_direction():
+    from trainlab.engine.monitor import Monitor
+
+    sched = build_scheduler(SchedulerConfig(name="plateau", patience=0, factor=0.5), sgd(), 4, 5,
+                            monitor=Monitor("val_perplexity"))
+    assert sched.scheduler.mode == "min"  # perplexity: lower is better, as for best.pt (one rule)
+    sched = build_scheduler(SchedulerConfig(name="plateau", patience=0, factor=0.5), sgd(), 4, 5,
+                            monitor=Monitor("val_accuracy"))
+    assert sched.scheduler.mode == "max"
+    sched.step_epoch({"val_accuracy": 0.5})
+    sched.step_epoch({"val_accuracy": 0.4})  # worse: halve
+    assert sched.lr() == pytest.approx(0.05)

@@ -33,9 +33,11 @@ def test_train_a_dict_config_returns_the_run(tmp_path, no_report):
     assert [row["epoch"] for row in run.history_rows] == [1, 2]
     assert len(run.history) == 2  # a DataFrame indexed by epoch with pandas, else the rows
     assert {"train_loss", "val_loss", "val_accuracy"} <= run.history_rows[0].keys()
+    # train.monitor: auto keeps the best validation accuracy for a classifier
+    assert run.best["metric"] == "val_accuracy"
     assert run.best["epoch"] in (1, 2) and run.best["value"] == pytest.approx(
-        min(row["val_loss"] for row in run.history_rows))
-    assert set(run.final) == {"train", "val", "test"} and 0 <= run.final["test"]["accuracy"] <= 1
+        max(row["val_accuracy"] for row in run.history_rows))
+    assert set(run.final) == {"train", "val", "test", "test_last"} and 0 <= run.final["test"]["accuracy"] <= 1
     assert run.final["test"] == pytest.approx(summary(run)["final"]["test"])
     # The returned model holds the best checkpoint's weights (what was tested).
     assert isinstance(run.model, nn.Module)
@@ -113,7 +115,7 @@ def test_trainer_with_a_user_module_and_a_tensor_dataset_lowers_the_loss():
     torch.manual_seed(0)
     x, y = blobs()
     model = UserNet()
-    trainer = trainlab.Trainer(model, TensorDataset(x[:200], y[:200]), TensorDataset(x[200:], y[200:]),
+    trainer = trainlab.Trainer.from_datasets(model, TensorDataset(x[:200], y[:200]), TensorDataset(x[200:], y[200:]),
                                loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters(), lr=0.02),
                                epochs=5, batch_size=32, device="cpu")
     history = trainer.fit()
@@ -127,7 +129,7 @@ def test_trainer_first_validation_sees_every_validation_sample():
     torch.manual_seed(0)
     x, y = blobs(96)
     model = UserNet()
-    trainer = trainlab.Trainer(model, TensorDataset(x[:64], y[:64]), TensorDataset(x[64:], y[64:]),
+    trainer = trainlab.Trainer.from_datasets(model, TensorDataset(x[:64], y[:64]), TensorDataset(x[64:], y[64:]),
                                loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
                                epochs=2, batch_size=32, device="cpu")
     history = trainer.fit()
@@ -141,7 +143,7 @@ def test_trainer_takes_dataloaders():
     model = UserNet()
     train_loader = DataLoader(TensorDataset(x[:200], y[:200]), batch_size=25, shuffle=True)
     val_loader = DataLoader(TensorDataset(x[200:], y[200:]), batch_size=100)
-    trainer = trainlab.Trainer(model, train_loader, val_loader, loss_fn=nn.CrossEntropyLoss(),
+    trainer = trainlab.Trainer.from_datasets(model, train_loader, val_loader, loss_fn=nn.CrossEntropyLoss(),
                                optimizer=torch.optim.Adam(model.parameters(), lr=0.02), epochs=4, device="cpu")
     history = trainer.fit()
     assert trainer.global_step == 4 * 8  # the user's batch size (25), not the Trainer's default
@@ -155,7 +157,7 @@ def test_trainer_regression_infers_the_task_from_the_loss():
     y = (x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.5).unsqueeze(1)  # (256, 1)
     model = nn.Linear(4, 1)
     val_loader = DataLoader(TensorDataset(x[200:], y[200:]), batch_size=28)
-    trainer = trainlab.Trainer(model, TensorDataset(x[:200], y[:200]), val_loader,
+    trainer = trainlab.Trainer.from_datasets(model, TensorDataset(x[:200], y[:200]), val_loader,
                                loss_fn=nn.MSELoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                                epochs=6, batch_size=20, device="cpu")
     history = trainer.fit()
@@ -196,7 +198,7 @@ def small_trainer(callbacks, lr: float = 0.1, **kwargs) -> trainlab.Trainer:
     torch.manual_seed(0)
     x, y = blobs(64)
     model = UserNet()
-    return trainlab.Trainer(model, TensorDataset(x, y), loss_fn=nn.CrossEntropyLoss(),
+    return trainlab.Trainer.from_datasets(model, TensorDataset(x, y), loss_fn=nn.CrossEntropyLoss(),
                             optimizer=torch.optim.SGD(model.parameters(), lr=lr), batch_size=32, device="cpu",
                             callbacks=callbacks, **kwargs)
 
@@ -244,7 +246,7 @@ def test_grad_accum_of_two_half_batches_equals_one_full_batch():
     for batch_size, accum in ((16, 2), (32, 1)):
         torch.manual_seed(0)
         model = UserNet()
-        trainer = trainlab.Trainer(model, TensorDataset(x, y), loss_fn=nn.CrossEntropyLoss(),
+        trainer = trainlab.Trainer.from_datasets(model, TensorDataset(x, y), loss_fn=nn.CrossEntropyLoss(),
                                    optimizer=torch.optim.SGD(model.parameters(), lr=0.1), batch_size=batch_size,
                                    grad_accum=accum, epochs=2, device="cpu", seed=3)
         trainer.fit()
@@ -285,7 +287,7 @@ def test_bf16_trainer_on_cpu_computes_under_autocast():
     torch.manual_seed(0)
     x, y = blobs(64)
     model = Probe()
-    trainer = trainlab.Trainer(model, TensorDataset(x, y), TensorDataset(x, y), loss_fn=nn.CrossEntropyLoss(),
+    trainer = trainlab.Trainer.from_datasets(model, TensorDataset(x, y), TensorDataset(x, y), loss_fn=nn.CrossEntropyLoss(),
                                optimizer=torch.optim.Adam(model.parameters(), lr=0.02), batch_size=32, epochs=2,
                                precision="bf16", device="cpu")
     history = trainer.fit()
@@ -299,7 +301,7 @@ def test_compile_falls_back_to_eager_with_a_warning_when_the_backend_fails(monke
 
     from trainlab.data import build_data
     from trainlab.config import load_config
-    from trainlab.run import compile_model
+    from trainlab.pipeline import compile_model
 
     def broken(model, *a, **k):
         raise RuntimeError("no backend here")

@@ -50,10 +50,11 @@ def cli() -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="run directory (default runs/<name>)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars or epoch lines")
+@click.option("--smoke", is_flag=True, help="2 training steps, 1 validation and 1 test batch (train.smoke=true)")
 @click.option("--nproc", type=int, default=None, help="train with N processes on this machine (torchrun + DDP)")
 @click.option("--max-restarts", type=int, default=0, show_default=True,
               help="with --nproc: restart all processes up to K times when one fails (they resume from last.pt)")
-def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, nproc: int | None,
+def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, smoke: bool, nproc: int | None,
           max_restarts: int) -> None:
     """Train from CONFIG.yaml (default: the built-in digits example) with KEY=VALUE overrides."""
     from trainlab.config import load_config
@@ -65,6 +66,8 @@ def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, np
     for o in overrides:
         if "=" not in o:
             raise TrainlabError(f"argument {o!r} is neither a config file (it must come first) nor a KEY=VALUE override")
+    if smoke:
+        overrides.append("train.smoke=true")
     cfg = load_config(config, overrides)  # a bad key or value is reported before torch is even imported
     from trainlab.run import default_run_dir
 
@@ -97,12 +100,14 @@ def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, np
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
-def eval_(run_dir: Path, split: str) -> None:
-    """Evaluate the best checkpoint of RUN_DIR and print its metrics."""
-    from trainlab.run import evaluate_run
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="the best weights (by train.monitor) or the last ones")
+def eval_(run_dir: Path, split: str, checkpoint: str) -> None:
+    """Evaluate a checkpoint of RUN_DIR and print its metrics."""
+    from trainlab.finished import evaluate_run
 
-    logs = evaluate_run(run_dir, split)
-    click.echo(f"{split}: " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()))
+    logs = evaluate_run(run_dir, split, checkpoint)
+    click.echo(f"{split} ({checkpoint}): " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()))
 
 
 @cli.command()
@@ -133,14 +138,16 @@ def report(run_dir: Path) -> None:
 
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("."), show_default=True,
-              help="folder for compare.png and compare.html")
-def compare(run_dirs: tuple[Path, ...], out: Path) -> None:
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="folder for compare.png and compare.html (default: runs/compare, then runs/compare-2, ...)")
+def compare(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     """Compare runs: config differences, best/final metrics, overlaid loss curves."""
-    from trainlab.report.compare import compare_runs
+    from trainlab.report.compare import compare_runs, default_compare_dir
 
+    out = out or default_compare_dir()
     result = compare_runs(list(run_dirs), out)
     click.echo(result.get("text", ""))
+    click.echo(f"wrote {out / 'compare.html'}")
 
 
 @cli.command()

@@ -64,7 +64,7 @@ class SchedulerConfig(Component):
     warmup_steps: int = Field(default=0, ge=0)
     warmup_epochs: int = Field(default=0, ge=0)
     warmup_start_factor: float = Field(default=0.1, gt=0, le=1)
-    monitor: str = "val_loss"  # for plateau
+    monitor: str = "auto"  # for plateau; auto: the run's train.monitor
 
 
 class DataConfig(_Strict):
@@ -105,7 +105,9 @@ class TrainConfig(_Strict):
     epochs: int = Field(default=10, ge=1)
     max_steps: int | None = Field(default=None, ge=1)
     device: str = "auto"
-    monitor: str = "val_loss"  # decides best.pt and early stopping
+    # decides best.pt, early stopping and plateau; auto: val_accuracy (classification, binary) or val_loss
+    # (regression), the train_ value when there is no validation split (engine/monitor.py)
+    monitor: str = "auto"
     mode: Literal["auto", "min", "max"] = "auto"
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     grad_accum: int = Field(default=1, ge=1)
@@ -120,6 +122,10 @@ class TrainConfig(_Strict):
     nan_policy: Literal["stop", "skip"] = "stop"
     deterministic: bool = False
     peak_flops: float | None = Field(default=None, gt=0)  # for MFU; measured when not given
+    # a value and the goal it must reach, e.g. {val_accuracy: 0.97}: summary.json's time_to_target
+    target_metric: dict[str, float] | None = None
+    # smoke run: 2 training steps, 1 validation and 1 test batch, a complete run directory
+    smoke: bool = False
 
     @field_validator("device")
     @classmethod

@@ -49,3 +49,10 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     if not close:
         return ""
     return " (did you mean " + ", ".join(repr(c) for c in close) + "?)"
+
+
+def warn(message: str) -> None:
+    """A one-line warning for the user on stderr (a setting was adjusted, a result looks wrong)."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)

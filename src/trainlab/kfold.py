@@ -24,7 +24,7 @@ class KFoldRun:
 
 
 def train_kfold(cfg: Config, out: str | Path | None = None, quiet: bool = False) -> KFoldRun:
-    from trainlab.run import _train_one, default_run_dir
+    from trainlab.run import default_run_dir, train_one
 
     out = Path(out) if out else default_run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -35,7 +35,7 @@ def train_kfold(cfg: Config, out: str | Path | None = None, quiet: bool = False)
         fold_cfg.name = f"{cfg.name}_fold{fold}"
         if not quiet:
             print(f"\n=== fold {fold + 1}/{cfg.data.k_fold} ===")
-        runs.append(_train_one(fold_cfg, out / f"fold_{fold}", resume=False, quiet=quiet, callbacks=[]))
+        runs.append(train_one(fold_cfg, out / f"fold_{fold}", resume=False, quiet=quiet, callbacks=[]))
     summary: dict[str, Any] = {"k_fold": cfg.data.k_fold, "folds": [str(r.run_dir) for r in runs], "metrics": {}}
     for split in ("val", "test"):
         values: dict[str, list[float]] = {}

@@ -52,6 +52,15 @@ class RunDir:
         except OSError as e:
             raise TrainlabError(f"run directory {self.path} is not writable: {e.strerror}") from None
 
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """An existing run directory, for reading (and updating summary.json): creates nothing."""
+        run = cls.__new__(cls)
+        run.path = Path(path)
+        if not run.path.is_dir():
+            raise TrainlabError(f"run directory not found: {run.path}")
+        return run
+
     config = property(lambda self: self.path / "config.yaml")
     metrics = property(lambda self: self.path / "metrics.jsonl")
     summary = property(lambda self: self.path / "summary.json")

@@ -3,6 +3,7 @@ and reduced across processes by torchmetrics when torch.distributed is initialis
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import torch
 
@@ -72,6 +73,18 @@ class TaskMetrics:
 
         self.collection = torchmetrics.MetricCollection(
             {n: METRICS.get(n)(task, num_classes, output_dim) for n in names})
+
+    @classmethod
+    def for_output(cls, task: str, output: torch.Tensor, names: list[str] | None = None) -> TaskMetrics:
+        """Metrics for a model whose output on a batch is `output` (last dimension: classes or targets)."""
+        width = output.shape[-1] if output.dim() > 1 else 1
+        return cls(task, width if task == "classification" else None, width, names)
+
+    @classmethod
+    def for_data(cls, bundle: Any, names: list[str] | None = None) -> TaskMetrics:
+        """Metrics for a `DataBundle`'s task, classes and targets."""
+        return cls(bundle.task, bundle.output_dim if bundle.task == "classification" else None, bundle.output_dim,
+                   names)
 
     def to(self, device: torch.device) -> TaskMetrics:
         self.collection = self.collection.to(device)

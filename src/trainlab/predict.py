@@ -21,7 +21,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def predict(run_dir: str | Path, input_path: str | Path, out: str | Path | None = None) -> str:
-    from trainlab.run import load_run
+    from trainlab.finished import load_run
 
     input_path = Path(input_path)
     if not input_path.exists():

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from trainlab.data.base import ArrayDataset
 from trainlab.data.transforms import BatchTransform
@@ -255,3 +255,15 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
     return ResumableDataLoader(dataset, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
                                num_workers=num_workers, pin_memory=bool(pin_memory),
                                persistent_workers=persistent_workers, rank=rank, world_size=world_size)
+
+
+def as_loader(data: Any, batch_size: int, *, shuffle: bool, seed: int = 0, device: torch.device | str = "cpu",
+              rank: int = 0, world_size: int = 1) -> Any:
+    """`data` as a loader: a loader (anything iterable that is not a Dataset) as it is; a
+    `TensorDataset` of (inputs, targets) on the in-memory fast path; any other Dataset on the
+    resumable DataLoader path."""
+    if not isinstance(data, Dataset) and hasattr(data, "__iter__"):
+        return data
+    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+        data = ArrayDataset(*data.tensors)  # the same samples, batched by index_select instead of per item
+    return make_loader(data, batch_size, shuffle=shuffle, seed=seed, device=device, rank=rank, world_size=world_size)

@@ -107,8 +107,7 @@ def _compare_shallow(loaded: Any) -> dict[str, Any]:
 def _epoch_rows(run_dir: Path, split: str) -> list[dict[str, Any]]:
     from trainlab.logging import RunDir
 
-    rd = RunDir.__new__(RunDir)
-    rd.path = Path(run_dir)
+    rd = RunDir.open(run_dir)
     return [r for r in rd.read_metrics() if r.get("split") == split and r.get("kind", "epoch") == "epoch" and "loss" in r]
 
 
@@ -155,7 +154,7 @@ def doctor(run_dir: str | Path, compare_shallow: bool = False, batch_sizes: bool
            hvp_budget: int = 20) -> dict[str, Any]:
     """Diagnose a finished (or failed) run; writes summary.json["diagnosis"] and returns it."""
     from trainlab.logging import RunDir
-    from trainlab.run import load_run
+    from trainlab.finished import load_run
 
     loaded = load_run(run_dir)
     bundle, summary = loaded.bundle, loaded.summary
@@ -182,15 +181,10 @@ def doctor(run_dir: str | Path, compare_shallow: bool = False, batch_sizes: bool
     if batch_sizes:
         diagnosis["batch_sizes"] = _batch_sweep(loaded)
 
-    rd = RunDir.__new__(RunDir)
-    rd.path = Path(run_dir)
-    rd.update_summary(diagnosis=diagnosis)
-    try:
-        from trainlab.report.html import write_report
+    RunDir.open(run_dir).update_summary(diagnosis=diagnosis)
+    from trainlab.report.html import write_report
 
-        write_report(Path(run_dir))
-    except ImportError:
-        pass
+    write_report(Path(run_dir))
     return diagnosis
 
 
@@ -232,7 +226,8 @@ def lr_find(config: str | Path | dict | None, overrides: list[str] | dict | None
     """LR range test on the pipeline a config builds (model, loss, optimizer, train loader); saves
     the plot to `out` (a .png path or a folder; default runs/<name>/lr_find.png)."""
     from trainlab.config import load_config
-    from trainlab.run import build_pipeline, default_run_dir
+    from trainlab.pipeline import build_pipeline
+    from trainlab.run import default_run_dir
 
     cfg = load_config(config, overrides or [])
     pipe = build_pipeline(cfg)

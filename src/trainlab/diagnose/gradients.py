@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from trainlab.engine.callbacks import Callback
-from trainlab.engine.loop import unwrap
+from trainlab.engine.device import unwrap
 
 
 def parameterised_layers(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
@@ -77,7 +77,7 @@ class LayerStatsCallback(Callback):
     # -- hooks
     def on_train_begin(self, logs: dict[str, Any]) -> None:
         model = unwrap(logs["model"])  # the user's module inside DDP / torch.compile
-        self.scaler = getattr(logs.get("trainer"), "scaler", None)  # AMP: gradients are scaled at backward
+        self.scaler = logs.get("scaler")  # fp16: gradients are scaled at backward
         if self.run_dir is None:
             run = logs.get("run_dir") or getattr(logs.get("run"), "path", None)
             self.run_dir = Path(run) if run is not None else None

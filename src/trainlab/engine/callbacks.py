@@ -1,20 +1,27 @@
 """The callback contract (after Keras): a few hooks called inline from the loop.
 
-Data passes through the `logs` dict; a callback never changes the trainer's attributes, it only
-reads `logs` (and the objects passed to `on_train_begin`) and may set `self.stop_training = True`.
+Data passes through the `logs` dict; a callback never changes the trainer or its objects, it only
+reads `logs` and may set `self.stop_training = True` (and `self.stop_reason`, a sentence for the user).
 Hooks a callback does not override are not called at all, so unused hooks cost nothing.
 
-    on_train_begin(logs)   logs: {"trainer": Trainer, "model", "optimizer", "config", "run": RunDir | None}
-    on_epoch_begin(epoch, logs)
-    on_batch_end(step, logs)       logs: {"epoch", "step", "batch_size", ...}; loss values only every
-                                   `train.log_every_n_steps` steps as "loss" (a float) to avoid host syncs
-    on_after_backward(step, logs)  gradients are present on the model's parameters (before clipping/step)
-    on_epoch_end(epoch, logs)      logs: {"train": {...}, "val": {...}, "lr": float, "epoch", "step"}
-    on_train_end(logs)             logs: {"status": ..., "history": [...]}
+    on_train_begin(logs)           logs: {"model", "optimizer", "scaler" (GradScaler | None),
+                                          "config" (TrainConfig), "run_dir" (Path | None)}
+    on_epoch_begin(epoch, logs)    logs: {"position": optimizer steps of this epoch already done (resume)}
+    on_batch_end(step, logs)       logs: {"epoch", "batch_size", "steps_since"}; every
+                                   `train.log_every_n_steps` steps also "loss", "lr", "samples_per_second",
+                                   "data_wait_fraction" (floats: read then, to avoid host syncs)
+    on_after_backward(step, logs)  logs: {"model", "scaler"}: gradients are on the parameters (still
+                                   scaled under fp16; before clipping and the step)
+    on_epoch_end(epoch, logs)      logs: {"epoch", "step", "lr", "train": {...}, "val": {...} | None,
+                                          "monitored": float, "eval_samples_per_second"}
+    on_train_end(logs)             logs: {"status", "epoch", "step"}, and "test" (test metrics) in a
+                                   config run, "history" in a Trainer run
 """
 from __future__ import annotations
 
 from typing import Any
+
+from trainlab.engine.monitor import Monitor
 
 HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_after_backward", "on_epoch_end", "on_train_end")
 
@@ -55,34 +62,33 @@ class CallbackList:
 
 
 class EarlyStopping(Callback):
-    """Stops when `monitor` has not improved by `min_delta` for `patience` epochs."""
+    """Stops when the monitored value has not improved (by the monitor's `min_delta`) for `patience` epochs."""
 
-    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float = 0.0):
-        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+    def __init__(self, monitor: Monitor, patience: int):
+        self.monitor, self.patience = monitor, patience
         self.best: float | None = None
+        self.best_epoch: int | None = None
         self.wait = 0
+        self.stop_reason: str | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         value = logs.get("monitored")
         if value is None:
             return
-        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
-                                       else value > self.best + self.min_delta)
-        if better:
-            self.best, self.wait = value, 0
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                self.stop_training = True
+        if self.monitor.is_improvement(value, self.best):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stop_training = True
+            self.stop_reason = (f"early stopping at epoch {epoch}: {self.monitor.name} did not improve for "
+                                f"{self.patience} epochs (best {self.best:.4g} at epoch {self.best_epoch}; "
+                                f"train.early_stopping.patience={self.patience})")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait": self.wait, "stop_training": self.stop_training}
+        return {"best": self.best, "wait": self.wait, "stop_training": self.stop_training,
+                "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.wait, self.stop_training = state["best"], state["wait"], state["stop_training"]
-
-
-def monitor_mode(monitor: str, mode: str) -> str:
-    if mode != "auto":
-        return mode
-    return "min" if any(w in monitor for w in ("loss", "mse", "mae", "rmse", "error")) else "max"
+        self.best_epoch = state.get("best_epoch")

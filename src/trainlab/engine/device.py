@@ -1,6 +1,10 @@
 """Where training runs, and the user's module inside its wrappers."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -80,3 +84,15 @@ def _to_layout(model: nn.Module, memory_format: torch.memory_format) -> None:
     for t in [*model.parameters(), *model.buffers()]:
         if not is_lazy(t) and t.dim() == 4:
             t.data = t.data.to(memory_format=memory_format)  # restrides size-1 dims too, as Module.to does
+
+
+def autocast_and_scaler(precision: str, device: torch.device) -> tuple[Callable[[], Any], Any]:
+    """The autocast context (a no-op for fp32) and the GradScaler (fp16 only) for `train.precision`.
+    fp16 needs a CUDA device: its GradScaler keeps small gradients from flushing to zero."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA device (GradScaler); on CPU use bf16 or fp32")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext, None
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler

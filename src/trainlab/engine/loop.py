@@ -1,124 +1,126 @@
-"""The training loop: `Trainer.fit` runs epochs of `train_step` (zero_grad -> forward -> loss ->
-backward -> step) and `evaluate` (under `torch.inference_mode()`), with checkpoints holding the full
-training state so that a killed run resumes bit-identically.
+"""The training loop: `Trainer.fit` runs epochs of `train_step` (forward -> loss -> backward -> step)
+and `evaluate` (under `torch.inference_mode()`), with checkpoints holding the full training state so
+that a killed run resumes bit-identically.
 
-Cost notes: the loop never syncs the host with the device per step. Losses and the count of
-non-finite losses are accumulated as device tensors and read every `log_every_n_steps` steps, at
-epoch ends and before every checkpoint write (so a non-finite model is never saved).
+    trainer = Trainer(model, train_loader, val_loader, loss_fn=nn.CrossEntropyLoss(),
+                      optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train=TrainConfig(epochs=3))
+    history = trainer.fit()
+
+`Trainer.from_datasets(model, train_set, val_set, ...)` wraps Datasets in loaders and fills in a
+default loss and optimizer.
+
+Cost notes: the loop never syncs the host with the device per step. The epoch's sums live on the
+device (`EpochStats`) and the non-finite guard keeps references to the losses (`NonFiniteGuard`);
+both are read every `log_every_n_steps` steps, at epoch ends and before every checkpoint write (so a
+non-finite model is never saved).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from trainlab.config import TrainConfig
-from trainlab.data.loaders import TensorLoader, make_loader
 from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
-from trainlab.engine.callbacks import Callback, CallbackList, EarlyStopping, monitor_mode
-from trainlab.engine.device import resolve_channels_last, resolve_device, unwrap
+from trainlab.engine.callbacks import Callback, CallbackList, EarlyStopping
+from trainlab.engine.device import autocast_and_scaler, resolve_channels_last, resolve_device, unwrap
+from trainlab.engine.epoch_stats import EpochStats
 from trainlab.engine.evaluate import evaluate
+from trainlab.engine.guard import NonFiniteGuard
+from trainlab.engine.monitor import Monitor, flat_logs
 from trainlab.engine.signals import SignalCatcher
-from trainlab.errors import ConfigError, Interrupted, TrainingDiverged
-from trainlab.metrics import TaskMetrics, prepare
-
-
+from trainlab.errors import Interrupted, TrainingDiverged
+from trainlab.metrics import TaskMetrics
 
 
 class Trainer:
-    """Trains any `nn.Module` on any `Dataset`/`DataLoader` with a loss callable and an optimizer.
+    """Trains `model` on `train_loader` (any iterable of (inputs, targets) batches with a length;
+    trainlab's loaders add exact resume), validating on `val_loader` after every epoch.
 
-        trainer = Trainer(model, train_set, val_set, loss_fn=nn.CrossEntropyLoss(),
-                          optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=3)
-        history = trainer.fit()
-
-    Keyword arguments not listed take their values from `TrainConfig` (epochs, max_steps, device,
-    grad_accum, grad_clip, precision, monitor, log_every_n_steps, ...).
+    `train` holds the loop's settings (epochs, max_steps, device, grad_accum, grad_clip, precision,
+    monitor, nan_policy, log_every_n_steps, ...: `TrainConfig`). `metrics` computes the validation
+    metrics (default: the task's standard ones, sized by one forward pass). `checkpoint_dir` receives
+    `last.pt`/`best.pt` (None: no checkpoints); `extra_state` is saved in them as it is.
+    `flops_per_sample`/`peak_flops` give the MFU figure.
     """
 
-    def __init__(self, model: nn.Module, train_data: Dataset | DataLoader | TensorLoader,
-                 val_data: Dataset | DataLoader | TensorLoader | None = None, *,
-                 loss_fn: Callable | None = None, optimizer: torch.optim.Optimizer | None = None,
-                 scheduler: Any = None, task: str | None = None, metrics: TaskMetrics | list[str] | None = None,
-                 batch_size: int = 64, eval_batch_size: int | None = None, seed: int = 0,
-                 callbacks: list[Callback] = (), train: TrainConfig | None = None,
-                 checkpoint_dir: Any = None, extra_state: dict[str, Any] | None = None,
-                 rank: int = 0, world_size: int = 1, **train_kwargs: Any):
-        self.cfg = (train or TrainConfig()).model_copy(update=train_kwargs) if train_kwargs else (train or TrainConfig())
-        if train_kwargs:
-            TrainConfig.model_validate(self.cfg.model_dump())  # validate the overrides
-        self.device = resolve_device(self.cfg.device)
+    def __init__(self, model: nn.Module, train_loader: Any, val_loader: Any = None, *,
+                 loss_fn: Callable, optimizer: torch.optim.Optimizer, scheduler: Any = None,
+                 callbacks: list[Callback] = (), train: TrainConfig | None = None, task: str = "classification",
+                 metrics: TaskMetrics | None = None, checkpoint_dir: Path | None = None,
+                 extra_state: dict[str, Any] | None = None, rank: int = 0, world_size: int = 1,
+                 flops_per_sample: float | None = None, peak_flops: float | None = None):
+        for name, data in (("train_loader", train_loader), ("val_loader", val_loader)):
+            if isinstance(data, torch.utils.data.Dataset) and not hasattr(data, "__iter__"):
+                raise TypeError(f"Trainer: {name} is a Dataset; pass a loader, or use Trainer.from_datasets(...)")
+        self.cfg = cfg = train or TrainConfig()
+        self.device = resolve_device(cfg.device)
         self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
-        self.seed = seed
-        self.model = model.to(self.device)
-        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
-        self.optimizer = optimizer or torch.optim.Adam(self.model.parameters(), lr=1e-3)
-        self.scheduler = scheduler
-        self.task = task or _task_from_loss(self.loss_fn)
-        self.train_loader = self._loader(train_data, batch_size, shuffle=True)
-        eval_bs = eval_batch_size or batch_size * 4  # no gradients kept: a larger batch is cheaper per sample
-        self.val_loader = self._loader(val_data, eval_bs, shuffle=False) if val_data is not None else None
-        # after the loaders: the layout is tried on two of their inputs
-        sample = self._sample_inputs() if self.cfg.channels_last is not False else None
-        self.channels_last = sample is not None and resolve_channels_last(
-            unwrap(self.model), sample, self.cfg.channels_last, self.device)
-        self.metric_names = metrics if isinstance(metrics, list) else None
-        self.metrics = metrics if isinstance(metrics, TaskMetrics) else None
-        self.callbacks = CallbackList(list(callbacks))
-        self.checkpoint_dir = checkpoint_dir  # a folder (Path) for last.pt/best.pt, or None
-        self.extra_state = extra_state or {}
-        self.mode = monitor_mode(self.cfg.monitor, self.cfg.mode)
-        if self.cfg.early_stopping.patience:
-            self.callbacks = CallbackList([*self.callbacks.callbacks, EarlyStopping(
-                self.cfg.monitor, self.mode, self.cfg.early_stopping.patience, self.cfg.early_stopping.min_delta)])
-        self._setup_precision()
+        self.model, self.loss_fn, self.optimizer, self.scheduler = model.to(self.device), loss_fn, optimizer, scheduler
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.task, self.metrics = task, metrics
+        self.checkpoint_dir, self.extra_state = checkpoint_dir, extra_state or {}
+        self.flops_per_sample, self.peak_flops = flops_per_sample, peak_flops
+        self.autocast, self.scaler = autocast_and_scaler(cfg.precision, self.device)
+        sample = None if isinstance(cfg.channels_last, bool) else _sample_inputs(train_loader)
+        self.channels_last = cfg.channels_last if isinstance(cfg.channels_last, bool) else \
+            sample is not None and resolve_channels_last(unwrap(self.model), sample, cfg.channels_last, self.device)
+        self.monitor = Monitor.for_run(cfg.monitor, cfg.mode, task, val_loader is not None)
+        stopping = [EarlyStopping(self.monitor.with_min_delta(cfg.early_stopping.min_delta),
+                                  cfg.early_stopping.patience)] if cfg.early_stopping.patience else []
+        self.callbacks = CallbackList([*callbacks, *stopping])
+        self.guard = NonFiniteGuard(cfg.nan_policy)
+        self.signals = SignalCatcher(announce=self.is_main)
         # Training state (all of it goes into checkpoints).
         self.epoch = 0  # completed epochs
         self.global_step = 0  # optimizer steps
-        self.best: dict[str, Any] = {"metric": self.cfg.monitor, "value": None, "epoch": None}
+        self.best: dict[str, Any] = {"metric": self.monitor.name, "value": None, "epoch": None}
         self.history: list[dict[str, Any]] = []
-        self.nan_skipped = 0
-        self.samples_seen = 0
-        self.train_time = 0.0
-        self.data_wait = 0.0
-        self.eval_samples, self.eval_time = 0, 0.0  # validation passes (this process; for samples/s)
-        self.last_eval_speed: float | None = None
-        self.status = "running"
-        self.flops_per_sample: float | None = None
-        self.signals = SignalCatcher(announce=self.is_main)
-        # run.py calls on_train_end itself, after testing the best checkpoint (with the test metrics)
-        self.caller_ends_training = False
-        self._watched: list[tuple[torch.Tensor, int, int, int]] = []  # see _watch
-        self._batch_index = 0
-        # Sums of the epoch in progress (plain numbers), saved by mid-epoch checkpoints so that a
-        # resumed epoch logs the same train loss/accuracy as an uninterrupted one.
-        self._epoch_progress: dict[str, float] | None = None
+        self.samples_seen, self.train_time, self.data_wait = 0, 0.0, 0.0
+        self.stats: EpochStats | None = None  # the epoch in progress
+        # This process only (for the summary; not saved).
+        self.eval_samples, self.eval_time, self.last_eval_speed = 0, 0.0, None
+        self.status, self.stop_reason = "running", None
+        self.caller_ends_training = False  # run.py calls on_train_end itself, after testing the best weights
         self._resume_progress: dict[str, float] | None = None
         self._resume_rng: dict[str, Any] | None = None
+        self._batch_index = 0
 
-    # ------------------------------------------------------------------ setup helpers
-    def _loader(self, data: Any, batch_size: int, shuffle: bool) -> Any:
-        if isinstance(data, (TensorLoader, DataLoader)) or hasattr(data, "state_dict") and hasattr(data, "__iter__") \
-                and not isinstance(data, Dataset):
-            return data
-        return make_loader(data, batch_size, shuffle=shuffle, seed=self.seed, device=self.device,
-                           rank=self.rank, world_size=self.world_size)
+    @classmethod
+    def from_datasets(cls, model: nn.Module, train_data: Any, val_data: Any = None, *,
+                      loss_fn: Callable | None = None, optimizer: torch.optim.Optimizer | None = None,
+                      task: str | None = None, metrics: list[str] | None = None, batch_size: int = 64,
+                      eval_batch_size: int | None = None, seed: int = 0, **kwargs: Any) -> Trainer:
+        """A Trainer for Datasets (or loaders): batches of `batch_size` in a seeded order (tensor data on
+        the fast path), cross-entropy and Adam(lr=1e-3) unless given, the task from the loss.
+        Other keyword arguments go to `Trainer(...)`, or to `TrainConfig` (epochs=3, device="cpu", ...)."""
+        from trainlab.data.loaders import as_loader
 
-    def _setup_precision(self) -> None:
-        p = self.cfg.precision
-        if p == "fp16" and self.device.type != "cuda":
-            raise ConfigError("train.precision: fp16 needs a CUDA device (GradScaler); on CPU use bf16 or fp32")
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p)
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-        self.scaler = torch.amp.GradScaler("cuda") if p == "fp16" else None
+        own = {k: kwargs.pop(k) for k in ("scheduler", "callbacks", "train", "checkpoint_dir", "extra_state",
+                                          "rank", "world_size", "flops_per_sample", "peak_flops") if k in kwargs}
+        cfg = own.pop("train", None) or TrainConfig()
+        cfg = TrainConfig.model_validate({**cfg.model_dump(), **kwargs}) if kwargs else cfg
+        device = resolve_device(cfg.device)
+        loss_fn = loss_fn or nn.CrossEntropyLoss()
+        task = task or task_from_loss(loss_fn)
+        place = dict(seed=seed, device=device, rank=own.get("rank", 0), world_size=own.get("world_size", 1))
+        train_loader = as_loader(train_data, batch_size, shuffle=True, **place)
+        # evaluation keeps no gradients: a larger batch is cheaper per sample
+        val_loader = as_loader(val_data, eval_batch_size or 4 * batch_size, shuffle=False, **place) \
+            if val_data is not None else None
+        model = model.to(device)
+        if metrics is not None or val_loader is not None:
+            metrics = TaskMetrics.for_output(task, _output_of(model, val_loader or train_loader, device), metrics)
+        return cls(model, train_loader, val_loader, loss_fn=loss_fn,
+                   optimizer=optimizer or torch.optim.Adam(model.parameters(), lr=1e-3), train=cfg, task=task,
+                   metrics=metrics, **own)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -135,11 +137,11 @@ class Trainer:
             "best": dict(self.best),
             "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks.callbacks},
             "history": list(self.history),
-            "nan_skipped": self.nan_skipped,
+            "nan_skipped": self.guard.skipped,
             "samples_seen": self.samples_seen,
             "train_time": self.train_time,
             "data_wait": self.data_wait,
-            "epoch_progress": self._epoch_progress,
+            "epoch_progress": self._epoch_progress(),
             "world_size": self.world_size,
             **self.extra_state,
         }
@@ -156,7 +158,7 @@ class Trainer:
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.best = dict(state["best"])
         self.history = list(state["history"])
-        self.nan_skipped = int(state.get("nan_skipped", 0))
+        self.guard.skipped = int(state.get("nan_skipped", 0))
         self.samples_seen = int(state.get("samples_seen", 0))
         self.train_time = float(state.get("train_time", 0.0))
         self.data_wait = float(state.get("data_wait", 0.0))
@@ -190,107 +192,47 @@ class Trainer:
             if self.is_main else None
         return state["rng"] if self.is_main else None
 
+    def _epoch_progress(self) -> dict[str, float] | None:
+        """The unfinished epoch's sums (mid-epoch saves only; None at an epoch's end)."""
+        return self.stats.state_dict() if self.stats is not None else None
+
     def save(self, name: str) -> None:
         rank_states = None
         if self.world_size > 1 and self.signals.received is None:
             # A collective (every rank calls save): each rank's RNG and partial sums go to rank 0, which
             # writes them into the one checkpoint. Not after a signal: ranks may be at different steps.
-            rank_states = distributed.gather_rank_states({"rng": ckpt.rng_state(), "epoch_progress": self._epoch_progress})
+            rank_states = distributed.gather_rank_states({"rng": ckpt.rng_state(), "epoch_progress": self._epoch_progress()})
         if self.checkpoint_dir is None or not self.is_main:
             return
-        self._check_finite()  # never write non-finite weights
+        self.guard.check()  # never write non-finite weights
         state = self.state_dict()
         if rank_states is not None:
             state["rank_states"] = rank_states
-        bad = ckpt.nonfinite_tensors(state["model"])
-        if bad:  # finite losses but a step with Inf/NaN gradients (no grad_clip to see them) broke the weights
-            mid_epoch = self._epoch_progress is not None  # set by mid-epoch saves only
-            where = (f"epoch {self.epoch + 1}, step {self.global_step} (batch {getattr(self.train_loader, 'position', '?')}"
-                     f" of the epoch" if mid_epoch else f"epoch {self.epoch}, step {self.global_step} (the epoch's end")
-            raise TrainingDiverged(
-                f"the weights became NaN/Inf by {where}; in {', '.join(bad[:3])}); "
-                f"{name} was not written and keeps the last finite weights. Try a lower optimizer.lr, "
-                f"train.grad_clip, or train.nan_policy=skip.")
+        where = (f"epoch {self.epoch + 1}, step {self.global_step} (batch {self._batch_index} of the epoch"
+                 if self.stats is not None else f"epoch {self.epoch}, step {self.global_step} (the epoch's end")
+        self.guard.check_weights(state["model"], name, where)
         ckpt.save_checkpoint(state, self.checkpoint_dir / name)
 
     # ------------------------------------------------------------------ the loop
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, update: bool) -> torch.Tensor:
-        """Forward, loss and backward on one batch; optimizer step when `update` (gradient accumulation)."""
-        with self.autocast():
-            output = self.model(x)
-            loss = self.loss_fn(output, y)
-        scaled = loss / self.cfg.grad_accum if self.cfg.grad_accum > 1 else loss
-        if self.scaler is not None:
-            self.scaler.scale(scaled).backward()
-        else:
-            scaled.backward()
-        if self._train_correct is not None:
-            with torch.no_grad():  # on the device: no sync; a logit > 0 is a probability > 0.5
-                if self.task == "classification" and y.dim() == 1:
-                    self._train_correct += (output.argmax(-1) == y).sum()
-                elif self.task == "binary":
-                    self._train_correct += ((output.view(-1) > 0) == (y.view(-1) > 0.5)).sum()
-                else:
-                    preds, target = prepare(self.task, output, y)
-                    self._train_correct += (preds.argmax(-1) == target).sum()
-        if update:
-            if self.callbacks.has("on_after_backward"):
-                self.callbacks.call("on_after_backward", self.global_step, {"model": self.model})
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            if self.cfg.grad_clip is not None:
-                norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-                self._watch(norm)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    def _watch(self, value: torch.Tensor) -> None:
-        """Keeps a loss or gradient norm (a device scalar) with where it came from, for `_check_finite`:
-        no host sync per step, only a reference kept until the next check."""
-        self._watched.append((value, self.global_step, self.epoch + 1, self._batch_index))
-
-    def _check_finite(self) -> None:
-        """Raises TrainingDiverged naming the first non-finite loss or gradient since the last check."""
-        if not self._watched:
-            return
-        values = torch.stack([v if v.dtype == torch.float32 and v.dim() == 0 else v.detach().float().reshape(())
-                              for v, *_ in self._watched])  # losses are float32 scalars already: no op each
-        bad = ~torch.isfinite(values)
-        if bool(bad.any()):  # note: host sync, once per log interval and before every save
-            _, step, epoch, batch = self._watched[int(bad.nonzero()[0])]
-            raise TrainingDiverged(
-                f"the loss or a gradient became NaN/Inf at epoch {epoch}, step {step + 1} (batch {batch} of the "
-                f"epoch); last.pt and best.pt keep the last finite weights. Try a lower optimizer.lr, "
-                f"train.grad_clip, or train.nan_policy=skip.")
-        self._watched.clear()
-
     def fit(self, resume_state: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Train for `train.epochs` epochs (or `train.max_steps` steps); returns the history."""
         if resume_state is not None:
             self.load_state_dict(resume_state)
-        steps_per_epoch = max(1, math.ceil(len(self.train_loader) / self.cfg.grad_accum))
-        total_epochs = self.cfg.epochs
-        if self.cfg.max_steps is not None:
-            total_epochs = min(total_epochs, math.ceil(self.cfg.max_steps / steps_per_epoch))
-        self.total_epochs = total_epochs
-        self._watched: list[tuple[torch.Tensor, int, int, int]] = []
-        self._batch_index = 0
-        self.callbacks.call("on_train_begin", {"trainer": self, "model": self.model, "optimizer": self.optimizer})
-        if resume_state is not None and self._resume_rng is not None:  # callbacks may have drawn random numbers
+        self.total_epochs = total_epochs(self.cfg, len(self.train_loader))
+        self.callbacks.call("on_train_begin", {
+            "model": self.model, "optimizer": self.optimizer, "scaler": self.scaler, "config": self.cfg,
+            "run_dir": self.checkpoint_dir.parent if self.checkpoint_dir is not None else None})
+        if self._resume_rng is not None:  # callbacks may have drawn random numbers
             ckpt.set_rng_state(self._resume_rng)
         self.signals.install()
-        self.model.train()
         try:
-            while self.epoch < total_epochs and not self._done():
-                self._train_epoch(steps_per_epoch)
+            while self.epoch < self.total_epochs and not self._done():
+                self._train_epoch()
                 if self.callbacks.stop_training or self._done():
                     break
             self.status = "completed"
+            self.stop_reason = next((c.stop_reason for c in self.callbacks.callbacks
+                                     if getattr(c, "stop_reason", None)), None)
         except Interrupted:
             self.status = "interrupted"
             raise
@@ -304,126 +246,113 @@ class Trainer:
                                                  "epoch": self.epoch, "step": self.global_step})
         return self.history
 
-    def _done(self) -> bool:
-        return self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps
-
-    def _train_epoch(self, steps_per_epoch: int) -> None:
-        epoch = self.epoch + 1  # 1-based in logs
-        loader = self.train_loader
+    def _train_epoch(self) -> None:
+        """fetch -> step -> accumulate -> schedule -> log when due -> checkpoint/signal, then validate."""
+        epoch, loader, accum = self.epoch + 1, self.train_loader, self.cfg.grad_accum  # epochs are 1-based in logs
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(self.epoch)
-        start_position = getattr(loader, "position", 0)
-        self.callbacks.call("on_epoch_begin", epoch, {"position": start_position // self.cfg.grad_accum})
+        start = getattr(loader, "position", 0)
+        self.callbacks.call("on_epoch_begin", epoch, {"position": start // accum})
         self.model.train()
-        accum = self.cfg.grad_accum
-        n_batches = len(loader)
-        running = torch.zeros((), device=self.device)  # sum of loss*batch since the last log
-        epoch_loss = torch.zeros((), device=self.device)  # the same over the epoch's earlier intervals
-        self._train_correct = torch.zeros((), device=self.device, dtype=torch.long) \
-            if self.task in ("classification", "binary") else None
-        epoch_samples = interval_samples = 0
-        t_epoch = t_log = time.perf_counter()
-        wait = 0.0
         progress, self._resume_progress = self._resume_progress, None
-        if progress and start_position > 0:  # resuming mid-epoch: continue the epoch's sums
-            epoch_loss += progress["loss_sum"] - progress["running_sum"]
-            running += progress["running_sum"]
-            epoch_samples, interval_samples = int(progress["samples"]), int(progress["interval_samples"])
-            if self._train_correct is not None:
-                self._train_correct += int(progress["correct"])
-            t_epoch -= progress["seconds"]
-            wait = progress["data_wait"]
-
-        def snapshot() -> None:  # note: host sync; only before a checkpoint write
-            self._epoch_progress = {
-                "loss_sum": float(epoch_loss + running), "running_sum": float(running), "samples": epoch_samples,
-                "interval_samples": interval_samples, "seconds": time.perf_counter() - t_epoch, "data_wait": wait,
-                "correct": int(self._train_correct) if self._train_correct is not None else 0}
-        batch_index = start_position
+        stats = self.stats = EpochStats.start(self.device, self.task, progress if start > 0 else None)
+        n_batches, self._batch_index = len(loader), start
         t_fetch = time.perf_counter()
         for x, y in loader:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            if self.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            wait += time.perf_counter() - t_fetch
-            batch_index += 1
-            self._batch_index = batch_index
-            update = batch_index % accum == 0 or batch_index == n_batches
-            if self.cfg.nan_policy == "skip":
-                loss = self._skip_nonfinite_step(x, y, update)
-            else:
-                loss = self.train_step(x, y, update)
-                self._watch(loss)
-            bs = len(y)
-            running.add_(loss.float(), alpha=bs)  # one op (loss.float() is the loss itself in fp32)
-            epoch_samples += bs
-            interval_samples += bs
-            if not update:
-                t_fetch = time.perf_counter()
-                continue
-            self.global_step += 1
-            if self.scheduler is not None:
-                self.scheduler.step_batch()
-            logs: dict[str, Any] = {"epoch": epoch, "batch_size": bs, "steps_since": 1}
-            if self.global_step % self.cfg.log_every_n_steps == 0:
-                self._check_finite()
-                now = time.perf_counter()
-                logs["loss"] = float(running) / max(interval_samples, 1)  # note: host sync, once per interval
-                logs["lr"] = self.optimizer.param_groups[0]["lr"]
-                if len(self.optimizer.param_groups) > 1:  # per-layer learning rates: each group's own
-                    logs["lrs"] = {str(g.get("name", i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
-                logs["samples_per_second"] = interval_samples / max(now - t_log, 1e-9)
-                logs["data_wait_fraction"] = wait / max(now - t_epoch, 1e-9)  # of the epoch so far
-                if self.flops_per_sample and getattr(self, "peak_flops", None):
-                    logs["mfu"] = logs["samples_per_second"] * self.flops_per_sample / self.peak_flops
-                epoch_loss += running
-                running.zero_()
-                interval_samples, t_log = 0, now
-            if self.callbacks.has("on_batch_end"):
-                self.callbacks.call("on_batch_end", self.global_step, logs)
-            if self.cfg.checkpoint_every_n_steps and self.global_step % self.cfg.checkpoint_every_n_steps == 0:
-                snapshot()
-                self.save("last.pt")
-            if self.signals.received is not None:
-                snapshot()
-                self._on_interrupt(t_epoch, epoch_samples, wait)
-            if self._done():
-                break
+            x, y = self._to_device(x, y)
+            stats.data_wait += time.perf_counter() - t_fetch
+            self._batch_index += 1
+            update = self._batch_index % accum == 0 or self._batch_index == n_batches
+            result = self.train_step(x, y, update)
+            if result is not None:  # None: skipped (nan_policy=skip)
+                stats.add(*result, y)
+            if update:
+                self.global_step += 1
+                if self.scheduler is not None:
+                    self.scheduler.step_batch()
+                self._after_step(epoch, len(y))
+                if self._done():
+                    break
             t_fetch = time.perf_counter()
-        self._epoch_progress = None
-        self._check_finite()
-        epoch_loss += running
-        elapsed = time.perf_counter() - t_epoch
-        correct = self._train_correct
-        if self.world_size > 1:  # the epoch's train numbers over every rank's shard (one collective)
-            loss_sum, n, hits = distributed.all_reduce_sums(epoch_loss, epoch_samples, 0 if correct is None else correct)
-            epoch_loss, epoch_samples = torch.tensor(loss_sum), int(n)
-            correct = None if correct is None else torch.tensor(hits)
-        self.train_time += elapsed
-        self.data_wait += wait
-        self.samples_seen += epoch_samples
-        train_logs = {"loss": float(epoch_loss) / max(epoch_samples, 1)}
-        if correct is not None:
-            train_logs["accuracy"] = float(correct) / max(epoch_samples, 1)
-        train_logs["samples_per_second"] = epoch_samples / max(elapsed, 1e-9)
-        train_logs["data_wait_fraction"] = wait / max(elapsed, 1e-9)
+        self.guard.check()
+        train_logs = stats.epoch_logs(self.world_size)
+        self.stats = None
+        self.train_time += stats.elapsed
+        self.data_wait += stats.data_wait
+        self.samples_seen += stats.samples
         self.epoch += 1
+        self._end_epoch(epoch, train_logs)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Forward, loss and backward on one batch, and the optimizer step when `update` (the last batch
+        of a gradient accumulation). Returns (loss, output), or None for a batch skipped by
+        `nan_policy: skip` (a non-finite loss or gradient: the weights stay as they were)."""
+        with self.autocast():
+            output = self.model(x)
+            loss = self.loss_fn(output, y)
+        where = (self.global_step, self.epoch + 1, self._batch_index)
+        if self.guard.rejects(loss.detach(), *where):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        scaled = loss / self.cfg.grad_accum if self.cfg.grad_accum > 1 else loss
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        if update:
+            if self.callbacks.has("on_after_backward"):
+                self.callbacks.call("on_after_backward", self.global_step, {"model": self.model, "scaler": self.scaler})
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # an fp16 step with Inf gradients is skipped by the scaler
+            if self.cfg.grad_clip is not None or (self.guard.skip and self.scaler is None):
+                norm = _grad_norm(self.model, self.cfg.grad_clip)
+                if self.scaler is None and self.guard.rejects(norm, *where):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return None
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), output.detach()
+
+    def _after_step(self, epoch: int, batch_size: int) -> None:
+        """After an optimizer step: the interval's logs when due, a checkpoint when due, a signal."""
+        logs: dict[str, Any] = {"epoch": epoch, "batch_size": batch_size, "steps_since": 1}
+        if self.global_step % self.cfg.log_every_n_steps == 0:
+            self.guard.check()
+            logs.update(self.stats.interval_logs())
+            logs["lr"] = self.optimizer.param_groups[0]["lr"]
+            if len(self.optimizer.param_groups) > 1:  # per-layer learning rates: each group's own
+                logs["lrs"] = {str(g.get("name", i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+            if self.flops_per_sample and self.peak_flops:
+                logs["mfu"] = logs["samples_per_second"] * self.flops_per_sample / self.peak_flops
+        if self.callbacks.has("on_batch_end"):
+            self.callbacks.call("on_batch_end", self.global_step, logs)
+        if self.cfg.checkpoint_every_n_steps and self.global_step % self.cfg.checkpoint_every_n_steps == 0:
+            self.save("last.pt")
+        if self.signals.received is not None:
+            self.save("last.pt")  # the epoch's partial sums travel in epoch_progress
+            # For the summary of this (interrupted) process only; not saved, so never counted twice.
+            self.train_time += self.stats.seconds
+            self.samples_seen += self.stats.samples
+            self.data_wait += self.stats.data_wait
+            raise Interrupted(self.signals.received)
+
+    def _end_epoch(self, epoch: int, train_logs: dict[str, float]) -> None:
+        """Validate, step the epoch schedule, keep the best weights, tell the callbacks, save."""
         val_logs = self.validate()
-        monitored = self._monitored(train_logs, val_logs)
+        flat = flat_logs(train_logs, val_logs)
+        monitored = self.monitor.value(flat)
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scheduler is not None:
-            self.scheduler.step_epoch({**{f"train_{k}": v for k, v in train_logs.items()},
-                                       **{f"val_{k}": v for k, v in (val_logs or {}).items()}})
-        row = {"epoch": epoch, "step": self.global_step, "lr": lr, "train": train_logs, "val": val_logs,
-               "monitored": monitored, "eval_samples_per_second": self.last_eval_speed if val_logs else None}
+            self.scheduler.step_epoch(flat)
         self.history.append({"epoch": epoch, "step": self.global_step, "lr": lr, "elapsed_seconds": self.train_time,
-                             **{f"train_{k}": v for k, v in train_logs.items()},
-                             **{f"val_{k}": v for k, v in (val_logs or {}).items()}})
-        improved = monitored is not None and (self.best["value"] is None or (
-            monitored < self.best["value"] if self.mode == "min" else monitored > self.best["value"]))
+                             **flat})
+        improved = self.monitor.is_improvement(monitored, self.best["value"])
         if improved:
             self.best.update(value=monitored, epoch=epoch)
-        self.callbacks.call("on_epoch_end", epoch, row)
+        self.callbacks.call("on_epoch_end", epoch, {
+            "epoch": epoch, "step": self.global_step, "lr": lr, "train": train_logs, "val": val_logs,
+            "monitored": monitored, "eval_samples_per_second": self.last_eval_speed if val_logs else None})
         if improved:
             self.save("best.pt")
         self.save("last.pt")
@@ -434,91 +363,75 @@ class Trainer:
         if self.val_loader is None:
             return None
         if self.metrics is None:
-            self.metrics = self._make_metrics()
+            self.metrics = TaskMetrics.for_output(self.task, _output_of(self.model, self.val_loader, self.device))
         stats: dict[str, float] = {}
-        logs, _ = evaluate(self.model, self.val_loader, self.loss_fn, self.metrics, self.device, self.autocast,
-                           stats=stats)
+        logs, _ = evaluate(self.model, self.val_loader, self.loss_fn, self.metrics.to(self.device), self.device,
+                           self.autocast, stats=stats)
         self.eval_samples += int(stats["samples"])
         self.eval_time += stats["seconds"]
         self.last_eval_speed = stats["samples"] / max(stats["seconds"], 1e-9)
         return logs
 
-    def _make_metrics(self) -> TaskMetrics | None:
-        x = self._peek_inputs()
-        with torch.inference_mode():
-            was = self.model.training
-            self.model.eval()
-            out = self.model(x[:2].to(self.device))
-            self.model.train(was)
-        num_classes = out.shape[-1] if self.task == "classification" else None
-        return TaskMetrics(self.task, num_classes, out.shape[-1] if out.dim() > 1 else 1, self.metric_names).to(self.device)
+    # ------------------------------------------------------------------ small helpers
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
 
-    def _sample_inputs(self) -> torch.Tensor | None:
-        """`_peek_inputs` without moving any random stream the training run depends on (None: the data
-        gives no tensor inputs to peek at, e.g. a user's dataset of dicts)."""
-        generator = getattr(getattr(self.train_loader, "transform", None), "generator", None)  # a BatchTransform's
-        saved = generator.get_state() if generator is not None else None
-        try:
-            with torch.random.fork_rng(devices=[]):
-                x = self._peek_inputs()
-            return x if isinstance(x, torch.Tensor) else None
-        except Exception:  # noqa: BLE001 - only an optimisation depends on it
-            return None
-        finally:
-            if generator is not None:
-                generator.set_state(saved)
+    def _done(self) -> bool:
+        return self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps
 
-    def _peek_inputs(self) -> torch.Tensor:
-        """Two inputs from the data, read without moving any loader's position."""
-        loader = self.val_loader or self.train_loader
-        if isinstance(loader, TensorLoader):
-            return loader.x[:2] if loader.transform is None else loader.transform(loader.x[:2])
-        ds = loader.dataset
-        return torch.stack([torch.as_tensor(ds[i][0]) for i in range(min(2, len(ds)))])
-
-    def _monitored(self, train_logs: dict[str, float], val_logs: dict[str, float] | None) -> float | None:
-        split, _, name = self.cfg.monitor.partition("_")
-        source = {"train": train_logs, "val": val_logs or {}}.get(split)
-        if source is None or (split == "val" and val_logs is None):
-            source, name = train_logs, name if split in ("train", "val") else self.cfg.monitor
-        if name not in source:
-            available = [f"train_{k}" for k in train_logs] + [f"val_{k}" for k in (val_logs or {})]
-            raise ConfigError(f"train.monitor: {self.cfg.monitor!r} is not a logged value; available: {', '.join(available)}")
-        return source[name]
-
-    def _skip_nonfinite_step(self, x: torch.Tensor, y: torch.Tensor, update: bool) -> torch.Tensor:
-        """nan_policy=skip: a batch whose loss or gradients are not finite changes nothing (one sync per step)."""
-        with self.autocast():
-            output = self.model(x)
-            loss = self.loss_fn(output, y)
-        if not torch.isfinite(loss):
-            self.nan_skipped += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            return torch.zeros((), device=self.device)
-        (loss / self.cfg.grad_accum).backward()
-        if update:
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            norm = nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-            if not torch.isfinite(norm):
-                self.nan_skipped += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                return torch.zeros((), device=self.device)
-            if self.cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    def _on_interrupt(self, t_epoch: float, epoch_samples: int, wait: float) -> None:
-        self.save("last.pt")  # the epoch's partial sums travel in epoch_progress
-        # For the summary of this (interrupted) process only; not saved, so never counted twice.
-        self.train_time += time.perf_counter() - t_epoch
-        self.samples_seen += epoch_samples
-        self.data_wait += wait
-        raise Interrupted(self.signals.received)
+    @property
+    def nan_skipped(self) -> int:
+        return self.guard.skipped
 
 
-def _task_from_loss(loss_fn: Callable) -> str:
+def steps_per_epoch(batches: int, grad_accum: int) -> int:
+    """Optimizer steps in an epoch of `batches` batches (the last, partial accumulation steps too)."""
+    return max(1, math.ceil(batches / grad_accum))
+
+
+def total_epochs(cfg: TrainConfig, batches: int) -> int:
+    """Epochs of the run: `train.epochs`, fewer when `train.max_steps` ends it first."""
+    if cfg.max_steps is None:
+        return cfg.epochs
+    return min(cfg.epochs, math.ceil(cfg.max_steps / steps_per_epoch(batches, cfg.grad_accum)))
+
+
+def _grad_norm(model: nn.Module, clip: float | None) -> torch.Tensor:
+    """The total gradient norm (clipping to `clip` when given), on the device."""
+    if clip is not None:
+        return nn.utils.clip_grad_norm_(model.parameters(), clip)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+
+def _sample_inputs(loader: Any) -> torch.Tensor | None:
+    """Two inputs for the layout trial (None: the data has no tensor inputs, e.g. dicts)."""
+    from trainlab.data.peek import sample_batch
+
+    try:
+        x, _ = sample_batch(loader)
+        return x if isinstance(x, torch.Tensor) else None
+    except Exception:  # noqa: BLE001 - only an optimisation depends on it
+        return None
+
+
+def _output_of(model: nn.Module, loader: Any, device: torch.device) -> torch.Tensor:
+    """The model's output on two samples, in eval mode (sizes the metrics)."""
+    from trainlab.data.peek import sample_batch
+
+    x, _ = sample_batch(loader)
+    was = model.training
+    model.eval()
+    with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+        out = model(x.to(device))
+    model.train(was)
+    return out
+
+
+def task_from_loss(loss_fn: Callable) -> str:
     inner = getattr(loss_fn, "loss", loss_fn)
     if isinstance(inner, (nn.CrossEntropyLoss, nn.NLLLoss, nn.MultiMarginLoss)):
         return "classification"

@@ -32,7 +32,8 @@ from torch import nn
 from torch.optim import lr_scheduler as lrs
 
 from trainlab.config import OptimizerConfig, SchedulerConfig
-from trainlab.errors import ConfigError
+from trainlab.engine.monitor import Monitor, flat_logs
+from trainlab.errors import ConfigError, warn
 from trainlab.registry import OPTIMIZERS, SCHEDULERS, Entry, check_kwargs
 
 # ----------------------------------------------------------------------------- optimizer registry
@@ -193,25 +194,6 @@ SCHEDULERS.extra_names = lambda: sorted(c.__name__ for c in _torch_classes(lrs, 
 
 _PER_STEP = (lrs.OneCycleLR, lrs.CyclicLR)  # made to step once per batch
 _RUN_SHAPED = {"none": (), "cosine": ("T_max",), "linear": ("total_iters",), "polynomial": ("total_iters",)}
-_MIN_WORDS = ("loss", "error", "mse", "mae", "rmse", "perplexity")
-
-
-def infer_mode(monitor: str) -> str:
-    """'min' for losses and errors (val_loss, val_mae), 'max' for scores (val_accuracy, val_f1)."""
-    return "min" if any(w in monitor.lower() for w in _MIN_WORDS) else "max"
-
-
-def _flatten(logs: dict[str, Any]) -> dict[str, Any]:
-    """Accept flat logs {"val_loss": ..} and the loop's nested {"val": {"loss": ..}} alike."""
-    flat = {}
-    for k, v in logs.items():
-        if isinstance(v, dict):
-            flat.update({f"{k}_{kk}": vv for kk, vv in v.items() if isinstance(vv, (int, float, torch.Tensor))})
-        elif isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool):
-            flat[k] = v
-    return flat
-
-
 class LRSchedule:
     """One LR schedule as the loop sees it: a torch scheduler (with its warmup) and the unit it steps in.
 
@@ -221,7 +203,7 @@ class LRSchedule:
     """
 
     def __init__(self, name: str, optimizer: torch.optim.Optimizer, scheduler: lrs.LRScheduler | None,
-                 interval: str, monitor: str | None = None, warmup: lrs.LinearLR | None = None,
+                 interval: str, monitor: Monitor | None = None, warmup: lrs.LinearLR | None = None,
                  warmup_length: int = 0):
         self.name = name
         self.optimizer = optimizer
@@ -252,16 +234,17 @@ class LRSchedule:
             if self.scheduler is not None:
                 self.scheduler.step()
             return
-        flat = _flatten(logs or {})
-        if self.monitor not in flat:
-            raise ConfigError(f"scheduler.monitor: {self.monitor!r} is not among the logged values after this epoch "
-                              f"({', '.join(sorted(flat)) or 'none'}); plateau needs a validation split or a "
-                              f"monitor such as train_loss")
+        logs = logs or {}  # flat epoch logs {"train_loss": .., "val_accuracy": ..}, or the loop's nested ones
+        flat = flat_logs(logs["train"] or {}, logs.get("val")) if isinstance(logs.get("train"), dict) else logs
+        if self.monitor.name not in flat:
+            raise ConfigError(f"scheduler.monitor: {self.monitor.name!r} is not among the logged values after this "
+                              f"epoch ({', '.join(sorted(flat)) or 'none'}); plateau needs a validation split or "
+                              f"a monitor such as train_loss")
         if self.warmup is not None and self.warmup_done < self.warmup_length:
             self.warmup.step()  # no plateau bookkeeping while the LR is still ramping up
             self.warmup_done += 1
         else:
-            self.scheduler.step(float(flat[self.monitor]))
+            self.scheduler.step(float(flat[self.monitor.name]))
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "interval": self.interval, "lrs": self.lrs(), "warmup_done": self.warmup_done,
@@ -306,7 +289,7 @@ def _resolve_interval(cfg: SchedulerConfig, entry: Entry) -> str:
 
 
 def _main_kwargs(name: str, cls: Any, kwargs: dict[str, Any], optimizer: torch.optim.Optimizer,
-                 length: int, total_steps: int, monitor: str) -> dict[str, Any]:
+                 length: int, total_steps: int, monitor: Monitor) -> dict[str, Any]:
     """Fill the run-length arguments the user left out (length: units after the warmup)."""
     kwargs = dict(kwargs)
     if cls is lrs.CosineAnnealingLR:
@@ -323,7 +306,7 @@ def _main_kwargs(name: str, cls: Any, kwargs: dict[str, Any], optimizer: torch.o
         d = optimizer.defaults
         kwargs.setdefault("cycle_momentum", "betas" in d or bool(d.get("momentum", 0)))
     elif cls is lrs.ReduceLROnPlateau:
-        kwargs.setdefault("mode", infer_mode(monitor))
+        kwargs.setdefault("mode", monitor.mode)  # the one rule of engine/monitor.py
     return kwargs
 
 
@@ -339,9 +322,14 @@ def _check_required(cls: Any, kwargs: dict[str, Any], name: str) -> None:
 
 
 def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                    epochs: int, max_steps: int | None = None) -> LRSchedule:
+                    epochs: int, max_steps: int | None = None, monitor: Monitor | None = None) -> LRSchedule:
     """The LR schedule `cfg.name` with its warmup, for a run of `epochs` x `steps_per_epoch`
-    optimizer steps (count optimizer steps, i.e. batches / grad_accum), or `max_steps` when shorter."""
+    optimizer steps (count optimizer steps, i.e. batches / grad_accum), or `max_steps` when shorter.
+    `monitor`: the run's monitored value (train.monitor resolved), which `plateau` follows unless
+    `scheduler.monitor` names another.
+
+    A warmup or a schedule length longer than the run (a smoke run of a real config, a tiny data
+    set) is clipped to the run with a one-line warning, never an error."""
     entry = SCHEDULERS.entry(cfg.name, "scheduler.name")
     cls, name = entry.factory, entry.name
     interval = _resolve_interval(cfg, entry)
@@ -363,15 +351,20 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, step
         raise ConfigError(f"scheduler.warmup_{'steps' if cfg.warmup_steps else 'epochs'}: {name} has its own "
                           f"warmup (pct_start / base_lr); drop the warmup")
     total_steps = steps_per_epoch * epochs
-    run = total_steps if interval == "step" else epochs
-    if warmup >= run and cls is not _constant:
-        raise ConfigError(f"scheduler.warmup_{'steps' if cfg.warmup_steps else 'epochs'}: the warmup "
-                          f"({warmup} {interval}s) takes the whole run ({run} {interval}s)")
     if max_steps is not None and max_steps < total_steps:  # train.max_steps ends the run first
         total_steps = max_steps
-        run = max(warmup + 1, total_steps if interval == "step" else -(-max_steps // steps_per_epoch))
-
-    kwargs = _main_kwargs(name, cls, user_kwargs, optimizer, run - warmup, total_steps, cfg.monitor)
+    run = total_steps if interval == "step" else -(-total_steps // steps_per_epoch)
+    if warmup >= run and cls is not _constant:
+        key = f"scheduler.warmup_{'steps' if cfg.warmup_steps else 'epochs'}"
+        clipped = max(0, run - 1)  # the main schedule keeps at least one unit
+        warn(f"{key}: the warmup ({warmup} {interval}s) is as long as the run ({run} {interval}s) or longer; "
+             f"clipped to {clipped} {interval}s for this run")
+        warmup = clipped
+    _warn_past_the_end(name, user_kwargs, run - warmup, interval)
+    if cls is lrs.ReduceLROnPlateau or monitor is None:
+        monitor = monitor if cfg.monitor == "auto" and monitor is not None else \
+            Monitor("val_loss" if cfg.monitor == "auto" else cfg.monitor)
+    kwargs = _main_kwargs(name, cls, user_kwargs, optimizer, run - warmup, total_steps, monitor)
     if cls is not _constant:
         _check_required(cls, kwargs, name)
     try:
@@ -382,9 +375,22 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, step
         raise ConfigError(f"scheduler: {name} rejected its arguments {kwargs}: {e}") from None
 
     if cls is lrs.ReduceLROnPlateau:
-        return LRSchedule(name, optimizer, main, interval, monitor=cfg.monitor, warmup=ramp, warmup_length=warmup)
+        return LRSchedule(name, optimizer, main, interval, monitor=monitor, warmup=ramp, warmup_length=warmup)
     if ramp is not None:
         # SequentialLR resets the LRs and replays only the warmup's first step; after `warmup` units
         # the main schedule starts from its own step 0 (the full lr).
         main = ramp if main is None else lrs.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
     return LRSchedule(name, optimizer, main, interval)
+
+
+def _warn_past_the_end(name: str, kwargs: dict[str, Any], length: int, interval: str) -> None:
+    """A schedule length the user gave that the run never reaches: warn (the schedule is still right
+    for the full run, so a short run of the same config works)."""
+    for key in ("T_max", "total_iters", "total_steps", "step_size"):
+        value = kwargs.get(key)
+        if isinstance(value, int) and value > length:
+            warn(f"scheduler.{key}: {value} {interval}s, longer than this run's {length}; the run ends before "
+                 f"the {name} schedule does")
+    late = [m for m in kwargs.get("milestones") or [] if isinstance(m, int) and m >= length]
+    if late:
+        warn(f"scheduler.milestones: {late} at or past the end of this run ({length} {interval}s) are never reached")

@@ -16,8 +16,19 @@ from trainlab.report.rundir import RunFiles, epoch_rows, read_run
 IGNORED_KEYS = {"name"}
 
 
+def default_compare_dir() -> Path:
+    """runs/compare, or runs/compare-2, -3, ... when that already holds a comparison (never the current
+    folder: the files would land at a project's root)."""
+    base = Path("runs") / "compare"
+    for i in range(1, 10_000):
+        path = base if i == 1 else base.with_name(f"compare-{i}")
+        if not (path / "compare.html").exists():
+            return path
+    return base
+
+
 def compare_runs(run_dirs: list[Path], out_dir: Path | None = None, echo: bool = False) -> dict[str, Any]:
-    """Compare runs; write out_dir/compare.png and out_dir/compare.html (out_dir: the current directory).
+    """Compare runs; write out_dir/compare.png and out_dir/compare.html (default: `default_compare_dir()`).
 
     Returns {"text": the table as text, "header": [...], "rows": [[key, value per run], ...],
     "config_diff": {dotted key: [value per run]}, "png": Path, "html": Path}; prints the text when `echo`.
@@ -25,7 +36,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path | None = None, echo: bool =
     runs = [_load(Path(d)) for d in run_dirs]
     if not runs:
         raise TrainlabError("compare needs at least one run directory.")
-    out_dir = Path.cwd() if out_dir is None else Path(out_dir)
+    out_dir = default_compare_dir() if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     labels = _labels(runs)

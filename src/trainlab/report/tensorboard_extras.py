@@ -40,7 +40,7 @@ class TensorBoardExtras(Callback):
     # ------------------------------------------------------------------ hooks
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
-        self.model = _unwrap(logs.get("model") or logs["trainer"].model)
+        self.model = _unwrap(logs["model"])
         self.run_path = _run_path(logs) or self.run_path
         self.class_names = self.class_names or logs.get("class_names")
         batch = self.sample_batch if self.sample_batch is not None else logs.get("sample_batch")

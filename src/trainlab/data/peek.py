@@ -1,0 +1,36 @@
+"""A few samples read from a dataset or a loader without side effects: for shape checks, the loss
+check, FLOP counting, the layout trial, TensorBoard's sample images and the metrics' output size.
+
+Peeking moves no loader position and no random stream the training run depends on (the global RNG is
+forked; a batch transform's own generator is restored), so a run with more peeks is the same run.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from trainlab.data.base import ArrayDataset
+
+
+def sample_batch(source: Any, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` (inputs, targets) of a Dataset, a DataLoader or trainlab's loaders, as model
+    inputs (after the data's transform). Raises TypeError when the data has no tensor samples."""
+    dataset = getattr(source, "dataset", source)  # TensorLoader, ResumableDataLoader, DataLoader
+    transform = getattr(source, "transform", None) if not isinstance(source, ArrayDataset) else source.transform
+    generator = getattr(transform, "generator", None)  # a BatchTransform's own random stream
+    saved = generator.get_state() if generator is not None else None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            if hasattr(source, "x") and hasattr(source, "y"):  # a TensorLoader: x already on its device
+                x, y = source.x[:n], source.y[:n]
+                return (transform(x) if transform is not None else x), y
+            if isinstance(dataset, ArrayDataset):
+                x = dataset.x[:n]
+                return (dataset.transform(x) if dataset.transform is not None else x), dataset.y[:n]
+            items = [dataset[i] for i in range(min(n, len(dataset)))]
+            return (torch.stack([torch.as_tensor(a) for a, _ in items]),
+                    torch.stack([torch.as_tensor(b) for _, b in items]))
+    finally:
+        if generator is not None:
+            generator.set_state(saved)

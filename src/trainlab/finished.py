@@ -1,0 +1,93 @@
+"""Reading a finished run: its config, data, loss and model with a checkpoint's weights, and
+evaluating it (`trainlab eval`, `predict`, `doctor`, `export`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainlab.config import Config, validate
+from trainlab.data.base import DataBundle
+from trainlab.data.loaders import make_loader
+from trainlab.data.peek import sample_batch
+from trainlab.engine import checkpoint as ckpt
+from trainlab.engine.device import resolve_device
+from trainlab.engine.evaluate import evaluate
+from trainlab.errors import CheckpointError, TrainlabError
+from trainlab.logging import RunDir
+from trainlab.metrics import TaskMetrics
+from trainlab.pipeline import eval_batch_size, seed_everything
+from trainlab.registry import load_builtins
+
+CHECKPOINTS = {"best": "best.pt", "last": "last.pt"}
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: Config
+    bundle: DataBundle | None
+    model: nn.Module
+    loss_fn: Any
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    state: dict[str, Any]
+    device: torch.device
+    checkpoint: Path
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = True) -> LoadedRun:
+    """The run's config, data (rebuilt from the config), loss and model with the weights of
+    `checkpoint` (`best` (falls back to `last` when there is no best.pt), `last`, or a file name)."""
+    from trainlab.data import build_data
+    from trainlab.losses import build_loss
+    from trainlab.models import build_model
+
+    load_builtins()
+    run = RunDir.open(run_dir)
+    name = CHECKPOINTS.get(checkpoint, checkpoint)
+    path = run.checkpoints / name
+    if not path.exists() and name == "best.pt":
+        path = run.last
+    if not path.exists():
+        raise CheckpointError(f"--checkpoint {checkpoint}: {path} does not exist")
+    state = ckpt.load_checkpoint(path)
+    config = validate(state["config"])
+    device = resolve_device(config.train.device)
+    seed_everything(config.seed)
+    bundle = build_data(config) if with_data else None
+    prep = state.get("preprocessing") or {}
+    input_shape = tuple(prep.get("input_shape") or (bundle.input_shape if bundle else ()))
+    task = prep.get("task") or (bundle.task if bundle else "classification")
+    output_dim = int(prep.get("output_dim") or (bundle.output_dim if bundle else
+                                                 len(prep.get("class_names") or []) if task == "classification" else 1))
+    model = build_model(config.model, input_shape, output_dim, task).to(device)
+    if bundle is not None:
+        x, _ = sample_batch(bundle.train)
+        with torch.no_grad():
+            model.eval()
+            model(x.to(device))  # materialises Lazy layers before loading weights
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not match the model of its config: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return LoadedRun(run.path, config, bundle, model, build_loss(config.loss, task), run.read_metrics(),
+                     run.read_summary(), state, device, path)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best") -> dict[str, float]:
+    """Loss and metrics of a checkpoint of the run on one split of its data."""
+    loaded = load_run(run_dir, checkpoint)
+    b = loaded.bundle
+    ds = {"train": b.train, "val": b.val, "test": b.test}[split]
+    if ds is None or len(ds) == 0:
+        raise TrainlabError(f"--split {split}: this run's data has no {split} split")
+    cfg = loaded.config
+    loader = make_loader(ds, eval_batch_size(cfg), shuffle=False, device=loaded.device, in_memory=cfg.data.in_memory)
+    metrics = TaskMetrics.for_data(b, cfg.metrics).to(loaded.device)
+    logs, _ = evaluate(loaded.model, loader, loaded.loss_fn, metrics, loaded.device)
+    return logs

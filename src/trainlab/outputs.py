@@ -1,0 +1,145 @@
+"""The end of a training run: test the best and the last weights, and write summary.json,
+model.safetensors, predictions/*.npz and the report."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainlab.data.base import ArrayDataset
+from trainlab.data.loaders import TensorLoader
+from trainlab.engine import checkpoint as ckpt
+from trainlab.engine import distributed
+from trainlab.engine.device import unwrap
+from trainlab.engine.evaluate import evaluate
+from trainlab.engine.loop import Trainer
+from trainlab.logging import RunDir
+from trainlab.metrics import TaskMetrics, probabilities
+from trainlab.pipeline import Pipeline
+
+
+def test_runs(trainer: Trainer, pipe: Pipeline, run: RunDir | None) -> dict[str, Any]:
+    """`final["test_last"]` (the last weights), then the best checkpoint loaded: `final["test"]`, and
+    predictions/{val,test}.npz of the best weights."""
+    final: dict[str, Any] = {}
+    metrics = TaskMetrics.for_data(pipe.bundle, pipe.config.metrics).to(pipe.device)
+    if pipe.test_loader is not None:
+        final["test_last"], _ = evaluate(trainer.model, pipe.test_loader, pipe.loss_fn, metrics, pipe.device,
+                                         trainer.autocast)
+    if run is not None and run.best.exists():
+        unwrap(trainer.model).load_state_dict(ckpt.load_checkpoint(run.best)["model"])
+    distributed.broadcast_weights(trainer.model)  # every rank tests the best weights rank 0 loaded
+    for split, loader in (("val", pipe.val_loader), ("test", pipe.test_loader)):
+        if loader is None:
+            continue
+        logs, kept = evaluate(trainer.model, loader, pipe.loss_fn, metrics, pipe.device, trainer.autocast,
+                              keep_outputs=run is not None or trainer.world_size > 1)
+        kept = distributed.gather_eval_outputs(kept, trainer.rank, trainer.world_size)  # whole split on rank 0
+        if split == "test":
+            final["test"] = logs
+        if run is not None and kept is not None:
+            save_predictions(run, split, kept, pipe)
+    return final
+
+
+def write_summary(trainer: Trainer, pipe: Pipeline, run: RunDir, status: str, final: dict[str, Any],
+                  best: dict[str, Any]) -> dict[str, Any]:
+    speed = trainer.samples_seen / trainer.train_time if trainer.train_time > 0 else None
+    mfu = speed * trainer.flops_per_sample / trainer.peak_flops \
+        if speed and trainer.flops_per_sample and trainer.peak_flops else None
+    return run.update_summary(
+        status=status, epochs_completed=trainer.epoch, global_step=trainer.global_step, best=best, final=final,
+        samples_per_second=speed,
+        data_wait_fraction=trainer.data_wait / trainer.train_time if trainer.train_time > 0 else None,
+        eval_samples_per_second=trainer.eval_samples / trainer.eval_time if trainer.eval_time > 0 else None,
+        flops_per_sample=trainer.flops_per_sample, mfu=mfu, peak_flops=trainer.peak_flops,
+        nan_skipped=trainer.nan_skipped, channels_last=trainer.channels_last,
+        threads=torch.get_num_threads() if pipe.device.type == "cpu" else None,
+        time_to_target=time_to_target(trainer.history, pipe.config.train.target_metric),
+        train_time_seconds=trainer.train_time, stop_reason=trainer.stop_reason)
+
+
+def best_and_final(trainer: Trainer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """summary.json's `best` (the monitored value, its epoch and that epoch's values) and the last
+    epoch's train/val values for `final`."""
+    last_row = trainer.history[-1] if trainer.history else {}
+    final = {"train": {k[6:]: v for k, v in last_row.items() if k.startswith("train_")},
+             "val": {k[4:]: v for k, v in last_row.items() if k.startswith("val_")}}
+    best = {**trainer.best}
+    best_row = next((r for r in trainer.history if r["epoch"] == best.get("epoch")), None)
+    if best_row:
+        best.update({k: v for k, v in best_row.items() if k.startswith("val_") or k.startswith("train_")})
+    return best, final
+
+
+def time_to_target(history: list[dict[str, Any]], target: dict[str, float] | None) -> dict[str, Any] | None:
+    """Seconds of training until a value first reached its target (`train.target_metric`, e.g.
+    `{val_accuracy: 0.97}`; a loss-like value must fall to it)."""
+    if not target:
+        return None
+    (metric, goal), = target.items()
+    lower = any(w in metric for w in ("loss", "error", "mse", "mae"))
+    for row in history:
+        value = row.get(metric)
+        if value is not None and (value <= goal if lower else value >= goal):
+            return {"metric": metric, "target": goal, "epoch": row["epoch"], "seconds": row.get("elapsed_seconds")}
+    return None
+
+
+def write_safetensors(run: RunDir) -> None:
+    from safetensors.torch import save_file
+
+    source = run.best if run.best.exists() else run.last
+    state = ckpt.load_checkpoint(source)["model"]
+    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    tmp = run.safetensors.with_name(".model.safetensors.tmp")
+    save_file(tensors, str(tmp), metadata={"source": source.name})
+    os.replace(tmp, run.safetensors)
+
+
+def save_predictions(run: RunDir, split: str, kept: dict[str, torch.Tensor], pipe: Pipeline) -> None:
+    task = pipe.bundle.task
+    output = probabilities(task, kept["output"]).numpy()
+    target = kept["target"].numpy()
+    arrays: dict[str, Any] = {"target": target, "output": output}
+    ds = pipe.bundle.val if split == "val" else pipe.bundle.test
+    if isinstance(ds, ArrayDataset) and len(ds) == len(target):  # (a smoke run tests one batch only)
+        x = ds.x
+        if x.dim() == 2 and x.shape[1] == 1:
+            arrays["inputs"] = x.float().numpy()
+        if x.dim() == 4 and task in ("classification", "binary"):
+            pred = output.argmax(-1) if task == "classification" else (output > 0.5).astype(int)
+            wrong = np.nonzero(pred != target.reshape(pred.shape))[0][:64]
+            if len(wrong):
+                imgs = x[torch.as_tensor(wrong)]
+                imgs = imgs.float() / 255 if imgs.dtype == torch.uint8 else imgs.float()
+                arrays.update(images=imgs.numpy(), image_index=wrong, image_target=target[wrong], image_pred=pred[wrong])
+    run.predictions.mkdir(exist_ok=True)
+    np.savez_compressed(run.predictions / f"{split}.npz", **arrays)
+
+
+def closing_lines(summary: dict[str, Any], pipe: Pipeline, run: RunDir) -> list[str]:
+    """What the user reads at the end of training."""
+    lines = []
+    wait = summary.get("data_wait_fraction")
+    if wait is not None and wait > 0.3 and pipe.config.data.num_workers == 0 \
+            and not isinstance(pipe.train_loader, TensorLoader):
+        lines.append(f"\nnote: {wait:.0%} of the training time waited for data (decoded in this process); "
+                     f"data.num_workers=N decodes in N worker processes (worth it with cores to spare)")
+    if summary.get("stop_reason"):
+        lines.append(summary["stop_reason"])
+    lines.append(f"\nrun directory: {run.path}")
+    final, best = summary.get("final") or {}, summary.get("best") or {}
+    if final.get("test"):
+        where = f"best checkpoint, epoch {best['epoch']} by {best['metric']}" if best.get("epoch") else "last weights"
+        lines.append(f"test ({where}): " + _values(final["test"]))
+        if final.get("test_last") and final["test_last"] != final["test"]:
+            lines.append(f"test (last weights, epoch {summary.get('epochs_completed')}): " + _values(final["test_last"]))
+    lines.append(f"report: {run.report}")
+    return lines
+
+
+def _values(logs: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in logs.items())
