@@ -71,15 +71,16 @@ def test_summary_json_schema(digits_run):
                                            / summary["peak_flops"], rel=1e-9)
     assert summary["channels_last"] is True  # the default example is a conv net on the CPU
 
-    # best: the monitored value (val_loss by default) is the lowest validation loss of the run.
+    # best: the monitored value (train.monitor: auto -> val_accuracy for a classifier) is the highest
+    # validation accuracy of the run, kept from the first epoch that reached it.
     val = {r["epoch"]: r for r in rows if r.get("kind") == "epoch" and r["split"] == "val"}
     best = summary["best"]
-    assert best["metric"] == "val_loss"
-    assert best["value"] == pytest.approx(min(r["loss"] for r in val.values()))
-    assert val[best["epoch"]]["loss"] == pytest.approx(best["value"])
+    assert best["metric"] == "val_accuracy" and summary["monitor"] == {"metric": "val_accuracy", "mode": "max"}
+    assert best["value"] == pytest.approx(max(r["accuracy"] for r in val.values()))
+    assert best["epoch"] == min(e for e, r in val.items() if r["accuracy"] == pytest.approx(best["value"]))
 
     final = summary["final"]
-    assert set(final) == SPLITS
+    assert set(final) == SPLITS | {"test_last"}  # the test split with the best and with the last weights
     for split in SPLITS:
         assert {"loss", "accuracy"} <= final[split].keys(), split
         assert 0 <= final[split]["accuracy"] <= 1

@@ -15,7 +15,7 @@ from torch import nn
 
 from trainlab.config import Config
 from trainlab.data.base import DataBundle
-from trainlab.data.loaders import make_loader
+from trainlab.data.loaders import default_eval_batch_size, make_loader
 from trainlab.data.peek import sample_batch
 from trainlab.engine import distributed
 from trainlab.engine.device import autocast_and_scaler, resolve_channels_last, resolve_device, unwrap
@@ -88,9 +88,7 @@ def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int =
 
 
 def eval_batch_size(config: Config) -> int:
-    """`data.eval_batch_size`, by default 4 x the training batch: evaluation keeps no activations for a
-    backward pass, so a larger batch is cheaper per sample."""
-    return config.data.eval_batch_size or config.data.batch_size * 4
+    return config.data.eval_batch_size or default_eval_batch_size(config.data.batch_size)
 
 
 class FirstBatches:

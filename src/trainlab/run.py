@@ -24,7 +24,7 @@ from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback
 from trainlab.engine.device import resolve_device, unwrap
-from trainlab.engine.loop import Trainer
+from trainlab.engine.loop import Trainer, steps_per_epoch
 from trainlab.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, TrainlabError
 from trainlab.logging import ConsoleProgress, MetricsFile, RunDir, TensorBoardScalars
 from trainlab.metrics import TaskMetrics
@@ -199,7 +199,7 @@ def _run_callbacks(run: RunDir | None, pipe: Pipeline, resume_state: dict[str, A
     return [MetricsFile(run.metrics, truncate_after_step=resume_state["global_step"] if resume_state else None,
                         completed_epochs=resume_state["epoch"] if resume_state else None),
             TensorBoardScalars(writer),
-            ConsoleProgress(len(pipe.train_loader), cfg.train.epochs, quiet=quiet),
+            ConsoleProgress(steps_per_epoch(len(pipe.train_loader), cfg.train.grad_accum), cfg.train.epochs, quiet=quiet),
             LayerStatsCallback(run.path),
             TensorBoardExtras(writer, cfg.train.histogram_every, sample_batch(pipe.bundle.train, 16),
                               pipe.bundle.class_names, run_dir=run.path)]

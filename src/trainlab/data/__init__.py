@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from trainlab.config import Config, DataConfig
 from trainlab.data.base import TASKS, ArrayDataset, DataBundle, SourceData
 from trainlab.data.splits import kfold_indices, split_source, targets_of
+from trainlab.data.transforms import attach_transforms
 from trainlab.errors import ConfigError, DataError
 from trainlab.registry import DATASETS, check_kwargs
 
@@ -186,17 +187,11 @@ def build_data(config: Config) -> DataBundle:
         (train, val, test), preprocessing["scaler"] = _standardize(train, [val, test])
 
     raw_shape = sample_shape(train[0][0])
-    try:
-        from trainlab.data.transforms import attach_transforms
-    except ModuleNotFoundError as e:
-        if e.name != "trainlab.data.transforms":
-            raise
-    else:
-        # What the source told (e.g. image_mode, image_size for image folders) plus what is decided here.
-        bundle_info = {**source.info, "source": cfg.source, "task": task, "class_names": class_names,
-                       "input_shape": raw_shape, "seed": config.seed}
-        train, val, test, extra = attach_transforms(train, val, test, cfg, bundle_info)
-        preprocessing.update(extra)
+    # What the source told (e.g. image_mode, image_size for image folders) plus what is decided here.
+    bundle_info = {**source.info, "source": cfg.source, "task": task, "class_names": class_names,
+                   "input_shape": raw_shape, "seed": config.seed}
+    train, val, test, extra = attach_transforms(train, val, test, cfg, bundle_info)
+    preprocessing.update(extra)
     input_shape = sample_shape(train[0][0])
     if input_shape is None:
         raise DataError(f"{where}: a training sample is a {type(train[0][0]).__name__}, not a tensor; add "

@@ -267,3 +267,9 @@ def as_loader(data: Any, batch_size: int, *, shuffle: bool, seed: int = 0, devic
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
         data = ArrayDataset(*data.tensors)  # the same samples, batched by index_select instead of per item
     return make_loader(data, batch_size, shuffle=shuffle, seed=seed, device=device, rank=rank, world_size=world_size)
+
+
+def default_eval_batch_size(batch_size: int) -> int:
+    """4 x the training batch: evaluation keeps no activations for a backward pass, so a larger batch
+    is cheaper per sample."""
+    return 4 * batch_size

@@ -26,9 +26,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DistributedDataParallel and/or torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+    """The user's module inside DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`)
+    wrappers, in any order and depth."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or (
+            model.module if isinstance(model, nn.parallel.DistributedDataParallel) else None)
+        if inner is None:
+            return model
+        model = inner
 
 
 def resolve_channels_last(model: nn.Module, x: torch.Tensor, setting: bool | str, device: torch.device) -> bool:

@@ -101,7 +101,7 @@ class Trainer:
         """A Trainer for Datasets (or loaders): batches of `batch_size` in a seeded order (tensor data on
         the fast path), cross-entropy and Adam(lr=1e-3) unless given, the task from the loss.
         Other keyword arguments go to `Trainer(...)`, or to `TrainConfig` (epochs=3, device="cpu", ...)."""
-        from trainlab.data.loaders import as_loader
+        from trainlab.data.loaders import as_loader, default_eval_batch_size
 
         own = {k: kwargs.pop(k) for k in ("scheduler", "callbacks", "train", "checkpoint_dir", "extra_state",
                                           "rank", "world_size", "flops_per_sample", "peak_flops") if k in kwargs}
@@ -112,8 +112,7 @@ class Trainer:
         task = task or task_from_loss(loss_fn)
         place = dict(seed=seed, device=device, rank=own.get("rank", 0), world_size=own.get("world_size", 1))
         train_loader = as_loader(train_data, batch_size, shuffle=True, **place)
-        # evaluation keeps no gradients: a larger batch is cheaper per sample
-        val_loader = as_loader(val_data, eval_batch_size or 4 * batch_size, shuffle=False, **place) \
+        val_loader = as_loader(val_data, eval_batch_size or default_eval_batch_size(batch_size), shuffle=False, **place) \
             if val_data is not None else None
         model = model.to(device)
         if metrics is not None or val_loader is not None:
