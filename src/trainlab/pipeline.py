@@ -4,6 +4,7 @@ data's targets), optimizer, LR schedule and the monitored value; and the model's
 """
 from __future__ import annotations
 
+import itertools
 import random
 import warnings
 from dataclasses import dataclass
@@ -101,10 +102,12 @@ class FirstBatches:
         return min(self.n, len(self.loader))
 
     def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if i >= self.n:
-                break
-            yield batch
+        state = self.loader.state_dict() if hasattr(self.loader, "state_dict") else None
+        try:
+            yield from itertools.islice(self.loader, self.n)
+        finally:  # a resumable loader left mid-epoch would serve the rest of it next time
+            if state is not None:
+                self.loader.load_state_dict(state)
 
 
 def check_loss(loss_fn: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> None:

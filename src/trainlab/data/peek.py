@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from trainlab.data.base import ArrayDataset
 
@@ -16,7 +17,9 @@ from trainlab.data.base import ArrayDataset
 def sample_batch(source: Any, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `n` (inputs, targets) of a Dataset, a DataLoader or trainlab's loaders, as model
     inputs (after the data's transform). Raises TypeError when the data has no tensor samples."""
-    dataset = getattr(source, "dataset", source)  # TensorLoader, ResumableDataLoader, DataLoader
+    # a loader's dataset (TensorLoader, ResumableDataLoader, DataLoader); a Dataset as it is (a
+    # TransformedDataset's own `.dataset` is the data before its transforms)
+    dataset = source if isinstance(source, Dataset) else getattr(source, "dataset", source)
     transform = getattr(source, "transform", None) if not isinstance(source, ArrayDataset) else source.transform
     generator = getattr(transform, "generator", None)  # a BatchTransform's own random stream
     saved = generator.get_state() if generator is not None else None
