@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -121,7 +122,7 @@ def train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: l
         scheduler=pipe.scheduler, task=pipe.bundle.task,
         callbacks=[*_run_callbacks(run, pipe, resume_state, writer, quiet), *callbacks,
                    *distributed.fault_callbacks(rank)],
-        train=cfg.train.model_copy(update={"channels_last": channels_last, "monitor": pipe.monitor.name}),
+        train=cfg.train.model_copy(update={"channels_last": channels_last}),
         metrics=TaskMetrics.for_data(pipe.bundle, cfg.metrics).to(pipe.device),
         checkpoint_dir=run.checkpoints if run else None, rank=rank, world_size=world_size,
         flops_per_sample=flops, peak_flops=peak,
@@ -172,6 +173,8 @@ def _open_run(run: RunDir | None, pipe: Pipeline, resume_state: dict[str, Any] |
     cfg = pipe.config
     run.write_config(cfg.to_dict())
     (run.path / "model_summary.txt").write_text(pipe.summary + "\n")
+    if pipe.bundle.split_indices:  # which samples each split holds: reference tests, a user's own analysis
+        np.savez_compressed(run.path / "splits.npz", **pipe.bundle.split_indices)
     if not quiet:
         print(pipe.summary)
         print(data_line(pipe.bundle))

@@ -156,6 +156,7 @@ def build_data(config: Config) -> DataBundle:
     source.train, source.val, source.test = (_as_task_targets(d, task) for d in (source.train, source.val, source.test))
 
     train, val, test, split_info = split_source(source, cfg, config.seed, stratified=task != "regression")
+    split_indices = split_info.pop("_indices", None)
     splits = {name: ds for name, ds in (("train", train), ("val", val), ("test", test)) if ds is not None}
 
     class_names = source.class_names
@@ -199,4 +200,4 @@ def build_data(config: Config) -> DataBundle:
     preprocessing["input_shape"] = list(input_shape)
 
     return DataBundle(train=train, val=val, test=test, task=task, input_shape=input_shape, output_dim=output_dim,
-                      class_names=class_names, preprocessing=preprocessing, info=info)
+                      class_names=class_names, preprocessing=preprocessing, info=info, split_indices=split_indices)

@@ -72,6 +72,8 @@ class DataBundle:
     class_names: list[str] | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)  # plain types only (saved in checkpoints)
     info: dict[str, Any] = field(default_factory=dict)  # dataset summary for the report
+    # for splits cut from one source by data.val_fraction/test_fraction: each split's indices into it
+    split_indices: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int | None:

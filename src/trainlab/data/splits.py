@@ -116,12 +116,14 @@ def split_source(source: SourceData, cfg: DataConfig, seed: int,
     info["test_from"] = "source" if test is not None else ("test_fraction" if cfg.test_fraction > 0 else None)
     targets = targets_of(train)
     index = np.arange(len(train))
+    cut: dict[str, np.ndarray] = {}  # indices into the source's training set of the splits cut from it
 
     # 1. The test split: the source's own, else test_fraction of everything.
     if test is None and val is None and cfg.test_fraction > 0:
         _check_size(len(train), cfg.test_fraction, "data.test_fraction")
         index, test_idx, info["stratified"] = split_off(index, cfg.test_fraction, targets, seed, stratified)
         test = take(train, test_idx)
+        cut["test"] = test_idx
 
     # 2. Validation: fold i of K, or the source's own, or val_fraction (of the whole data when the
     #    source had a single dataset, of its train split when it had a test split of its own).
@@ -147,8 +149,11 @@ def split_source(source: SourceData, cfg: DataConfig, seed: int,
         info["stratified"] = info.get("stratified", True) and strat
         val = take(train, val_idx)
         train = take(train, index)
+        cut["val"] = val_idx
     elif len(index) != len(train):
         train = take(train, index)
+    if cut and cfg.k_fold is None:
+        info["_indices"] = {"train": index, **cut}  # build_data keeps them out of the JSON summary
     return train, val, test, info
 
 

@@ -346,9 +346,11 @@ class Trainer:
             self.scheduler.step_epoch(flat)
         self.history.append({"epoch": epoch, "step": self.global_step, "lr": lr, "elapsed_seconds": self.train_time,
                              **flat})
-        improved = self.monitor.is_improvement(monitored, self.best["value"])
+        tie = flat.get(self.monitor.tie_break) if self.monitor.tie_break else None
+        improved = self.monitor.is_improvement(monitored, self.best["value"], tie, self.best.get("tie_value"))
         if improved:
-            self.best.update(value=monitored, epoch=epoch)
+            self.best.update(value=monitored, epoch=epoch, **({"tie_break": self.monitor.tie_break, "tie_value": tie}
+                                                               if tie is not None else {}))
         self.callbacks.call("on_epoch_end", epoch, {
             "epoch": epoch, "step": self.global_step, "lr": lr, "train": train_logs, "val": val_logs,
             "monitored": monitored, "eval_samples_per_second": self.last_eval_speed if val_logs else None})

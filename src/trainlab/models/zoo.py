@@ -41,8 +41,10 @@ def num_features(input_shape: Sequence[int]) -> int:
 # ----------------------------------------------------------------------------- flat models
 
 @MODELS.register("linear", "linear regression y = w·x + b (flattens its input)")
-def linear(input_shape, output_dim):
-    return nn.Sequential(OrderedDict(flatten=nn.Flatten(), linear=nn.Linear(num_features(input_shape), output_dim)))
+def linear(input_shape, output_dim, bias: bool = True):
+    # bias: false is the notes' y = w·x
+    return nn.Sequential(OrderedDict(flatten=nn.Flatten(),
+                                     linear=nn.Linear(num_features(input_shape), output_dim, bias=bias)))
 
 
 @MODELS.register("logistic", "logistic regression: one Linear to a logit (BCEWithLogitsLoss applies the sigmoid)")
