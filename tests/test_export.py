@@ -169,6 +169,12 @@ def test_out_and_format_write_one_file_where_asked(cnn_run, tmp_path, capsys):
     assert "exported  max abs diff" in out and "passed" in out
 
 
+def test_an_opset_the_exporter_cannot_write_is_exit_2(cnn_run, tmp_path, capsys):
+    code, out, err = cli(capsys, "export", cnn_run, "--format", "onnx", "--opset", "7", "--out", tmp_path / "m.onnx")
+    assert code == 2 and "--opset 7: the exporter could not convert the model to ONNX opset 7" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_a_failed_verification_exits_1(cnn_run, tmp_path, capsys):
     # rtol 0 with max|torch| >= 1: any rounding difference of ONNX Runtime fails
     code, out, err = cli(capsys, "export", cnn_run, "--format", "onnx", "--out", tmp_path / "m.onnx", "--rtol", "0")

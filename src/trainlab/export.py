@@ -99,6 +99,8 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] | list[str] = ("onn
     """
     from trainlab.run import load_run
 
+    if not rtol >= 0:
+        raise ExportError(f"--rtol: {rtol} must be a number >= 0")
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -125,14 +127,15 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] | list[str] = ("onn
     for fmt in formats:
         try:
             if fmt == "onnx":
-                _write_onnx(model, example, paths[fmt], output_name(task), opset, info)
+                title = f"ONNX opset {_write_onnx(model, example, paths[fmt], output_name(task), opset, info)}"
             else:
                 _write_exported(model, example, paths[fmt], info)
+                title = "torch.export program"
         except Exception as e:  # noqa: BLE001 - any exporter failure is reported with its reason
             errors[fmt] = _reason(e)
             continue
         files[fmt] = paths[fmt]
-        say(f"wrote {paths[fmt]} ({FORMAT_TITLES[fmt]}; {paths[fmt].stat().st_size / 1e6:.2f} MB)")
+        say(f"wrote {paths[fmt]} ({title}; {paths[fmt].stat().st_size / 1e6:.2f} MB)")
     folder = paths[formats[0]].parent
     if files:
         doc = consumer_preprocessing(prep, x, task, info)
@@ -237,14 +240,19 @@ def _write_exported(model: nn.Module, example: torch.Tensor, path: Path, info: d
 
 
 def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, output: str, opset: int | None,
-                info: dict[str, str]) -> None:
+                info: dict[str, str]) -> int:
+    """Writes the ONNX file; returns its opset."""
     with _quiet_exporter():
         program = torch.onnx.export(model, (example,), None, dynamo=True, input_names=[INPUT_NAME],
                                     output_names=[output], dynamic_shapes=_dynamic_batch(), opset_version=opset,
                                     verbose=False)
-        program.model.metadata_props.update({"trainlab.checkpoint": info["file"],
-                                             "trainlab.checkpoint_sha256": info["sha256"]})
-        program.save(path)  # weights inside the file (external data only past 1.5 GB)
+    written = program.model.opset_imports.get("")
+    if opset is not None and written != opset:  # the exporter falls back to its own opset when converting fails
+        raise ExportError(f"--opset {opset}: the exporter could not convert the model to ONNX opset {opset} (it "
+                          f"writes opset {written}; the dynamo exporter starts at 18)")
+    program.model.metadata_props.update({"trainlab.checkpoint": info["file"], "trainlab.checkpoint_sha256": info["sha256"]})
+    program.save(path)  # weights inside the file (external data only past 1.5 GB)
+    return written
 
 
 def _reason(e: BaseException) -> str:
@@ -252,6 +260,8 @@ def _reason(e: BaseException) -> str:
 
     torch.onnx wraps the real error (a failed torch.export trace, an operator without an ONNX function) in
     exceptions whose messages are step-by-step advice; the innermost `__cause__` says what went wrong."""
+    if isinstance(e, TrainlabError):
+        return str(e)
     chain = [e]
     while chain[-1].__cause__ is not None and len(chain) < 10:
         chain.append(chain[-1].__cause__)
