@@ -122,44 +122,57 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] | list[str] = ("onn
     info = {"file": source.name, "sha256": file_sha256(source)}
     model_name = _model_name(loaded.config, model)
 
-    files: dict[str, Path] = {}
-    errors: dict[str, str] = {}
-    for fmt in formats:
-        try:
-            if fmt == "onnx":
-                title = f"ONNX opset {_write_onnx(model, example, paths[fmt], output_name(task), opset, info)}"
-            else:
-                _write_exported(model, example, paths[fmt], info)
-                title = "torch.export program"
-        except Exception as e:  # noqa: BLE001 - any exporter failure is reported with its reason
-            errors[fmt] = _reason(e)
-            continue
-        files[fmt] = paths[fmt]
-        say(f"wrote {paths[fmt]} ({title}; {paths[fmt].stat().st_size / 1e6:.2f} MB)")
+    files, errors = _write_files(model, example, paths, output_name(task), opset, info, say)
     folder = paths[formats[0]].parent
     if files:
         doc = consumer_preprocessing(prep, x, task, info)
         (folder / "preprocessing.json").write_text(json.dumps(doc, indent=1) + "\n")
         say(f"wrote {folder / 'preprocessing.json'}")
-
-    verification: dict[str, Any] = {"checkpoint": info, "rtol": rtol, "formats": {}, "errors": errors}
+    verification: dict[str, Any] = {"checkpoint": info, "rtol": rtol, "formats": {}, "errors": errors,
+                                    "passed": not errors and bool(files)}
     if verify and files:
-        verification.update(split=split, samples=len(x))
-        verification["rule"] = ("passed when max|exported - torch| <= rtol * max(1, max|torch|) and every predicted "
-                                "class agrees (a class differing where PyTorch's top two scores are within that "
-                                "tolerance is a tie, counted in `ties`)")
-        for fmt, path in files.items():
-            outputs = run_onnx(path, x) if fmt == "onnx" else run_exported(path, x)
-            verification["formats"][fmt] = {"file": path.name, **compare_outputs(outputs, reference, task, rtol)}
-        verification["passed"] = not errors and all(v["passed"] for v in verification["formats"].values())
+        verification.update(verify_files(files, x, reference, task, rtol), split=split)
+        verification["passed"] = verification["passed"] and all(v["passed"] for v in verification["formats"].values())
         (folder / "verification.json").write_text(json.dumps(verification, indent=1) + "\n")
         say(format_verification(verification))
         say(f"wrote {folder / 'verification.json'}")
-    else:
-        verification["passed"] = not errors and bool(files)
     if errors:
         raise ExportError(_failure_message(model_name, errors, files, verify))
     return ExportResult(files, verification, errors)
+
+
+def _write_files(model: nn.Module, example: torch.Tensor, paths: dict[str, Path], output: str, opset: int | None,
+                 info: dict[str, str], say: Any) -> tuple[dict[str, Path], dict[str, str]]:
+    """({format: file written}, {format: why it could not be exported})."""
+    files: dict[str, Path] = {}
+    errors: dict[str, str] = {}
+    for fmt, path in paths.items():
+        try:
+            if fmt == "onnx":
+                title = f"ONNX opset {_write_onnx(model, example, path, output, opset, info)}"
+            else:
+                _write_exported(model, example, path, info)
+                title = "torch.export program"
+        except Exception as e:  # noqa: BLE001 - any exporter failure is reported with its reason
+            errors[fmt] = _reason(e)
+            continue
+        files[fmt] = path
+        say(f"wrote {path} ({title}; {path.stat().st_size / 1e6:.2f} MB)")
+    return files, errors
+
+
+def verify_files(files: dict[str, Path], x: torch.Tensor, reference: torch.Tensor, task: str,
+                 rtol: float) -> dict[str, Any]:
+    """Each written file run on `x` (ONNX Runtime; torch.export.load) and compared with `reference`, the
+    PyTorch model's outputs on `x`."""
+    formats = {}
+    for fmt, path in files.items():
+        outputs = run_onnx(path, x) if fmt == "onnx" else run_exported(path, x)
+        formats[fmt] = {"file": path.name, **compare_outputs(outputs, reference, task, rtol)}
+    return {"samples": len(x), "formats": formats,
+            "rule": "passed when max|exported - torch| <= rtol * max(1, max|torch|) and every predicted class "
+                    "agrees (a class differing where PyTorch's top two scores are within that tolerance is a tie, "
+                    "counted in `ties`)"}
 
 
 def _output_paths(run_dir: Path, formats: list[str], out: str | Path | None) -> dict[str, Path]:
