@@ -170,7 +170,7 @@ def test_out_and_format_write_one_file_where_asked(cnn_run, tmp_path, capsys):
 
 
 def test_an_opset_the_exporter_cannot_write_is_exit_2(cnn_run, tmp_path, capsys):
-    code, out, err = cli(capsys, "export", cnn_run, "--format", "onnx", "--opset", "7", "--out", tmp_path / "m.onnx")
+    code, _, err = cli(capsys, "export", cnn_run, "--format", "onnx", "--opset", "7", "--out", tmp_path / "m.onnx")
     assert code == 2 and "--opset 7: the exporter could not convert the model to ONNX opset 7" in err
     assert not (tmp_path / "m.onnx").exists()
 
@@ -207,7 +207,7 @@ def test_csv_regression_exports_features_scaler_and_predicts_alike(model, csv_fi
               "model": {"name": model}, "optimizer": {"name": "SGD", "lr": 0.01},
               "train": {"epochs": 1, "max_steps": 2, "device": "cpu"}}
     run = trainlab.train(config, out=tmp_path / "run", quiet=True)
-    code, out, err = cli(capsys, "export", run.run_dir)
+    code, _, err = cli(capsys, "export", run.run_dir)
     assert code == 0, err
     prep = json.loads((run.run_dir / "export" / "preprocessing.json").read_text())
     saved = trainlab.load_run(run.run_dir, with_data=False).state["preprocessing"]
@@ -251,6 +251,9 @@ def test_binary_run_exports_the_logit_and_predict_onnx_exports_when_missing(bina
     assert prep["task"] == "binary" and prep["output"]["name"] == "logits" and "sigmoid(logit)" in prep["output"]["meaning"]
     result = export_run(binary_run, ["onnx"], samples=64, quiet=True)
     assert result.passed and result.verification["formats"]["onnx"]["classes_differ"] == 0
+    (binary_run / "export" / "preprocessing.json").unlink()
+    code, _, err = cli(capsys, "predict", binary_run, rows, "--backend", "onnx")
+    assert code == 2 and "preprocessing.json is missing" in err
 
 
 def test_predict_onnx_refuses_a_model_exported_from_another_checkpoint(binary_run, cnn_run, tmp_path, capsys):
@@ -258,7 +261,7 @@ def test_predict_onnx_refuses_a_model_exported_from_another_checkpoint(binary_ru
     (binary_run / "export" / "model.onnx").write_bytes((cnn_run / "export" / "model.onnx").read_bytes())
     rows = tmp_path / "rows.csv"
     rows.write_text("x\n1\n")
-    code, out, err = cli(capsys, "predict", binary_run, rows, "--backend", "onnx")
+    code, _, err = cli(capsys, "predict", binary_run, rows, "--backend", "onnx")
     assert code == 2 and "was exported from another checkpoint" in err and "trainlab export" in err
 
 
@@ -305,7 +308,7 @@ def user_models(tmp_path):
 
 def test_data_dependent_control_flow_is_exit_2_naming_the_model_and_the_line(user_models, tmp_path, capsys):
     run = trainlab.train(tiny({"name": f"{user_models}:BranchyNet"}), out=tmp_path / "run", quiet=True)
-    code, out, err = cli(capsys, "export", run.run_dir)
+    code, _, err = cli(capsys, "export", run.run_dir)
     assert code == 2, err
     assert f"cannot export model '{user_models}:BranchyNet'" in err
     assert "ONNX, torch.onnx.export failed" in err and "torch.export program failed" in err
@@ -329,5 +332,5 @@ def test_missing_onnx_packages_name_the_extra(cnn_run, monkeypatch, capsys):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    code, out, err = cli(capsys, "export", cnn_run, "--format", "onnx")
+    code, _, err = cli(capsys, "export", cnn_run, "--format", "onnx")
     assert code == 2 and "onnxruntime" in err and "pip install 'trainlab[export]'" in err

@@ -37,7 +37,11 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path | None 
         from trainlab.export import onnx_for_predict, run_onnx
 
         model_file = onnx_for_predict(run_dir)
-        prep = json.loads((model_file.parent / "preprocessing.json").read_text())
+        prep_file = model_file.parent / "preprocessing.json"
+        if not prep_file.is_file():
+            raise TrainlabError(f"{prep_file} is missing (it says how to prepare inputs for {model_file}); "
+                                f"export again: trainlab export {run_dir} --format onnx")
+        prep = json.loads(prep_file.read_text())
         names, x = prepare_inputs(input_path, prep)
         output = run_onnx(model_file, x)
     else:
