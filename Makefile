@@ -1,5 +1,5 @@
 # `make demo` and `make test` set everything up on a fresh machine: a virtual environment at .venv,
-# trainlab installed in it (editable, with its test extras for `make test`), then they run.
+# trainlab installed in it (editable, with its test and export extras for `make test`), then they run.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	@echo "installing trainlab and its dependencies into $(VENV) (torch comes from pip; a few minutes the first time)"
-	@$(PY) -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -m pip install -q -e ".[test,export]" 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -c "import trainlab, torch, torchvision" && touch $(STAMP)
 
 demo: $(STAMP)

@@ -114,15 +114,39 @@ def eval_(run_dir: Path, split: str, checkpoint: str) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="CSV to write (default: print it)")
-def predict(run_dir: Path, input_path: Path, out: Path | None) -> None:
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="onnx: run RUN_DIR/export/model.onnx in ONNX Runtime (exported first when missing)")
+def predict(run_dir: Path, input_path: Path, out: Path | None, backend: str) -> None:
     """Predict on a CSV of feature rows or on image files / a folder, with the run's preprocessing."""
     from trainlab.predict import predict as run_predict
 
-    text = run_predict(run_dir, input_path, out)
+    text = run_predict(run_dir, input_path, out, backend=backend)
     if out is None:
         click.echo(text, nl=False)
     else:
         click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "format_", type=click.Choice(["onnx", "exported", "all"]), default="all", show_default=True,
+              help="onnx: model.onnx; exported: model.pt2 (torch.export); all: both")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="file to write (default RUN_DIR/export/model.onnx, model.pt2); with --format all its suffix "
+                   "becomes .onnx and .pt2")
+@click.option("--opset", type=int, default=None, help="ONNX opset version (default: the exporter's)")
+@click.option("--rtol", type=float, default=1e-4, show_default=True,
+              help="verification passes when max|exported - torch| <= rtol * max(1, max|torch|)")
+def export(run_dir: Path, format_: str, checkpoint: str, out: Path | None, opset: int | None, rtol: float) -> None:
+    """Export the trained model to ONNX and/or a torch.export program, and verify them on the test data."""
+    from trainlab.export import FORMATS, export_run
+
+    result = export_run(run_dir, list(FORMATS) if format_ == "all" else [format_], checkpoint=checkpoint, out=out,
+                        opset=opset, rtol=rtol)
+    if not result.passed:
+        _fail("verification failed: an exported model's outputs differ from the PyTorch model's beyond the "
+              "tolerance (see above)", 1)
 
 
 @cli.command()

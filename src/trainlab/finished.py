@@ -39,6 +39,16 @@ class LoadedRun:
     checkpoint: Path
 
 
+def checkpoint_file(run_dir: str | Path, checkpoint: str = "best") -> Path:
+    """The file a run's `checkpoint` names: `best` is best.pt, else last.pt (a run stopped before its
+    first validation); `last` is last.pt; anything else a file name in checkpoints/."""
+    folder = Path(run_dir) / "checkpoints"
+    name = CHECKPOINTS.get(checkpoint, checkpoint)
+    if name == "best.pt" and not (folder / name).exists():
+        return folder / "last.pt"
+    return folder / name
+
+
 def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = True) -> LoadedRun:
     """The run's config, data (rebuilt from the config), loss and model with the weights of
     `checkpoint` (`best` (falls back to `last` when there is no best.pt), `last`, or a file name)."""
@@ -48,10 +58,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = Tr
 
     load_builtins()
     run = RunDir.open(run_dir)
-    name = CHECKPOINTS.get(checkpoint, checkpoint)
-    path = run.checkpoints / name
-    if not path.exists() and name == "best.pt":
-        path = run.last
+    path = checkpoint_file(run.path, checkpoint)
     if not path.exists():
         raise CheckpointError(f"--checkpoint {checkpoint}: {path} does not exist")
     state = ckpt.load_checkpoint(path)

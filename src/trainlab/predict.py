@@ -4,11 +4,16 @@ in its checkpoint (feature names and scaler statistics, class names, eval transf
 INPUT is a CSV of feature rows (columns matched by name) or an image file / a folder of images.
 The output CSV has one row per input: `input`, `prediction` (the class name for a classifier, the
 value for a regressor) and, for a classifier, one `prob_<class>` column per class.
+
+Two backends run the model on the prepared inputs; everything else is shared:
+    torch  the PyTorch model rebuilt from the checkpoint (the default)
+    onnx   RUN_DIR/export/model.onnx in ONNX Runtime (see trainlab.export), with export/preprocessing.json
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +23,54 @@ from trainlab.errors import DataError, TrainlabError
 from trainlab.metrics import probabilities
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+BACKENDS = ("torch", "onnx")
 
 
-def predict(run_dir: str | Path, input_path: str | Path, out: str | Path | None = None) -> str:
-    from trainlab.finished import load_run
-
+def predict(run_dir: str | Path, input_path: str | Path, out: str | Path | None = None, backend: str = "torch") -> str:
+    """The output CSV's text (also written to `out` when given)."""
+    if backend not in BACKENDS:
+        raise TrainlabError(f"--backend: {backend!r} is not a backend; choose from {', '.join(BACKENDS)}")
     input_path = Path(input_path)
     if not input_path.exists():
         raise DataError(f"input not found: {input_path}")
-    loaded = load_run(run_dir, with_data=False)
-    prep = loaded.state.get("preprocessing") or {}
-    task = prep.get("task") or "classification"
-    if input_path.is_dir() or input_path.suffix.lower() in IMAGE_SUFFIXES:
-        names, x = _read_images(input_path, prep)
+    if backend == "onnx":
+        from trainlab.export import onnx_for_predict, run_onnx
+
+        model_file = onnx_for_predict(run_dir)
+        prep_file = model_file.parent / "preprocessing.json"
+        if not prep_file.is_file():
+            raise TrainlabError(f"{prep_file} is missing (it says how to prepare inputs for {model_file}); "
+                                f"export again: trainlab export {run_dir} --format onnx")
+        prep = json.loads(prep_file.read_text())
+        names, x = prepare_inputs(input_path, prep)
+        output = run_onnx(model_file, x)
     else:
-        names, x = _read_csv(input_path, prep)
-    model, device = loaded.model, loaded.device
+        from trainlab.finished import load_run
+
+        loaded = load_run(run_dir, with_data=False)
+        prep = loaded.state.get("preprocessing") or {}
+        names, x = prepare_inputs(input_path, prep)
+        output = _torch_outputs(loaded.model, loaded.device, x)
+    task = prep.get("task") or "classification"
+    text = _write_csv(names, probabilities(task, output), task, prep.get("class_names"))
+    if out is not None:
+        Path(out).write_text(text)
+    return text
+
+
+def prepare_inputs(input_path: Path, prep: dict[str, Any]) -> tuple[list[str], torch.Tensor]:
+    """(row or file names, the model inputs (N, *input_shape)) of a CSV or image file / folder."""
+    if input_path.is_dir() or input_path.suffix.lower() in IMAGE_SUFFIXES:
+        return _read_images(input_path, prep)
+    return _read_csv(input_path, prep)
+
+
+def _torch_outputs(model: torch.nn.Module, device: torch.device, x: torch.Tensor) -> torch.Tensor:
     outputs = []
     with torch.inference_mode():
         for i in range(0, len(x), 256):
             outputs.append(model(x[i : i + 256].to(device)).float().cpu())
-    values = probabilities(task, torch.cat(outputs))
-    text = _write_csv(names, values, task, prep.get("class_names"))
-    if out is not None:
-        Path(out).write_text(text)
-    return text
+    return torch.cat(outputs)
 
 
 def _read_csv(path: Path, prep: dict[str, Any]) -> tuple[list[str], torch.Tensor]:
