@@ -107,7 +107,7 @@ def eval_(run_dir: Path, split: str, checkpoint: str) -> None:
     from trainlab.finished import evaluate_run
 
     logs = evaluate_run(run_dir, split, checkpoint)
-    click.echo(f"{split} ({checkpoint}): " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()))
+    click.echo(f"{split}: " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()) + f" ({checkpoint} checkpoint)")
 
 
 @cli.command()

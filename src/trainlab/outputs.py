@@ -133,8 +133,8 @@ def closing_lines(summary: dict[str, Any], pipe: Pipeline, run: RunDir) -> list[
     lines.append(f"\nrun directory: {run.path}")
     final, best = summary.get("final") or {}, summary.get("best") or {}
     if final.get("test"):
-        where = f"best checkpoint, epoch {best['epoch']} by {best['metric']}" if best.get("epoch") else "last weights"
-        lines.append(f"test ({where}): " + _values(final["test"]))
+        where = f"best checkpoint: epoch {best['epoch']} by {best['metric']}" if best.get("epoch") else "last weights"
+        lines.append(f"test: {_values(final['test'])} ({where})")
         if final.get("test_last") and final["test_last"] != final["test"]:
             lines.append(f"test (last weights, epoch {summary.get('epochs_completed')}): " + _values(final["test_last"]))
     lines.append(f"report: {run.report}")

@@ -140,17 +140,22 @@ def sample_shape(x: Any) -> tuple[int, ...] | None:
     return None
 
 
+REGRESSION_LOSSES = ("mseloss", "l1loss", "smoothl1loss", "huberloss")
+
+
 def build_data(config: Config) -> DataBundle:
     """Load `config.data.source`, decide the task, split, check labels, standardise, attach transforms."""
     cfg = config.data
     source = load_source(cfg)
     where = f"data source {cfg.source!r}" + (f" ({source.info['path']})" if "path" in source.info else "")
 
-    # The task: config.task wins, then the source's own, then the targets tell (see infer_task).
+    # The task: config.task wins, then the source's own, then a regression loss (MSELoss on whole-number
+    # targets is a regression, not 7 classes), then the targets tell (see infer_task).
     if len(source.train) == 0:
         raise DataError(f"{where}: the training data is empty (0 samples)")
+    loss_task = "regression" if config.loss.name.lower() in REGRESSION_LOSSES else None
     task = config.task if config.task != "auto" else (
-        source.task or infer_task(targets_of(source.train), source.class_names))
+        source.task or loss_task or infer_task(targets_of(source.train), source.class_names))
     if task not in TASKS:
         raise ValueError(f"data source {cfg.source!r} declared unknown task {task!r}")
     source.train, source.val, source.test = (_as_task_targets(d, task) for d in (source.train, source.val, source.test))
