@@ -13,7 +13,7 @@ Attributes are imported on first use, so that `trainlab --help` and config error
 import importlib as _importlib
 
 _EXPORTS = {
-    "Config": "trainlab.config", "load_config": "trainlab.config",
+    "Config": "trainlab.config", "load_config": "trainlab.config", "TrainConfig": "trainlab.config",
     "Callback": "trainlab.engine.callbacks",
     "Trainer": "trainlab.engine.loop", "evaluate": "trainlab.engine.evaluate",
     "CheckpointError": "trainlab.errors", "ConfigError": "trainlab.errors", "DataError": "trainlab.errors",
