@@ -25,7 +25,7 @@ from trainlab.data.loaders import TensorLoader, make_loader
 from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback
-from trainlab.engine.device import resolve_channels_last
+from trainlab.engine.device import inference_device, resolve_channels_last, resolve_compile, resolve_precision
 from trainlab.engine.loop import Interrupted, Trainer, evaluate, resolve_device, unwrap
 from trainlab.errors import CheckpointError, ConfigError, TrainingDiverged, TrainlabError
 from trainlab.logging import ConsoleProgress, MetricsFile, RunDir, TensorBoardScalars
@@ -69,8 +69,7 @@ def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int =
     load_builtins()
     seed_everything(config.seed)
     device = resolve_device(config.train.device)
-    if config.train.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision: fp16 needs a CUDA device (GradScaler); on CPU use bf16 or fp32")
+    resolve_precision(config.train.precision, device)  # issue 19: a precision the device lacks is a ConfigError
     bundle = bundle or build_data(config)
     d = config.data
     loader_args = dict(seed=config.seed, device=device, num_workers=d.num_workers, pin_memory=d.pin_memory,
@@ -220,7 +219,7 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
         pipe.model = distributed.wrap_model(pipe.model, pipe.device)  # rank 0's initial weights on every rank
         if rank > 0:  # its own random stream (dropout, batch augmentation); rank 0 keeps the 1-process one
             seed_everything(cfg.seed + 1_000_003 * rank)
-    if cfg.train.compile:
+    if resolve_compile(cfg.train.compile, pipe.device):  # issue 19: auto = on CUDA only
         pipe.model = compile_model(pipe.model, pipe.bundle, pipe.device)
     # output_dim: predict and eval rebuild the model from the checkpoint alone (without the data).
     extra = {"config": cfg.to_dict(), "preprocessing": {**pipe.bundle.preprocessing, "output_dim": pipe.bundle.output_dim}}
@@ -511,7 +510,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", with_data: bool =
         path = run.last
     state = ckpt.load_checkpoint(path)
     config = validate(state["config"])
-    device = resolve_device(config.train.device)
+    device = inference_device(config.train.device)  # issue 19: a CUDA run evaluates on a CPU-only machine
     seed_everything(config.seed)
     bundle = build_data(config) if with_data else None
     prep = state.get("preprocessing") or {}
