@@ -119,14 +119,15 @@ def precompute(x: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
     return out
 
 
-def data_placement(nbytes: int, device: torch.device, share: float = GPU_DATA_SHARE,
+def data_placement(nbytes: int, device: torch.device, share: float | None = None,
                    free_bytes: int | None = None) -> str:
     """Where a split of `nbytes` lives for training on `device`: "device" (all of it there; batches are
     gathered on the device, no copy per step) or "pinned" (CUDA only, when it does not fit `share` of
     the free GPU memory: batches are gathered on the host into pinned memory and copied asynchronously).
-    `free_bytes` defaults to `torch.cuda.mem_get_info`'s free memory."""
+    `share` defaults to GPU_DATA_SHARE, `free_bytes` to `torch.cuda.mem_get_info`'s free memory."""
     if device.type != "cuda":
         return "device"
+    share = GPU_DATA_SHARE if share is None else share
     if free_bytes is None:
         free_bytes, _ = torch.cuda.mem_get_info(device)
     return "device" if nbytes <= share * free_bytes else "pinned"
