@@ -248,12 +248,14 @@ def main(argv: list[str] | None = None) -> dict:
                         sps, trainlab_info[m] = run_trainlab(m, device, r, len(x))
                 results[m][lp].append(sps)
             print(f"round {r + 1} {m}: " + ", ".join(f"{lp} {results[m][lp][-1]:,.0f}" for lp in loops), flush=True)
+            if args.json:  # partial numbers, in case a time limit stops the run before the table
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps({"partial": True, "device": name, "samples_per_second": results}))
     table = report(results, flops, peak, label, loops, models, trainlab_info)
     out = {"date": str(datetime.date.today()), "device": name, "torch": torch.__version__, "peak_flops": peak,
            "peak_precision": label, "flops_per_sample": flops, "samples_per_second": results, "table": table,
            "trainlab": trainlab_info, "rounds": args.rounds, "quick": args.quick}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
     return out
 
@@ -274,9 +276,10 @@ def report(results, flops, peak, label, loops, models, trainlab_info) -> dict:
             ratio = f"{t['trainlab_ratio']:.2f}x" if t["trainlab_ratio"] is not None else "-"
             mfu = f"{100 * t['mfu']:.2f}%" if t["mfu"] is not None else "-"
             print(f"| {m} | {lp} | {med:,.0f} | {ratio} | {mfu} |")
-    for m, info in trainlab_info.items():
-        print(f"trainlab {m}: precision {info.get('precision')}, its own MFU "
-              + (f"{100 * info['mfu']:.2f}%" if info.get("mfu") else "-") + f" of the {info.get('peak_flops_precision')} peak")
+    for m, info in trainlab_info.items():  # what trainlab's own summary.json says
+        if info.get("mfu"):
+            print(f"trainlab {m}: precision {info.get('precision') or '?'}, its summary's MFU {100 * info['mfu']:.2f}% "
+                  f"of the {info.get('peak_flops_precision') or '?'} peak it measured")
     for (lp, m), want in TARGETS.items():
         if m in table and lp in table[m] and table[m][lp]["trainlab_ratio"] is not None:
             got = table[m][lp]["trainlab_ratio"]
