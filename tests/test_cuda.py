@@ -136,7 +136,9 @@ def test_an_interrupted_cuda_run_resumes_bit_identically_under_deterministic(tmp
     a = ckpt.load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pt")["model"]
     b = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.final == reference.final
+    timings = ("samples_per_second", "data_wait_fraction")  # the rest of the final metrics must match exactly
+    assert {split: {k: v for k, v in values.items() if k not in timings} for split, values in resumed.final.items()} == \
+        {split: {k: v for k, v in values.items() if k not in timings} for split, values in reference.final.items()}
 
 
 def test_out_of_memory_guard_turns_a_real_cuda_oom_into_the_message():
