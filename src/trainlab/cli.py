@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from trainlab.errors import Interrupted, TrainingDiverged, TrainlabError
+from trainlab.errors import Interrupted, RunFailed, TrainlabError
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -35,7 +35,7 @@ class _Group(click.Group):
         except Interrupted as e:
             click.echo(f"interrupted ({e}); last.pt saved — continue with --resume", err=True)
             sys.exit(e.exit_code)
-        except TrainingDiverged as e:
+        except RunFailed as e:  # diverged, out of memory
             _fail(str(e), 1)
 
 

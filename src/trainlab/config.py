@@ -112,15 +112,17 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     grad_accum: int = Field(default=1, ge=1)
     grad_clip: float | None = Field(default=None, gt=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    compile: bool = False
+    # auto: bf16 autocast on CUDA GPUs with native bf16, else fp16 + GradScaler; fp32 on CPU/MPS.
+    # fp32 allows TF32 matmuls on CUDA; fp32-strict does not (engine/device.py resolve_precision)
+    precision: Literal["auto", "bf16", "fp16", "fp32", "fp32-strict"] = "auto"
+    compile: bool | Literal["auto"] = "auto"  # auto: torch.compile on CUDA (eager if it fails), eager on CPU
     # auto: on for 2-d conv nets on the CPU when the model's forward allows it (engine/device.py)
     channels_last: bool | Literal["auto"] = "auto"
     log_every_n_steps: int = Field(default=50, ge=1)
     checkpoint_every_n_steps: int | None = Field(default=None, ge=1)
     histogram_every: int | None = Field(default=None, ge=1)  # epochs between weight/grad histograms
     nan_policy: Literal["stop", "skip"] = "stop"
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic kernels (torch.use_deterministic_algorithms, cuBLAS workspace)
     peak_flops: float | None = Field(default=None, gt=0)  # for MFU; measured when not given
     # a value and the goal it must reach, e.g. {val_accuracy: 0.97}: summary.json's time_to_target
     target_metric: dict[str, float] | None = None

@@ -1,5 +1,6 @@
 """Errors a user can cause. The CLI turns every `TrainlabError` into a one-paragraph message and
-exit code 2; anything else is a bug or a failure of the run and exits 1."""
+exit code 2; a `RunFailed` (the run itself failed: it diverged, or ran out of device memory) into a
+message and exit code 1; anything else is a bug and exits 1 with its traceback."""
 from __future__ import annotations
 
 import difflib
@@ -35,8 +36,18 @@ class Interrupted(Exception):
         super().__init__(signal.Signals(signum).name)
 
 
-class TrainingDiverged(Exception):
+class RunFailed(Exception):
+    """The run failed for a reason that is neither bad input nor a bug (exit 1, a message, no traceback)."""
+
+
+class TrainingDiverged(RunFailed):
     """The loss or a gradient became NaN/Inf (exit 1, not a user error)."""
+
+
+class OutOfMemory(RunFailed):
+    """The device ran out of memory in a training or evaluation step (exit 1): a resource failure,
+    not bad input; the message names the batch size and what to change. Raised from the step, so
+    no checkpoint is written from the failed step (see `engine.device.out_of_memory`)."""
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:

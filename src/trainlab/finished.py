@@ -14,7 +14,7 @@ from trainlab.data.base import DataBundle
 from trainlab.data.loaders import make_loader
 from trainlab.data.peek import sample_batch
 from trainlab.engine import checkpoint as ckpt
-from trainlab.engine.device import resolve_device
+from trainlab.engine.device import inference_device
 from trainlab.engine.evaluate import evaluate
 from trainlab.errors import CheckpointError, TrainlabError
 from trainlab.logging import RunDir
@@ -63,7 +63,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = Tr
         raise CheckpointError(f"--checkpoint {checkpoint}: {path} does not exist")
     state = ckpt.load_checkpoint(path)
     config = validate(state["config"])
-    device = resolve_device(config.train.device)
+    device = inference_device(config.train.device)  # a CUDA run is evaluated on the CPU where there is no GPU
     seed_everything(config.seed)
     bundle = build_data(config) if with_data else None
     prep = state.get("preprocessing") or {}

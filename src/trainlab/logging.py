@@ -217,8 +217,8 @@ class ConsoleProgress(Callback):
                     post["samples/s"] = f"{logs['samples_per_second']:,.0f}"
                 if logs.get("data_wait_fraction") is not None:
                     post["data wait"] = f"{100 * logs['data_wait_fraction']:.0f}%"
-                if logs.get("mfu") is not None:
-                    post["mfu"] = f"{100 * logs['mfu']:.1f}%"
+                if logs.get("mfu") is not None:  # of the measured peak of the precision in use (mfu_peak: bf16, ...)
+                    post[f"mfu({logs['mfu_peak']})" if logs.get("mfu_peak") else "mfu"] = f"{100 * logs['mfu']:.1f}%"
                 self.bar.set_postfix(post, refresh=False)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:

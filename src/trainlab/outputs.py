@@ -55,6 +55,7 @@ def write_summary(trainer: Trainer, pipe: Pipeline, run: RunDir, status: str, fi
         data_wait_fraction=trainer.data_wait / trainer.train_time if trainer.train_time > 0 else None,
         eval_samples_per_second=trainer.eval_samples / trainer.eval_time if trainer.eval_time > 0 else None,
         flops_per_sample=trainer.flops_per_sample, mfu=mfu, peak_flops=trainer.peak_flops,
+        peak_flops_precision=trainer.precision.peak_label, precision=trainer.precision.name,
         nan_skipped=trainer.nan_skipped, channels_last=trainer.channels_last,
         threads=torch.get_num_threads() if pipe.device.type == "cpu" else None,
         time_to_target=time_to_target(trainer.history, pipe.config.train.target_metric),

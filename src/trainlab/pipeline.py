@@ -19,7 +19,7 @@ from trainlab.data.base import DataBundle
 from trainlab.data.loaders import default_eval_batch_size, make_loader
 from trainlab.data.peek import sample_batch
 from trainlab.engine import distributed
-from trainlab.engine.device import autocast_and_scaler, resolve_channels_last, resolve_device, unwrap
+from trainlab.engine.device import resolve_channels_last, resolve_compile, resolve_device, resolve_precision, unwrap
 from trainlab.engine.loop import steps_per_epoch
 from trainlab.engine.monitor import Monitor
 from trainlab.errors import ConfigError
@@ -58,7 +58,7 @@ def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int =
     load_builtins()
     seed_everything(config.seed)
     device = resolve_device(config.train.device)
-    autocast_and_scaler(config.train.precision, device)  # a precision this device lacks is a config error now
+    resolve_precision(config.train.precision, device)  # a precision this device lacks is a config error now
     bundle = bundle or build_data(config)
     d = config.data
     loader_args = dict(seed=config.seed, device=device, num_workers=d.num_workers, pin_memory=d.pin_memory,
@@ -136,7 +136,7 @@ def prepare_model(pipe: Pipeline, rank: int, world_size: int) -> bool:
         pipe.model = distributed.wrap_model(pipe.model, pipe.device)  # rank 0's initial weights on every rank
         if rank > 0:  # its own random stream (dropout, batch augmentation); rank 0 keeps the 1-process one
             seed_everything(cfg.seed + 1_000_003 * rank)
-    if cfg.train.compile:
+    if resolve_compile(cfg.train.compile, pipe.device):
         pipe.model = compile_model(pipe.model, pipe.bundle, pipe.device)
     return channels_last
 
@@ -147,7 +147,7 @@ def compile_model(model: nn.Module, bundle: DataBundle, device: torch.device) ->
         compiled = torch.compile(model)
         x, _ = sample_batch(bundle.train)
         saved = {k: v.clone() for k, v in model.state_dict().items()}  # e.g. BatchNorm statistics
-        with torch.random.fork_rng(devices=[]):  # the trial forward must not move the training RNG
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # keep the training RNG
             compiled(x.to(device))
         model.load_state_dict(saved)
         return compiled
@@ -158,7 +158,8 @@ def compile_model(model: nn.Module, bundle: DataBundle, device: torch.device) ->
 
 
 def measure_flops(pipe: Pipeline) -> tuple[float | None, float | None]:
-    """(FLOPs per training sample, the device's peak FLOP/s) for MFU; (None, None) when not countable."""
+    """(FLOPs per training sample, the device's peak FLOP/s in the run's precision) for MFU; (None, None)
+    when not countable."""
     from trainlab.engine.perf import flops_per_sample, peak_flops
 
     try:
@@ -166,7 +167,8 @@ def measure_flops(pipe: Pipeline) -> tuple[float | None, float | None]:
         flops = flops_per_sample(unwrap(pipe.model), pipe.loss_fn, x.to(pipe.device), y.to(pipe.device))
     except Exception:  # noqa: BLE001 - FLOP counting is informative only
         return None, None
-    return flops, pipe.config.train.peak_flops or peak_flops(pipe.device)
+    dtype = resolve_precision(pipe.config.train.precision, pipe.device).dtype or torch.float32
+    return flops, pipe.config.train.peak_flops or peak_flops(pipe.device, dtype)
 
 
 def data_line(bundle: DataBundle) -> str:

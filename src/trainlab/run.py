@@ -10,6 +10,7 @@ top to bottom; the parts live in `pipeline.py` (building), `engine/` (the loop) 
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,9 @@ from trainlab.data.peek import sample_batch
 from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback
-from trainlab.engine.device import resolve_device, unwrap
+from trainlab.engine.device import apply_determinism, check_resume_device, resolve_device, unwrap
 from trainlab.engine.loop import Trainer, steps_per_epoch
-from trainlab.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged, TrainlabError
+from trainlab.errors import CheckpointError, ConfigError, Interrupted, RunFailed, TrainlabError
 from trainlab.logging import ConsoleProgress, MetricsFile, RunDir, TensorBoardScalars
 from trainlab.metrics import TaskMetrics
 from trainlab.pipeline import Pipeline, build_pipeline, data_line, measure_flops, prepare_model
@@ -108,7 +109,10 @@ def _yaml_value(v: Any) -> str:
 
 def train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: list[Callback]) -> Run:
     """One run into `out`: set up, fit, finish."""
+    note = apply_determinism(cfg.train.deterministic)  # before CUDA starts (cuBLAS reads its variable then)
     rank, world_size, _ = distributed.setup(resolve_device(cfg.train.device))  # joins torchrun's group
+    if note and rank == 0 and not quiet:
+        print(note)
     resume_state, cfg = _resume_or_refuse(out, cfg, resume)
     run = RunDir(out) if rank == 0 else None
     if run is not None:
@@ -135,7 +139,7 @@ def train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: l
     try:
         trainer.fit(resume_state)
         status = "completed"
-    except (Interrupted, TrainingDiverged) as e:
+    except (Interrupted, RunFailed) as e:  # RunFailed: diverged, out of memory
         status, error = ("interrupted" if isinstance(e, Interrupted) else "failed"), e
     finally:
         if status == "failed" and error is None and run is not None:  # an unexpected exception
@@ -158,7 +162,11 @@ def _resume_or_refuse(out: Path, cfg: Config, resume: bool) -> tuple[dict[str, A
     if restarted and (out / "checkpoints" / "last.pt").exists():
         resume = True  # an elastic restart continues from the last checkpoint (none yet: from the start)
     if resume:
-        return _resume_state(out, cfg)
+        state, cfg = _resume_state(out, cfg)
+        note = check_resume_device(state, cfg.train.device, out / "checkpoints" / "last.pt")
+        if note and distributed.env()[0] == 0:
+            print(note, file=sys.stderr)
+        return state, cfg
     if not restarted and (out / "checkpoints" / "last.pt").exists():  # every rank stops, not only rank 0
         raise TrainlabError(f"{out} already holds a run; use --resume to continue it, or --out for a new folder")
     return None, cfg
@@ -223,6 +231,10 @@ def _write_outputs(trainer: Trainer, pipe: Pipeline, run: RunDir, status: str, f
         print("\n".join(outputs.closing_lines(summary, pipe, run)))
 
 
+# Defaults that changed after runs were saved with the old ones (train.monitor was val_loss, precision fp32, ...)
+CHANGED_DEFAULTS = {"train.monitor", "train.precision", "train.compile", "scheduler.monitor"}
+
+
 def _resume_state(out: Path, cfg: Config) -> tuple[dict[str, Any], Config]:
     last = out / "checkpoints" / "last.pt"
     if not last.exists():
@@ -230,14 +242,19 @@ def _resume_state(out: Path, cfg: Config) -> tuple[dict[str, Any], Config]:
     state = ckpt.load_checkpoint(last)
     saved = state.get("config") or {}
     diffs = _config_diffs(saved, cfg.to_dict())
-    allowed = {"train.epochs", "train.max_steps"}
+    # A run saved by an earlier trainlab: keys it did not have, and defaults that changed since, keep
+    # the run's own values when the config leaves them at today's default.
+    saved_flat, defaults = _flatten(saved), _flatten(validate({}).to_dict())
+    kept = {k: a for k, a, b in diffs if (k not in saved_flat or k in CHANGED_DEFAULTS) and b == defaults.get(k)}
+    if any(k in saved_flat for k in kept):
+        cfg = validate(apply_overrides(cfg.to_dict(), {k: v for k, v in kept.items() if k in saved_flat}))
+    diffs = [d for d in diffs if d[0] not in kept]
+    allowed = {"train.epochs", "train.max_steps", "train.device"}  # a device change: check_resume_device
     refused = [d for d in diffs if d[0] not in allowed and not d[0].startswith("train.early_stopping")]
     if refused:
         lines = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, a, b in refused)
         raise ConfigError(f"--resume refused: the config differs from the run's ({lines}). Resume with the same "
                           f"config (only train.epochs and train.max_steps may change), or start a new run with --out.")
-    if diffs:
-        cfg = validate({**cfg.to_dict()})
     return state, cfg
 
 

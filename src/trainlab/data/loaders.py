@@ -29,6 +29,10 @@ from trainlab.data.transforms import BatchTransform
 # above it, conversion and normalisation run per batch.
 PRECOMPUTE_LIMIT_BYTES = 1 << 30
 _PRECOMPUTE_CHUNK = 8192  # samples transformed at a time while precomputing (bounds the temporary memory)
+# On CUDA a split lives on the GPU when its tensors take at most this share of the GPU's free memory
+# (the rest is for the model, optimizer state and activations); else in host memory, with each batch
+# gathered into pinned memory and copied with non_blocking=True.
+GPU_DATA_SHARE = 0.3
 
 
 def epoch_order(n: int, epoch: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> torch.Tensor:
@@ -115,21 +119,39 @@ def precompute(x: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
     return out
 
 
+def data_placement(nbytes: int, device: torch.device, share: float | None = None,
+                   free_bytes: int | None = None) -> str:
+    """Where a split of `nbytes` lives for training on `device`: "device" (all of it there; batches are
+    gathered on the device, no copy per step) or "pinned" (CUDA only, when it does not fit `share` of
+    the free GPU memory: batches are gathered on the host into pinned memory and copied asynchronously).
+    `share` defaults to GPU_DATA_SHARE, `free_bytes` to `torch.cuda.mem_get_info`'s free memory."""
+    if device.type != "cuda":
+        return "device"
+    share = GPU_DATA_SHARE if share is None else share
+    if free_bytes is None:
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    return "device" if nbytes <= share * free_bytes else "pinned"
+
+
 class TensorLoader(_Resumable):
     """Batches of an in-memory `ArrayDataset` by indexing its tensors on `device`.
 
     Epoch `e` visits `epoch_order(n, e, seed, ...)` in slices of `batch_size`; its state is (epoch,
     position), so `load_state_dict` resumes mid-epoch with the same remaining batches. Batches equal
     `dataset.transform(dataset.x[idx])` (the transform's deterministic head is precomputed when it
-    fits `precompute_limit` bytes: 0 turns that off).
+    fits `precompute_limit` bytes: 0 turns that off). On CUDA a split too large for the GPU
+    (`data_placement`) stays on the host: batches come to the device by pinned, non_blocking copies.
     """
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False,
                  seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
                  precompute_limit: int = PRECOMPUTE_LIMIT_BYTES):
         self.dataset = dataset
-        self.x = dataset.x.to(device)  # moved once; batches are slices of these tensors
-        self.y = dataset.y.to(device)
+        self.device = torch.device(device)
+        self.placement = data_placement(dataset.x.nbytes + dataset.y.nbytes, self.device)
+        storage = self.device if self.placement == "device" else torch.device("cpu")
+        self.x = dataset.x.to(storage)  # moved once; batches are slices of these tensors
+        self.y = dataset.y.to(storage)
         self.transform = dataset.transform  # the whole transform (for callers peeking at raw x)
         head, rest = split_transform(dataset.transform)
         self.inputs, self.batch_transform = self.x, dataset.transform
@@ -140,7 +162,7 @@ class TensorLoader(_Resumable):
                 self.inputs, self.batch_transform = done, rest
         self.precomputed = self.inputs is not self.x
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.seed, self.device, self.rank, self.world_size = seed, torch.device(device), rank, world_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
         n = len(self.x)
         self.samples = -(-n // world_size) if world_size > 1 else n
 
@@ -151,16 +173,21 @@ class TensorLoader(_Resumable):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         bs, transform = self.batch_size, self.batch_transform
-        order = epoch_order(len(self.x), self.epoch, self.seed, self.shuffle, self.rank, self.world_size).to(self.device)
+        order = epoch_order(len(self.x), self.epoch, self.seed, self.shuffle, self.rank, self.world_size)
+        order = order.to(self.x.device)
+        pinned = self.placement == "pinned"
         for b in range(self.position, len(self)):
             idx = order[b * bs : (b + 1) * bs]
             # index_select, not x[idx]: the same rows (a copy, so the model may change its input in
             # place) in half the time on the CPU for 64 random MNIST rows (benchmarks/bench_kernels.py)
-            x = torch.index_select(self.inputs, 0, idx)
+            x, y = torch.index_select(self.inputs, 0, idx), torch.index_select(self.y, 0, idx)
+            if pinned:  # pinned buffers come from torch's caching host allocator, reused once copied
+                x = x.pin_memory().to(self.device, non_blocking=True)
+                y = y.pin_memory().to(self.device, non_blocking=True)
             if transform is not None:
                 x = transform(x)
             self.position = b + 1
-            yield x, torch.index_select(self.y, 0, idx)
+            yield x, y
         self.epoch, self.position = self.epoch + 1, 0
 
 

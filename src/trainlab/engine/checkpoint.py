@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,9 @@ def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------- RNG state, plain types
 
 def rng_state() -> dict[str, Any]:
+    """Every random stream a run draws from, in plain types: Python's and NumPy's as lists/ints, torch's
+    CPU stream and (once CUDA has started) each CUDA device's stream as uint8 tensors on the CPU, the
+    way `torch.get_rng_state()` / `torch.cuda.get_rng_state_all()` give them."""
     np_state = np.random.get_state(legacy=False)
     state = {
         "python": _py_state_plain(random.getstate()),
@@ -146,8 +150,8 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # not started: nothing drawn from it
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]  # one per visible device
     return state
 
 
@@ -157,11 +161,25 @@ def _py_state_plain(state: tuple) -> list:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores `rng_state()`. CUDA streams: each saved device's, on the devices this machine has; a
+    checkpoint with CUDA streams on a machine without CUDA restores the rest and warns once."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
     np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
                          "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda") or []
+    if not cuda:
+        return
+    if not torch.cuda.is_available():
+        warnings.warn(f"the checkpoint holds the random state of {len(cuda)} CUDA device(s) and this machine has "
+                      f"none: CUDA random streams not restored (dropout and augmentation on the CPU draw from the "
+                      f"CPU stream, which is restored)")
+        return
+    n_here = torch.cuda.device_count()
+    if len(cuda) != n_here:
+        warnings.warn(f"the checkpoint holds the random state of {len(cuda)} CUDA device(s), this machine has "
+                      f"{n_here}: restored for the first {min(len(cuda), n_here)}")
+    for index, device_state in enumerate(cuda[:n_here]):
+        torch.cuda.set_rng_state(torch.as_tensor(device_state, dtype=torch.uint8), index)

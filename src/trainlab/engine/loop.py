@@ -30,13 +30,15 @@ from trainlab.config import TrainConfig
 from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback, CallbackList, EarlyStopping
-from trainlab.engine.device import autocast_and_scaler, resolve_channels_last, resolve_device, unwrap
+from trainlab.engine.device import (apply_backend_flags, apply_determinism, device_state, resolve_channels_last,
+                                    resolve_device, resolve_precision, unwrap)
 from trainlab.engine.epoch_stats import EpochStats
 from trainlab.engine.evaluate import evaluate
 from trainlab.engine.guard import NonFiniteGuard
+from trainlab.engine.memory import out_of_memory_guard
 from trainlab.engine.monitor import Monitor, flat_logs
 from trainlab.engine.signals import SignalCatcher
-from trainlab.errors import Interrupted, TrainingDiverged
+from trainlab.errors import Interrupted, RunFailed
 from trainlab.metrics import TaskMetrics
 
 
@@ -61,6 +63,7 @@ class Trainer:
             if isinstance(data, torch.utils.data.Dataset) and not hasattr(data, "__iter__"):
                 raise TypeError(f"Trainer: {name} is a Dataset; pass a loader, or use Trainer.from_datasets(...)")
         self.cfg = cfg = train or TrainConfig()
+        self.determinism_note = apply_determinism(cfg.deterministic)  # before the first cuBLAS call
         self.device = resolve_device(cfg.device)
         self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
         self.model, self.loss_fn, self.optimizer, self.scheduler = model.to(self.device), loss_fn, optimizer, scheduler
@@ -68,7 +71,10 @@ class Trainer:
         self.task, self.metrics = task, metrics
         self.checkpoint_dir, self.extra_state = checkpoint_dir, extra_state or {}
         self.flops_per_sample, self.peak_flops = flops_per_sample, peak_flops
-        self.autocast, self.scaler = autocast_and_scaler(cfg.precision, self.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.autocast, self.scaler = self.precision.autocast(self.device), self.precision.scaler(self.device)
+        apply_backend_flags(self.precision, self.device, unwrap(self.model),
+                            fixed_shapes=hasattr(train_loader, "x"), deterministic=cfg.deterministic)
         sample = None if isinstance(cfg.channels_last, bool) else _sample_inputs(train_loader)
         self.channels_last = cfg.channels_last if isinstance(cfg.channels_last, bool) else \
             sample is not None and resolve_channels_last(unwrap(self.model), sample, cfg.channels_last, self.device)
@@ -142,6 +148,7 @@ class Trainer:
             "data_wait": self.data_wait,
             "epoch_progress": self._epoch_progress(),
             "world_size": self.world_size,
+            **device_state(self.device),
             **self.extra_state,
         }
 
@@ -235,7 +242,7 @@ class Trainer:
         except Interrupted:
             self.status = "interrupted"
             raise
-        except TrainingDiverged:
+        except RunFailed:  # diverged, out of memory
             self.status = "failed"
             raise
         finally:
@@ -262,7 +269,8 @@ class Trainer:
             stats.data_wait += time.perf_counter() - t_fetch
             self._batch_index += 1
             update = self._batch_index % accum == 0 or self._batch_index == n_batches
-            result = self.train_step(x, y, update)
+            with out_of_memory_guard(getattr(loader, "batch_size", len(y)), accum, device=self.device):
+                result = self.train_step(x, y, update)
             if result is not None:  # None: skipped (nan_policy=skip)
                 stats.add(*result, y)
             if update:
@@ -324,6 +332,7 @@ class Trainer:
                 logs["lrs"] = {str(g.get("name", i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
             if self.flops_per_sample and self.peak_flops:
                 logs["mfu"] = logs["samples_per_second"] * self.flops_per_sample / self.peak_flops
+                logs["mfu_peak"] = self.precision.peak_label
         if self.callbacks.has("on_batch_end"):
             self.callbacks.call("on_batch_end", self.global_step, logs)
         if self.cfg.checkpoint_every_n_steps and self.global_step % self.cfg.checkpoint_every_n_steps == 0:
@@ -366,8 +375,9 @@ class Trainer:
         if self.metrics is None:
             self.metrics = TaskMetrics.for_output(self.task, _output_of(self.model, self.val_loader, self.device))
         stats: dict[str, float] = {}
-        logs, _ = evaluate(self.model, self.val_loader, self.loss_fn, self.metrics.to(self.device), self.device,
-                           self.autocast, stats=stats)
+        with out_of_memory_guard(getattr(self.val_loader, "batch_size", 0), evaluating=True, device=self.device):
+            logs, _ = evaluate(self.model, self.val_loader, self.loss_fn, self.metrics.to(self.device), self.device,
+                               self.autocast, stats=stats)
         self.eval_samples += int(stats["samples"])
         self.eval_time += stats["seconds"]
         self.last_eval_speed = stats["samples"] / max(stats["seconds"], 1e-9)
