@@ -94,7 +94,7 @@ def test_mixed_precision_steps_on_cuda_compute_in_half_and_learn(precision, dtyp
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 2))
     seen: list[torch.dtype] = []
     model[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype) if m.training else None)  # train steps
-    trainer = Trainer(model, train, val, loss_fn=nn.CrossEntropyLoss(),
+    trainer = Trainer.from_datasets(model, train, val, loss_fn=nn.CrossEntropyLoss(),
                       optimizer=torch.optim.Adam(model.parameters(), lr=0.01), epochs=5, batch_size=32,
                       device="cuda", precision=precision)
     history = trainer.fit()
@@ -155,7 +155,7 @@ def test_a_deliberately_huge_batch_fails_with_out_of_memory_and_writes_no_checkp
     data = ArrayDataset(torch.randn(n, 8, generator=g), torch.randint(0, 2, (n,), generator=g))
     # (2^20, 2^17) hidden activations: 512 GiB in fp32, more than any GPU has
     model = nn.Sequential(nn.Linear(8, 1 << 17), nn.ReLU(), nn.Linear(1 << 17, 2))
-    trainer = Trainer(model, data, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+    trainer = Trainer.from_datasets(model, data, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                       batch_size=n, device="cuda", precision="fp32", max_steps=1, checkpoint_dir=tmp_path)
     with pytest.raises(OutOfMemory, match=f"batch size {n}.*data.batch_size={n // 2} train.grad_accum=2"):
         trainer.fit()

@@ -328,7 +328,6 @@ def test_mfu_figure_names_the_peak_it_is_measured_against():
 # ----------------------------------------------------------------------------- through the loop and the CLI
 # These need the Trainer and run.py to call the functions above (the lead's wiring of issue 19); until
 # then they are expected failures, and strict: once wired they pass and the mark must go.
-WIRED = pytest.mark.xfail(strict=True, reason="needs the issue-19 calls in engine/loop.py and run.py; remove when wired")
 
 
 class OutOfMemoryAt(nn.Module):
@@ -346,14 +345,13 @@ class OutOfMemoryAt(nn.Module):
         return self.linear(x)
 
 
-@WIRED
 def test_out_of_memory_in_the_loop_fails_the_run_and_last_pt_keeps_the_step_before(tmp_path):
     from trainlab.data.base import ArrayDataset
     from trainlab.engine.loop import Trainer
 
     g = torch.Generator().manual_seed(0)
     data = ArrayDataset(torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g))
-    trainer = Trainer(OutOfMemoryAt(step=5), data, loss_fn=nn.CrossEntropyLoss(), batch_size=8, device="cpu",
+    trainer = Trainer.from_datasets(OutOfMemoryAt(step=5), data, loss_fn=nn.CrossEntropyLoss(), batch_size=8, device="cpu",
                       checkpoint_dir=tmp_path, checkpoint_every_n_steps=2, epochs=1)
     with pytest.raises(OutOfMemory, match="batch size 8"):
         trainer.fit()
@@ -361,7 +359,6 @@ def test_out_of_memory_in_the_loop_fails_the_run_and_last_pt_keeps_the_step_befo
     assert ckpt.load_checkpoint(tmp_path / "last.pt")["global_step"] == 4  # not the failed step 5
 
 
-@WIRED
 def test_resuming_a_cuda_run_on_a_cpu_machine_needs_train_device_cpu(tmp_path, capsys, no_report):
     run = tmp_path / "run"
     args = ["data.source=iris", "data.batch_size=64", "model.name=mlp", "model.hidden=[8]", "train.epochs=2",
@@ -382,7 +379,6 @@ def test_resuming_a_cuda_run_on_a_cpu_machine_needs_train_device_cpu(tmp_path, c
     assert saved["global_step"] == 4 and saved["device"] == "cpu"
 
 
-@WIRED
 def test_a_deterministic_run_says_what_it_set(tmp_path, capsys, no_report, restore_backend_flags, monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     code, out, err = cli_in_process(capsys, "train", "model.name=mlp", "train.max_steps=2", "train.device=cpu",
