@@ -48,8 +48,10 @@ class Pipeline:
     summary: str = ""
 
 
-def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int = 0, world_size: int = 1) -> Pipeline:
-    """Data, loaders, model (shape-checked by a dry forward pass), loss, optimizer and schedule."""
+def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int = 0, world_size: int = 1,
+                   model: nn.Module | None = None) -> Pipeline:
+    """Data, loaders, model (shape-checked by a dry forward pass), loss, optimizer and schedule.
+    `model`: a module instance to use instead of building `config.model`."""
     from trainlab.data import build_data
     from trainlab.engine.optim import build_optimizer, build_scheduler
     from trainlab.losses import build_loss
@@ -74,7 +76,9 @@ def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int =
     if config.train.smoke:  # one batch of each evaluation split (the training steps: train.max_steps)
         val_loader, test_loader = (FirstBatches(loader, 1) if loader is not None else None
                                    for loader in (val_loader, test_loader))
-    model = build_model(config.model, bundle.input_shape, bundle.output_dim, bundle.task).to(device)
+    if model is None:
+        model = build_model(config.model, bundle.input_shape, bundle.output_dim, bundle.task)
+    model = model.to(device)
     x, y = sample_batch(bundle.train)
     check_shapes(model, x.to(device), output_dim=bundle.output_dim)
     summary = model_summary(model, tuple(bundle.input_shape), device=str(device))

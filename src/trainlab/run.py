@@ -58,6 +58,29 @@ class Run:
         except ImportError:
             return self.history_rows
 
+    def evaluate(self, split: str = "test", checkpoint: str = "best") -> dict[str, float]:
+        """Loss and metrics of the best (or last) checkpoint on a split of the run's data."""
+        from trainlab.finished import evaluate_run
+
+        return evaluate_run(self.run_dir, split, checkpoint)
+
+    def predict(self, inputs: Any, out: str | Path | None = None) -> Any:
+        """A tensor of samples: the best model's class probabilities, P(class 1) or values. A path (a CSV
+        of feature rows, an image or a folder): the `trainlab predict` CSV's text (also written to `out`)."""
+        if isinstance(inputs, torch.Tensor):
+            from trainlab.metrics import probabilities
+
+            was = self.model.training
+            self.model.eval()
+            device = next(self.model.parameters()).device
+            with torch.inference_mode():
+                outputs = self.model(inputs.to(device)).float().cpu()
+            self.model.train(was)
+            return probabilities(self.summary.get("task", "classification"), outputs)
+        from trainlab.predict import predict
+
+        return predict(self.run_dir, inputs, out)
+
     def __repr__(self) -> str:
         test = self.final.get("test") or {}
         shown = ", ".join(f"{k}={v:.4g}" for k, v in test.items() if isinstance(v, float))
@@ -78,9 +101,20 @@ def default_run_dir(config: Config, existing: bool = False) -> Path:
 
 def train(config: str | Path | dict[str, Any] | Config | None = None, overrides: list[str] | dict[str, Any] | None = None,
           *, out: str | Path | None = None, resume: bool = False, quiet: bool = False,
-          callbacks: list[Callback] = (), **kw_overrides: Any) -> Run:
+          callbacks: list[Callback] = (), model: nn.Module | None = None, **kw_overrides: Any) -> Run:
     """Train from a YAML path, a dict or a Config; `overrides` are dotted keys (`["optimizer.lr=0.1"]` or
-    `{"optimizer.lr": 0.1}`); keyword overrides use `__` for dots (`optimizer__lr=0.1`)."""
+    `{"optimizer.lr": 0.1}`); keyword overrides use `__` for dots (`optimizer__lr=0.1`).
+
+    `model`: an `nn.Module` instance to train instead of `model.name` (also accepted as the config
+    dict's `model` value). Its class is recorded as `model.name: "module:Class"`, so `predict` and
+    `eval` rebuild it where that module imports (a class defined in a notebook: in that notebook)."""
+    if isinstance(config, dict) and isinstance(config.get("model"), nn.Module):
+        config = {k: v for k, v in config.items() if k != "model"}
+        model = model or config.get("model")
+    if model is not None:
+        kind = type(model)
+        overrides = {**(dict(overrides) if isinstance(overrides, dict) else _as_dict(overrides or [])),
+                     "model.name": f"{kind.__module__}:{kind.__qualname__}"}
     overrides = dict(overrides) if isinstance(overrides, dict) else list(overrides or [])
     if kw_overrides:
         extra = {k.replace("__", "."): v for k, v in kw_overrides.items()}
@@ -99,7 +133,13 @@ def train(config: str | Path | dict[str, Any] | Config | None = None, overrides:
         # Under torchrun every rank uses rank 0's choice (rank 0 may have created the folder already).
         out = distributed.broadcast_object(default_run_dir(cfg, existing=resume or distributed.restarted())
                                            if rank == 0 else None)
-    return train_one(cfg, Path(out), resume=resume, quiet=quiet, callbacks=list(callbacks))
+    return train_one(cfg, Path(out), resume=resume, quiet=quiet, callbacks=list(callbacks), model=model)
+
+
+def _as_dict(overrides: list[str]) -> dict[str, Any]:
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in overrides)}
 
 
 def _yaml_value(v: Any) -> str:
@@ -107,7 +147,8 @@ def _yaml_value(v: Any) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: list[Callback]) -> Run:
+def train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: list[Callback],
+              model: nn.Module | None = None) -> Run:
     """One run into `out`: set up, fit, finish."""
     note = apply_determinism(cfg.train.deterministic)  # before CUDA starts (cuBLAS reads its variable then)
     rank, world_size, _ = distributed.setup(resolve_device(cfg.train.device))  # joins torchrun's group
@@ -117,7 +158,7 @@ def train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: l
     run = RunDir(out) if rank == 0 else None
     if run is not None:
         ckpt.clean_temp_files(run.checkpoints)
-    pipe = build_pipeline(cfg, rank=rank, world_size=world_size)
+    pipe = build_pipeline(cfg, rank=rank, world_size=world_size, model=model)
     channels_last = prepare_model(pipe, rank, world_size)
     writer = _open_run(run, pipe, resume_state, quiet, world_size)
     flops, peak = measure_flops(pipe)

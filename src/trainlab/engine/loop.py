@@ -103,10 +103,14 @@ class Trainer:
     def from_datasets(cls, model: nn.Module, train_data: Any, val_data: Any = None, *,
                       loss_fn: Callable | None = None, optimizer: torch.optim.Optimizer | None = None,
                       task: str | None = None, metrics: list[str] | None = None, batch_size: int = 64,
-                      eval_batch_size: int | None = None, seed: int = 0, **kwargs: Any) -> Trainer:
+                      eval_batch_size: int | None = None, seed: int = 0, quiet: bool = False,
+                      **kwargs: Any) -> Trainer:
         """A Trainer for Datasets (or loaders): batches of `batch_size` in a seeded order (tensor data on
-        the fast path), cross-entropy and Adam(lr=1e-3) unless given, the task from the loss.
-        Other keyword arguments go to `Trainer(...)`, or to `TrainConfig` (epochs=3, device="cpu", ...)."""
+        the fast path), cross-entropy and Adam(lr=1e-3) unless given, the task from the loss, a progress
+        bar and one line per epoch unless `quiet`. Other keyword arguments go to `Trainer(...)`, or to
+        `TrainConfig` (epochs=3, device="cpu", ...)."""
+        from trainlab.logging import ConsoleProgress
+
         from trainlab.data.loaders import as_loader, default_eval_batch_size
 
         own = {k: kwargs.pop(k) for k in ("scheduler", "callbacks", "train", "checkpoint_dir", "extra_state",
@@ -123,6 +127,9 @@ class Trainer:
         model = model.to(device)
         if metrics is not None or val_loader is not None:
             metrics = TaskMetrics.for_output(task, _output_of(model, val_loader or train_loader, device), metrics)
+        if not quiet:
+            own["callbacks"] = [*own.get("callbacks", ()), ConsoleProgress(
+                steps_per_epoch(len(train_loader), cfg.grad_accum), total_epochs(cfg, len(train_loader)))]
         return cls(model, train_loader, val_loader, loss_fn=loss_fn,
                    optimizer=optimizer or torch.optim.Adam(model.parameters(), lr=1e-3), train=cfg, task=task,
                    metrics=metrics, **own)
@@ -382,6 +389,38 @@ class Trainer:
         self.eval_time += stats["seconds"]
         self.last_eval_speed = stats["samples"] / max(stats["seconds"], 1e-9)
         return logs
+
+    # ------------------------------------------------------------------ using the trained model
+    def evaluate(self, data: Any = None, batch_size: int = 256) -> dict[str, float]:
+        """Loss and metrics on `data` (a Dataset or a loader; default: the validation loader)."""
+        from trainlab.data.loaders import as_loader
+
+        loader = self.val_loader if data is None else as_loader(data, batch_size, shuffle=False, device=self.device)
+        if loader is None:
+            raise ValueError("Trainer.evaluate: no data given and no validation loader")
+        if self.metrics is None:
+            self.metrics = TaskMetrics.for_output(self.task, _output_of(self.model, loader, self.device))
+        logs, _ = evaluate(self.model, loader, self.loss_fn, self.metrics.to(self.device), self.device, self.autocast)
+        return logs
+
+    def predict(self, inputs: Any, batch_size: int = 256, probabilities: bool = True) -> torch.Tensor:
+        """The model's outputs on `inputs` (a tensor of samples, a Dataset or a loader), in eval mode:
+        class probabilities (classification), P(class 1) (binary) or values (regression); the raw
+        outputs with `probabilities=False`."""
+        from trainlab.metrics import probabilities as to_probabilities
+
+        if isinstance(inputs, torch.Tensor):
+            batches: Any = inputs.split(batch_size)
+        else:
+            from trainlab.data.loaders import as_loader
+
+            batches = (x for x, _ in as_loader(inputs, batch_size, shuffle=False, device=self.device))
+        was = self.model.training
+        self.model.eval()
+        with torch.inference_mode(), self.autocast():
+            outputs = torch.cat([self.model(x.to(self.device)).float() for x in batches])
+        self.model.train(was)
+        return to_probabilities(self.task, outputs) if probabilities else outputs
 
     # ------------------------------------------------------------------ small helpers
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
