@@ -1,6 +1,7 @@
 """`doctor` and `lr_find` on real tiny runs: verdicts, critical-point kinds, summary.json, the plot."""
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,8 @@ import torch
 from trainlab.diagnose.doctor import doctor, format_diagnosis, format_lr_find, lr_find, shallower_model
 from trainlab.errors import ConfigError
 from trainlab.run import train
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 SOURCE = '''
 import torch
@@ -100,3 +103,17 @@ def test_lr_find_on_a_config_suggests_a_rate_below_divergence_and_saves_the_plot
     assert (tmp_path / "lrf" / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert r["stopped_early"] and r["suggestion_valley"] < r["divergence_lr"]
     assert "suggested learning rate" in format_lr_find(r)
+
+
+@pytest.mark.parametrize("example, trains_with", [("digits_cnn", 3e-3), ("digits_mlp_shallow", 0.05)])
+def test_lr_find_on_examples_suggests_near_the_lr_that_trains_them_and_keeps_to_the_run_folder(
+        tmp_path, monkeypatch, example, trains_with):
+    """The examples train well with Adam 3e-3 and SGD (momentum 0.9) 0.05; the suggestion is within 3x.
+    With runs/<name> holding a finished run, the plot goes into it: no runs/<name>-2 appears."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / example).mkdir(parents=True)
+    (tmp_path / "runs" / example / "summary.json").write_text('{"status": "completed"}')
+    r = lr_find(EXAMPLES / f"{example}.yaml")
+    assert trains_with / 3 < r["suggestion"] < trains_with * 3, format_lr_find(r)
+    assert r["plot"] == str(Path("runs") / example / "lr_find.png") and Path(r["plot"]).is_file()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [example]

@@ -230,14 +230,17 @@ def format_diagnosis(d: dict[str, Any]) -> str:
 def lr_find(config: str | Path | dict | None, overrides: list[str] | dict | None = None, out: str | Path | None = None,
             **kwargs: Any) -> dict[str, Any]:
     """LR range test on the pipeline a config builds (model, loss, optimizer, train loader); saves
-    the plot to `out` (a .png path or a folder; default runs/<name>/lr_find.png)."""
+    the plot to `out` (a .png path or a folder). By default the plot goes beside the runs it tunes:
+    the latest run folder of the config's name (runs/<name>, or runs/<name>-N when that exists),
+    so the test never starts a new run folder; when no run exists yet it creates runs/<name>/ with
+    just lr_find.png, and the next `trainlab train` trains into that same folder."""
     from trainlab.config import load_config
     from trainlab.run import build_pipeline, default_run_dir
 
     cfg = load_config(config, overrides or [])
     pipe = build_pipeline(cfg)
     result = lr_range_test(pipe.model, pipe.loss_fn, pipe.optimizer, pipe.train_loader, device=pipe.device, **kwargs)
-    path = Path(out) if out is not None else default_run_dir(cfg)
+    path = Path(out) if out is not None else default_run_dir(cfg, existing=True)
     if path.suffix.lower() != ".png":
         path = path / "lr_find.png"
     result["plot"] = str(plot_lr_find(result, path))
@@ -247,15 +250,17 @@ def lr_find(config: str | Path | dict | None, overrides: list[str] | dict | None
 
 def format_lr_find(r: dict[str, Any]) -> str:
     def lr(v: float | None) -> str:
-        return f"{v:.2e}" if v is not None else "none (the loss never fell)"
+        return f"{v:.2e}" if v is not None else "none (the loss did not clearly fall at any LR of the test)"
 
     lines = [f"LR range test ({r.get('optimizer', '')}, {len(r['all_lrs'])} steps from {r['all_lrs'][0]:.1e} "
              f"to {r['all_lrs'][-1]:.1e}{', stopped: the loss diverged' if r['stopped_early'] else ''})" if r["all_lrs"]
              else "LR range test: the first step already gave a non-finite loss"]
-    lines.append(f"suggested learning rate (valley): {lr(r['suggestion_valley'])}")
-    lines.append(f"steepest descent at:              {lr(r['suggestion_steepest'])}")
+    lines.append(f"suggested learning rate:       {lr(r['suggestion_steepest'])}" + (
+        " (where the smoothed loss falls fastest, at most a tenth of the LR with the lowest loss)"
+        if r["suggestion_steepest"] is not None else ""))
+    lines.append(f"a cautious choice (valley):    {lr(r['suggestion_valley'])}")
     if r.get("divergence_lr"):
-        lines.append(f"the loss blows up from about:     {r['divergence_lr']:.2e}")
+        lines.append(f"the loss blows up from about:  {r['divergence_lr']:.2e}")
     if r.get("plot"):
         lines.append(f"plot: {r['plot']}")
     return "\n".join(lines)
