@@ -117,3 +117,24 @@ def test_lr_find_on_examples_suggests_near_the_lr_that_trains_them_and_keeps_to_
     assert trains_with / 3 < r["suggestion"] < trains_with * 3, format_lr_find(r)
     assert r["plot"] == str(Path("runs") / example / "lr_find.png") and Path(r["plot"]).is_file()
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [example]
+
+
+def test_deep_sigmoid_example_is_optimization_by_default_with_the_gradient_evidence(tmp_path):
+    """examples/digits_mlp_deep.yaml stays at chance (its first layers get ~1e-4 of the last ones' gradient):
+    plain `doctor` must not call that model bias; the shallower model is cheap, so it is trained unasked."""
+    out = tmp_path / "deep"
+    train(EXAMPLES / "digits_mlp_deep.yaml", out=out, quiet=True)
+    d = doctor(out)
+    assert d["verdict"] == "optimization", d["explanation"]
+    assert "vanishing gradients" in d["explanation"]
+    assert d["shallow"]["automatic"] and d["shallow"]["loss"] < 0.5 * d["numbers"]["train_loss"]
+    assert "trained because this run was cheap" in format_diagnosis(d)
+
+
+def test_lr_1000_run_far_above_the_baseline_is_an_optimization_failure(tmp_path):
+    out = tmp_path / "lr1000"
+    train(EXAMPLES / "digits_mlp_shallow.yaml", {"optimizer.lr": 1000, "train.epochs": 2}, out=out, quiet=True)
+    d = doctor(out, compare_shallow=False)
+    assert d["numbers"]["train_ratio"] > 10 and "shallow" not in d
+    assert d["verdict"] == "optimization", d["explanation"]
+    assert "Lower the learning rate" in d["next_steps"][0]

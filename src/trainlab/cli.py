@@ -145,9 +145,11 @@ def compare(run_dirs: tuple[Path, ...], out: Path) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--compare-shallow", is_flag=True, help="also train a shallower model to tell model bias from optimization")
+@click.option("--compare-shallow/--no-compare-shallow", default=None,
+              help="train a shallower model to tell model bias from optimization (default: when the training loss "
+                   "is large and the run trained for at most a minute)")
 @click.option("--batch-sizes", is_flag=True, help="also time updates for batch sizes 1, 2, 4, ...")
-def doctor(run_dir: Path, compare_shallow: bool, batch_sizes: bool) -> None:
+def doctor(run_dir: Path, compare_shallow: bool | None, batch_sizes: bool) -> None:
     """Why is training not good? Loss flowchart, critical point, gradient health."""
     from trainlab.diagnose.doctor import doctor as run_doctor, format_diagnosis
 
