@@ -323,3 +323,26 @@ def test_tensorboard_extras_logs_images_graph_histograms_and_confusion_matrix(tm
     assert hist.min == pytest.approx(last_grad.min().item(), rel=1e-5)
     assert hist.max == pytest.approx(last_grad.max().item(), rel=1e-5)
     assert cb.state_dict() == {"epochs_done": 4}
+
+
+def test_tensorboard_extras_accepts_a_compiled_model(tmp_path):
+    """train.compile=true hands the callback torch.compile's wrapper, whose truth value is len(): it raised
+    `TypeError: SmallCNN does not support len()`. The callback works on the module inside."""
+    torch = pytest.importorskip("torch")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from trainlab.models.zoo import SmallCNN
+    from trainlab.report.tensorboard_extras import TensorBoardExtras
+
+    model = SmallCNN((1, 8, 8), 10)
+    compiled = torch.compile(model)  # lazy: nothing compiles unless it is called
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    cb = TensorBoardExtras(writer)
+    cb.on_train_begin({"model": compiled, "sample_batch": (torch.randn(4, 1, 8, 8), None)})
+    assert cb.model is model
+    cb.on_train_end({"step": 0})
+    writer.close()
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert "weights/first_conv_kernels" in acc.Tags()["images"] and acc.Tags()["graph"] is True

@@ -22,9 +22,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DistributedDataParallel and/or torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+    """The user's module inside DistributedDataParallel and/or torch.compile wrappers (a user model's
+    own `.module` attribute is left alone: only DDP's counts)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif getattr(model, "_orig_mod", None) is not None:  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 def resolve_channels_last(model: nn.Module, x: torch.Tensor, setting: bool | str, device: torch.device) -> bool:

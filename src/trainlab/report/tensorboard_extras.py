@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from trainlab.engine.callbacks import Callback
+from trainlab.engine.device import unwrap
 from trainlab.report.plots import confusion_matrix_figure
 
 
@@ -40,7 +41,9 @@ class TensorBoardExtras(Callback):
     # ------------------------------------------------------------------ hooks
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
-        self.model = _unwrap(logs.get("model") or logs["trainer"].model)
+        # `is None`, not `or`: a compiled module's truth value is its len(), which raises for most models
+        model = logs.get("model")
+        self.model = unwrap(model if model is not None else logs["trainer"].model)
         self.run_path = _run_path(logs) or self.run_path
         self.class_names = self.class_names or logs.get("class_names")
         batch = self.sample_batch if self.sample_batch is not None else logs.get("sample_batch")
@@ -127,7 +130,8 @@ class TensorBoardExtras(Callback):
     def _add_kernels(self, step: int) -> None:
         """The first Conv2d's kernels as one image grid, each kernel scaled to its own range and enlarged
         (kernels are 3x3 to 11x11 pixels: too small to see at their own size)."""
-        conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None) if self.model else None
+        conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None) \
+            if self.model is not None else None
         if conv is None:
             return
         w = conv.weight.detach().float().cpu()  # (out, in, kh, kw)
@@ -144,16 +148,6 @@ class TensorBoardExtras(Callback):
             return None
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in ("target", "output") if k in f.files} if "target" in f.files else None
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module itself under DDP (`.module`) and torch.compile (`._orig_mod`), for clean parameter names."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or (getattr(model, "module", None) if isinstance(
-            model, nn.parallel.DistributedDataParallel) else None)
-        if inner is None:
-            return model
-        model = inner
 
 
 def _run_path(logs: dict[str, Any]) -> Path | None:
