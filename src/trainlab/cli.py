@@ -39,10 +39,18 @@ class _Group(click.Group):
             _fail(str(e), 1)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' signature
+    """A warning on the console as one `warning: ...` line, not Python's file:line and source echo."""
+    return f"warning: {message}\n"
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="trainlab")
 def cli() -> None:
     """trainlab: train, evaluate, diagnose and use PyTorch models from a short YAML file."""
+    import warnings
+
+    warnings.formatwarning = _format_warning
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
