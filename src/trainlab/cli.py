@@ -96,6 +96,12 @@ def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, np
         warnings.simplefilter("ignore")
     if resume and out is None:
         out = default_run_dir(cfg, existing=True)
+    if world_size == 1:  # workers of --nproc / torchrun get their thread count from the launcher
+        from trainlab.engine.device import busy_machine_note
+
+        note = busy_machine_note(cfg.train.device)
+        if note:
+            click.echo(note, err=True)
     try:
         run_train(cfg, out=out, resume=resume, quiet=quiet)
     finally:
