@@ -95,15 +95,33 @@ def test_tensorboard_scalars_read_back_one_value_per_epoch(digits_run):
     events = EventAccumulator(str(digits_run.path / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/loss", "val/accuracy", "lr"} <= tags
+    assert {"train/loss", "val/loss", "val/accuracy", "train/lr"} <= tags
+    assert "lr" not in tags  # one LR curve (train/lr, per step), not a per-epoch duplicate on another axis
     val = {r["epoch"]: r for r in metrics_rows(digits_run) if r.get("kind") == "epoch" and r["split"] == "val"}
-    for tag in ("train/loss", "val/loss", "val/accuracy", "lr"):
+    for tag in ("train/loss", "val/loss", "val/accuracy"):
         scalars = events.Scalars(tag)
         assert [s.step for s in scalars] == list(range(1, EPOCHS + 1)), tag
     for s in events.Scalars("val/loss"):
         assert s.value == pytest.approx(val[s.step]["loss"], rel=1e-6)  # stored as float32
-    lrs = [s.value for s in events.Scalars("lr")]
+    lrs = [s.value for s in events.Scalars("train/lr")]
     assert lrs[-1] < lrs[0]  # the default cosine schedule decays
+
+
+def test_tensorboard_has_the_config_as_hyperparameters_in_the_same_run(digits_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    tb = digits_run.path / "tensorboard"
+    assert not [p for p in tb.iterdir() if p.is_dir()]  # no sub-run (SummaryWriter.add_hparams makes one)
+    events = EventAccumulator(str(tb))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["optimizer.name"].string_value == "Adam"
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(0.003)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert {"val/loss", "val/accuracy", "test/accuracy"} <= metrics
 
 
 def test_checkpoints_load_safely_and_safetensors_holds_the_best_weights(digits_run):

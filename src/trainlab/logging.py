@@ -136,11 +136,42 @@ class MetricsFile(Callback):
         self.file.close()
 
 
-class TensorBoardScalars(Callback):
-    """train/val loss, metrics, LR, gradient norm and samples/s as TensorBoard scalars."""
+def _hparam_values(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as the flat {dotted.key: bool/int/float/str} that TensorBoard's hparams take
+    (lists and other values as their text, None as "none")."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_hparam_values(value, f"{prefix}{key}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[f"{prefix}{key}"] = value
+        else:
+            out[f"{prefix}{key}"] = "none" if value is None else json.dumps(_plain(value))
+    return out
 
-    def __init__(self, writer: Any):
+
+def log_hparams(writer: Any, config: dict[str, Any], metric_tags: list[str]) -> None:
+    """The config as hyperparameters of this run in TensorBoard's HPARAMS tab, next to the final
+    values of `metric_tags` (scalars this run already wrote, e.g. "val/loss", "test/accuracy").
+    SummaryWriter.add_hparams would write them into a new sub-run (a second entry per run); the
+    same three summaries written into the run's own event file keep one run."""
+    from torch.utils.tensorboard.summary import hparams
+
+    experiment, start, end = hparams(_hparam_values(config), {tag: 0.0 for tag in metric_tags})
+    file_writer = writer._get_file_writer()
+    for summary in (experiment, start, end):
+        file_writer.add_summary(summary)
+
+
+class TensorBoardScalars(Callback):
+    """train/val loss and metrics per epoch, the step loss, LR (train/lr, per step), gradient norm and
+    samples/s as TensorBoard scalars; at the end the test metrics and the config as hyperparameters
+    (`hparams`, else the run directory's config.yaml beside the writer's folder)."""
+
+    def __init__(self, writer: Any, hparams: dict[str, Any] | None = None):
         self.writer = writer
+        self.hparams = hparams
+        self.metric_tags: dict[str, None] = {}  # the epoch and test scalars written, in order
 
     def on_batch_end(self, step: int, logs: dict[str, Any]) -> None:
         if "loss" in logs:
@@ -152,18 +183,26 @@ class TensorBoardScalars(Callback):
                 self.writer.add_scalar(f"lr/{group}", lr, step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        # the LR is train/lr at its steps only: a per-epoch copy was the same curve on another x axis
         for split in ("train", "val"):
             for name, value in (logs.get(split) or {}).items():
                 if isinstance(value, (int, float)) and value is not None:
                     self.writer.add_scalar(f"{split}/{name}", value, epoch)
-        if logs.get("lr") is not None:
-            self.writer.add_scalar("lr", logs["lr"], epoch)
+                    self.metric_tags[f"{split}/{name}"] = None
         self.writer.flush()
 
     def on_train_end(self, logs: dict[str, Any]) -> None:
         for name, value in (logs.get("test") or {}).items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(f"test/{name}", value, logs["epoch"])
+                self.metric_tags[f"test/{name}"] = None
+        config = self.hparams
+        if config is None:
+            path = Path(self.writer.log_dir).parent / "config.yaml"
+            config = yaml.safe_load(path.read_text()) if path.is_file() else None
+        if isinstance(config, dict) and self.metric_tags:
+            tags = [t for t in self.metric_tags if not t.endswith(("samples_per_second", "data_wait_fraction"))]
+            log_hparams(self.writer, config, tags)
         self.writer.flush()
 
 
