@@ -197,9 +197,10 @@ class TensorBoardScalars(Callback):
                 self.writer.add_scalar(f"test/{name}", value, logs["epoch"])
                 self.metric_tags[f"test/{name}"] = None
         config = self.hparams
-        if config is None:
-            path = Path(self.writer.log_dir).parent / "config.yaml"
-            config = yaml.safe_load(path.read_text()) if path.is_file() else None
+        if config is None:  # the run directory's config.yaml, beside or above the event files' folder
+            log_dir = Path(self.writer.log_dir)
+            path = next((p for p in (log_dir / "config.yaml", log_dir.parent / "config.yaml") if p.is_file()), None)
+            config = yaml.safe_load(path.read_text()) if path is not None else None
         if isinstance(config, dict) and self.metric_tags:
             tags = [t for t in self.metric_tags if not t.endswith(("samples_per_second", "data_wait_fraction"))]
             log_hparams(self.writer, config, tags)
