@@ -209,7 +209,7 @@ def test_cli_prints_the_csv_warning_as_one_line(tmp_path, capsys):
 
     lines = ["age,outcome,weight"] + [f"{20 + i},{i % 2},{60 + 3 * i}" for i in range(40)]
     path = write(tmp_path / "people.csv", lines)
-    code, out, err = cli_in_process(capsys, "train", f"data.path={path}", "data.source=csv", "model.name=linear",
+    code, _, err = cli_in_process(capsys, "train", f"data.path={path}", "data.source=csv", "model.name=linear",
                                     "train.epochs=1", "--quiet", "--out", str(tmp_path / "run"))
     assert code == 0, err
     warning = [line for line in err.splitlines() if "data.target is not set" in line]

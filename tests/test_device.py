@@ -32,14 +32,15 @@ def test_busy_machine_note_names_the_fix_only_when_the_cores_are_taken(monkeypat
 def test_train_prints_the_busy_machine_note_once_on_stderr(tmp_path, capsys, monkeypatch):
     import os
 
-    from conftest import cli_in_process, tiny_config
     import yaml
+    from conftest import cli_in_process, tiny_config
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(train={"epochs": 1, "max_steps": 2, "device": "cpu"})))
-    code, out, err = cli_in_process(capsys, "train", str(cfg), "--quiet", "--out", str(tmp_path / "run"))
+    code, _, err = cli_in_process(capsys, "train", str(cfg), "--quiet", "--out", str(tmp_path / "run"))
     assert code == 0, err
-    assert [line for line in err.splitlines() if line.startswith("note: this machine is busy")] and "OMP_NUM_THREADS=1" in err
+    assert len([line for line in err.splitlines() if line.startswith("note: this machine is busy")]) == 1
+    assert "OMP_NUM_THREADS=1" in err

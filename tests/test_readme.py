@@ -13,7 +13,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -354,7 +354,7 @@ def _drawn(monkeypatch, draw):
     """The Figure a plot function builds, drawn (so text and bar extents are known), not written."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    import trainlab.report.plots as plots
+    from trainlab.report import plots
 
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)

@@ -39,7 +39,7 @@ class _Group(click.Group):
             _fail(str(e), 1)
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' signature
+def _format_warning(message, category, filename, lineno, line=None) -> str:
     """A warning on the console as one `warning: ...` line, not Python's file:line and source echo."""
     return f"warning: {message}\n"
 

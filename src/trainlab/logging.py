@@ -218,8 +218,7 @@ def _number(name: str, value: float) -> str:
     (0.8448, 0.002436, 1.000, 1653, 3.900e+30), right-aligned in 8 characters."""
     if name in _FRACTIONS and 0 <= value <= 1:
         return f"{value:.4f}"
-    text = f"{value:#.4g}"
-    return f"{text[:-1] if text.endswith('.') else text:>8}"
+    return f"{f'{value:#.4g}'.removesuffix('.'):>8}"
 
 
 def _fmt(logs: dict[str, Any]) -> str:
