@@ -160,8 +160,9 @@ def _auto_shallow(loaded: Any, base: float, large: float = 0.3) -> bool:
 
     train = _curve(loaded.history, "train")
     seconds = loaded.summary.get("train_time_seconds")
-    if not train or not math.isfinite(min(train)) or min(train) <= large * base or seconds is None:
-        return False
+    if loaded.summary.get("status") == "failed" or not train or not all(math.isfinite(v) for v in train) \
+            or min(train) <= large * base or seconds is None:
+        return False  # a diverged run is a numerical failure whatever a shallower model does
     try:
         shallower_model(loaded.config.to_dict()["model"])
     except ConfigError:
