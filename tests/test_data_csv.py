@@ -186,3 +186,31 @@ def test_binary_labels_outside_0_1_name_the_value(tmp_path):
     path = write(tmp_path / "b.csv", [f"{i},{1 + i % 2}" for i in range(10)])  # labels 1 and 2
     msg = error_of(path)
     assert "label 2" in msg and "[0, 2)" in msg and "b.csv" in msg
+
+
+def test_a_header_without_data_target_warns_and_the_target_name_is_in_the_info(tmp_path):
+    """A header and the target in the middle: unset data.target trains on the last column; say which, and warn."""
+    lines = ["age,outcome,weight"] + [f"{20 + i},{i % 2},{60.5 + 3.1 * i}" for i in range(12)]
+    path = write(tmp_path / "people.csv", lines)
+    with pytest.warns(UserWarning, match="data.target is not set, so the last column 'weight' is the target"):
+        b = bundle(path)
+    assert b.info["target"] == "weight" and b.task == "regression"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # named: no warning
+        b = bundle(path, target="outcome")
+        assert bundle(write(tmp_path / "diabetes.csv", ROWS)).info["target"] == "col8"  # no header: no warning
+    assert b.info["target"] == "outcome" and b.task == "binary"
+
+
+def test_cli_prints_the_csv_warning_as_one_line(tmp_path, capsys):
+    from conftest import cli_in_process
+
+    lines = ["age,outcome,weight"] + [f"{20 + i},{i % 2},{60 + 3 * i}" for i in range(40)]
+    path = write(tmp_path / "people.csv", lines)
+    code, _, err = cli_in_process(capsys, "train", f"data.path={path}", "data.source=csv", "model.name=linear",
+                                    "train.epochs=1", "--quiet", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if "data.target is not set" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning: ")

@@ -112,3 +112,32 @@ def test_baselines_are_constant_predictor_losses():
     assert baseline_loss("classification", labels) == pytest.approx(ce)
     assert baseline_loss("binary", torch.tensor([1.0, 0.0, 0.0, 0.0])) == pytest.approx(
         nn.functional.binary_cross_entropy(torch.full((4,), 0.25), torch.tensor([1.0, 0, 0, 0])).item())
+
+
+def _rows(train_losses, val_losses=None):
+    rows = [{"epoch": e, "split": "train", "loss": v} for e, v in enumerate(train_losses, 1)]
+    return rows + [{"epoch": e, "split": "val", "loss": v} for e, v in enumerate(val_losses or [], 1)]
+
+
+HEALTHY = {"flags": {"vanishing": False, "exploding": False, "dead_relu": False}, "messages": []}
+VANISHING = {"flags": {"vanishing": True, "exploding": False, "dead_relu": False},
+             "messages": ["vanishing gradients: 1, 3 get gradients 5.9e+04× smaller than later layers, so they barely train."]}
+
+
+def test_a_training_loss_above_the_constant_baseline_is_optimization_not_model_bias():
+    # lr=1000 on digits: the loss ends 718× the class prior's entropy (ln 10)
+    v = verdict(_rows([1900.0, 1653.0]), math.log(10), gradient_health=HEALTHY)
+    assert v["verdict"] == "optimization" and "718×" in v["explanation"]
+    assert "Lower the learning rate" in v["next_steps"][0]
+    # just above the baseline (learned nothing) is optimization too, without the learning-rate advice
+    v = verdict(_rows([2.31, 2.309]), 2.302, gradient_health=HEALTHY)
+    assert v["verdict"] == "optimization" and "got nowhere" in v["explanation"]
+    assert not v["next_steps"][0].startswith("Lower the learning rate")
+
+
+def test_vanishing_gradients_without_a_shallow_comparison_are_optimization():
+    v = verdict(_rows([1.5, 1.4]), 2.302, gradient_health=VANISHING)
+    assert v["verdict"] == "optimization" and "vanishing gradients: 1, 3" in v["explanation"]
+    # healthy gradients and no comparison: model bias, as before; a shallower model no better: model bias
+    assert verdict(_rows([1.5, 1.4]), 2.302, gradient_health=HEALTHY)["verdict"] == "model_bias"
+    assert verdict(_rows([1.5, 1.4]), 2.302, shallow={"loss": 1.45}, gradient_health=VANISHING)["verdict"] == "model_bias"

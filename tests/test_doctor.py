@@ -1,6 +1,7 @@
 """`doctor` and `lr_find` on real tiny runs: verdicts, critical-point kinds, summary.json, the plot."""
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,8 @@ import torch
 from trainlab.diagnose.doctor import doctor, format_diagnosis, format_lr_find, lr_find, shallower_model
 from trainlab.errors import ConfigError
 from trainlab.run import train
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 SOURCE = '''
 import torch
@@ -100,3 +103,38 @@ def test_lr_find_on_a_config_suggests_a_rate_below_divergence_and_saves_the_plot
     assert (tmp_path / "lrf" / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert r["stopped_early"] and r["suggestion_valley"] < r["divergence_lr"]
     assert "suggested learning rate" in format_lr_find(r)
+
+
+@pytest.mark.parametrize("example, trains_with", [("digits_cnn", 3e-3), ("digits_mlp_shallow", 0.05)])
+def test_lr_find_on_examples_suggests_near_the_lr_that_trains_them_and_keeps_to_the_run_folder(
+        tmp_path, monkeypatch, example, trains_with):
+    """The examples train well with Adam 3e-3 and SGD (momentum 0.9) 0.05; the suggestion is within 3x.
+    With runs/<name> holding a finished run, the plot goes into it: no runs/<name>-2 appears."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / example).mkdir(parents=True)
+    (tmp_path / "runs" / example / "summary.json").write_text('{"status": "completed"}')
+    r = lr_find(EXAMPLES / f"{example}.yaml")
+    assert trains_with / 3 < r["suggestion"] < trains_with * 3, format_lr_find(r)
+    assert r["plot"] == str(Path("runs") / example / "lr_find.png") and Path(r["plot"]).is_file()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [example]
+
+
+def test_deep_sigmoid_example_is_optimization_by_default_with_the_gradient_evidence(tmp_path):
+    """examples/digits_mlp_deep.yaml stays at chance (its first layers get ~1e-4 of the last ones' gradient):
+    plain `doctor` must not call that model bias; the shallower model is cheap, so it is trained unasked."""
+    out = tmp_path / "deep"
+    train(EXAMPLES / "digits_mlp_deep.yaml", out=out, quiet=True)
+    d = doctor(out)
+    assert d["verdict"] == "optimization", d["explanation"]
+    assert "vanishing gradients" in d["explanation"]
+    assert d["shallow"]["automatic"] and d["shallow"]["loss"] < 0.5 * d["numbers"]["train_loss"]
+    assert "trained because this run was cheap" in format_diagnosis(d)
+
+
+def test_lr_1000_run_far_above_the_baseline_is_an_optimization_failure(tmp_path):
+    out = tmp_path / "lr1000"
+    train(EXAMPLES / "digits_mlp_shallow.yaml", {"optimizer.lr": 1000, "train.epochs": 2}, out=out, quiet=True)
+    d = doctor(out, compare_shallow=False)
+    assert d["numbers"]["train_ratio"] > 10 and "shallow" not in d
+    assert d["verdict"] == "optimization", d["explanation"]
+    assert "Lower the learning rate" in d["next_steps"][0]

@@ -4,8 +4,10 @@ model.safetensors, and the console (progress bars off with --quiet / TQDM_DISABL
 per epoch otherwise). Most tests read the session's digits run (conftest.py)."""
 from __future__ import annotations
 
+import io
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -94,15 +96,33 @@ def test_tensorboard_scalars_read_back_one_value_per_epoch(digits_run):
     events = EventAccumulator(str(digits_run.path / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/loss", "val/accuracy", "lr"} <= tags
+    assert {"train/loss", "val/loss", "val/accuracy", "train/lr"} <= tags
+    assert "lr" not in tags  # one LR curve (train/lr, per step), not a per-epoch duplicate on another axis
     val = {r["epoch"]: r for r in metrics_rows(digits_run) if r.get("kind") == "epoch" and r["split"] == "val"}
-    for tag in ("train/loss", "val/loss", "val/accuracy", "lr"):
+    for tag in ("train/loss", "val/loss", "val/accuracy"):
         scalars = events.Scalars(tag)
         assert [s.step for s in scalars] == list(range(1, EPOCHS + 1)), tag
     for s in events.Scalars("val/loss"):
         assert s.value == pytest.approx(val[s.step]["loss"], rel=1e-6)  # stored as float32
-    lrs = [s.value for s in events.Scalars("lr")]
+    lrs = [s.value for s in events.Scalars("train/lr")]
     assert lrs[-1] < lrs[0]  # the default cosine schedule decays
+
+
+def test_tensorboard_has_the_config_as_hyperparameters_in_the_same_run(digits_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    tb = digits_run.path / "tensorboard"
+    assert not [p for p in tb.iterdir() if p.is_dir()]  # no sub-run (SummaryWriter.add_hparams makes one)
+    events = EventAccumulator(str(tb))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["optimizer.name"].string_value == "Adam"
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(0.003)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert {"val/loss", "val/accuracy", "test/accuracy"} <= metrics
 
 
 def test_checkpoints_load_safely_and_safetensors_holds_the_best_weights(digits_run):
@@ -136,6 +156,7 @@ def short_run(capsys, tmp_path, *extra: str) -> tuple[int, str, str]:
 
 def test_progress_bars_and_epoch_lines_without_quiet(tmp_path, capsys, monkeypatch, no_report):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # stderr is a terminal: bars
     code, out, err = short_run(capsys, tmp_path)
     assert code == 0, err
     assert "%|" in err and "epoch 1/2" in err  # a tqdm bar per epoch, on stderr
@@ -151,12 +172,66 @@ def test_progress_bar_shows_loss_speed_data_wait_and_mfu(monkeypatch):
     from trainlab.logging import ConsoleProgress
 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    progress = ConsoleProgress(steps_per_epoch=4, epochs=1, stream=io.StringIO())
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    progress = ConsoleProgress(steps_per_epoch=4, epochs=1, stream=Terminal())
     progress.on_epoch_begin(1, {})
     progress.on_batch_end(1, {"epoch": 1, "steps_since": 1, "loss": 0.5, "samples_per_second": 12345.0,
                               "data_wait_fraction": 0.25, "mfu": 0.123})
     assert progress.bar.postfix == "loss=0.5000, samples/s=12,345, data wait=25%, mfu=12.3%"
     assert progress.bar.n == 1
+
+
+def test_redirected_stderr_gets_one_line_per_epoch_and_no_bar_frames(tmp_path, capsys, monkeypatch, no_report):
+    """`trainlab train 2> log`: tqdm wrote a frame per refresh (58 for two short epochs) into the file."""
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert not sys.stderr.isatty()  # pytest's capture, like a file
+    code, out, err = short_run(capsys, tmp_path)
+    assert code == 0, err
+    assert "\r" not in err and "%|" not in err and "it/s" not in err
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
+
+
+def test_epoch_lines_have_fixed_width_numbers_that_align(capsys, monkeypatch):
+    from trainlab.logging import ConsoleProgress
+
+    progress = ConsoleProgress(steps_per_epoch=4, epochs=12, stream=io.StringIO())
+    rows = [(1, {"loss": 0.8448, "accuracy": 0.9, "samples_per_second": 8090.0}, {"loss": 0.3573, "accuracy": 0.8778}),
+            (12, {"loss": 0.001159, "accuracy": 1.0, "samples_per_second": 12627.0}, {"loss": 1653.0, "accuracy": 1.0})]
+    capsys.readouterr()
+    for epoch, train, val in rows:
+        progress.on_epoch_end(epoch, {"train": train, "val": val, "lr": 0.003, "step": 40 * epoch})
+    lines = capsys.readouterr().out.splitlines()
+    assert "acc 1.0000" in lines[1] and "acc 0.9000" in lines[0] and "acc 1 " not in lines[1]
+    assert lines[0].startswith("epoch  1/12 |") and "loss 0.001159" in lines[1] and "loss     1653" in lines[1]
+    for word in ("train", "val", "lr", "samples/s"):  # every column starts at the same place
+        assert lines[0].index(word) == lines[1].index(word), (word, lines)
+
+
+def test_no_bars_in_a_notebook_without_ipywidgets(monkeypatch):
+    import warnings
+
+    import trainlab.logging as tl
+
+    monkeypatch.setattr(tl, "in_notebook", lambda: True)
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # `import ipywidgets` raises ImportError
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tqdm's "IProgress not found" fallback warning would fail here
+        assert tl.progress_bar_class(sys.stderr) is None
+        assert tl.ConsoleProgress(steps_per_epoch=4, epochs=1).bars_off
+
+
+def test_in_a_notebook_the_model_summary_is_one_collapsed_block(monkeypatch):
+    import trainlab.logging as tl
+
+    monkeypatch.setattr(tl, "in_notebook", lambda: True)
+    shown = []
+    display = pytest.importorskip("IPython.display")
+    monkeypatch.setattr(display, "display", shown.append)
+    tl.show_model_summary("Layer ...\nTotal params: 25,610\nTrainable params: 25,610")
+    assert len(shown) == 1 and "<details><summary>model summary (25,610 parameters)</summary>" in shown[0].data
 
 
 def test_quiet_prints_no_bars_and_no_epoch_lines(tmp_path, capsys, monkeypatch, no_report):

@@ -1,6 +1,7 @@
 """LR range test: exact restore, divergence where theory puts it, NaN-tolerant suggestions."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -85,3 +86,23 @@ def test_stops_at_first_nan_and_plots(tmp_path):
     assert r["stopped_early"] and len(r["all_lrs"]) == 40 and all(math.isfinite(v) for v in r["raw_losses"])
     png = plot_lr_find(r, tmp_path / "plots" / "lr_find.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_suggestion_is_on_the_descent_not_on_early_noise_or_a_recovery():
+    """Flat for 5 decades with a wiggle at the start, the real fall over 1e-3..1e-2, a blow-up, then a
+    recovery: the headline is the steep part of the real fall, not the wiggle nor the recovery."""
+    lrs = list(np.logspace(-7, 1, 100))
+    x = np.log10(lrs)
+    losses = 2.3 - 0.3 / (1 + np.exp(-(x + 2.5) * 4))  # logistic fall centred at 10^-2.5
+    losses[1:4] -= 0.05  # a dip in the noisy, barely smoothed first points
+    losses[x > -1.5] += 4.0 * (x[x > -1.5] + 1.5)  # blow-up from 10^-1.5 to 6 ...
+    losses[x > -0.5] = 6.0 - 2.5 * (x[x > -0.5] + 0.5)  # ... then a steeper fall to 2.25: only recovery
+    lr = suggest_steepest(lrs, list(losses))
+    assert 10**-3.3 < lr < 10**-2.4  # steepest at 10^-2.5, capped at a tenth of the lowest loss's LR
+
+
+def test_a_flat_curve_gets_no_suggestion():
+    lrs = list(np.logspace(-7, 1, 100))
+    losses = 1.1 + 0.003 * np.sin(np.arange(100))  # noise only, then it blows up
+    losses[90:] += np.arange(10)
+    assert suggest_steepest(lrs, list(losses)) is None

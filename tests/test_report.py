@@ -323,3 +323,94 @@ def test_tensorboard_extras_logs_images_graph_histograms_and_confusion_matrix(tm
     assert hist.min == pytest.approx(last_grad.min().item(), rel=1e-5)
     assert hist.max == pytest.approx(last_grad.max().item(), rel=1e-5)
     assert cb.state_dict() == {"epochs_done": 4}
+
+
+def test_tensorboard_extras_accepts_a_compiled_model(tmp_path):
+    """train.compile=true hands the callback torch.compile's wrapper, whose truth value is len(): it raised
+    `TypeError: SmallCNN does not support len()`. The callback works on the module inside."""
+    torch = pytest.importorskip("torch")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from trainlab.models.zoo import SmallCNN
+    from trainlab.report.tensorboard_extras import TensorBoardExtras
+
+    model = SmallCNN((1, 8, 8), 10)
+    compiled = torch.compile(model)  # lazy: nothing compiles unless it is called
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    cb = TensorBoardExtras(writer)
+    cb.on_train_begin({"model": compiled, "sample_batch": (torch.randn(4, 1, 8, 8), None)})
+    assert cb.model is model
+    cb.on_train_end({"step": 0})
+    writer.close()
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert "weights/first_conv_kernels" in acc.Tags()["images"] and acc.Tags()["graph"] is True
+
+
+# ----------------------------------------------------------------------------- layout and smoothing
+
+def _drawn(monkeypatch, draw):
+    """The Figure a plot function builds, drawn (so text and bar extents are known), not written."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from trainlab.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    draw(plots)
+    fig = figures[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    return fig, renderer
+
+
+def test_smoothed_step_loss_does_not_lag_the_raw_loss(monkeypatch, tmp_path):
+    """A one-way EMA (0.9) trails a falling loss by ~9 points (~100 steps at 10 steps per row)."""
+    steps = [{"epoch": 1, "step": 10 * i, "split": "train", "kind": "step", "loss": 3.0 - 0.01 * i} for i in range(200)]
+    fig, _ = _drawn(monkeypatch, lambda p: p.plot_loss_curves(steps, tmp_path / "loss.png"))
+    raw, smooth = (line.get_ydata() for line in fig.axes[1].lines[:2])
+    np.testing.assert_allclose(smooth, raw, atol=1e-9)  # a straight line stays put; the old EMA was 0.09 off
+
+
+def test_conv_kernel_title_does_not_touch_the_kernel_labels(monkeypatch, tmp_path):
+    import matplotlib.text
+
+    w = np.random.default_rng(0).normal(size=(32, 1, 3, 3)).astype(np.float32)
+    fig, renderer = _drawn(monkeypatch, lambda p: p.plot_conv_kernels(w, tmp_path / "k.png"))
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
+    title = next(t for t in texts if t.get_text().startswith("first conv layer"))
+    labels = [t for t in texts if t.get_text().isdigit()]
+    assert len(labels) == 32
+    box = title.get_window_extent(renderer)
+    assert not [t.get_text() for t in labels if box.overlaps(t.get_window_extent(renderer))]
+
+
+def test_precision_recall_legend_covers_no_bar(monkeypatch, tmp_path):
+    target = np.repeat(np.arange(4), 10)
+    fig, renderer = _drawn(monkeypatch, lambda p: p.plot_precision_recall(target, target, list("abcd"), tmp_path / "pr.png"))
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    bars = [b.get_window_extent(renderer) for b in ax.patches]
+    assert len(bars) == 8 and not [b for b in bars if legend.overlaps(b)]  # perfect scores: bars reach 1.0
+
+
+def test_best_table_is_one_row_per_split_not_one_column_per_key():
+    from trainlab.report.html import _best
+
+    best = {"metric": "val_loss", "value": 0.0529, "epoch": 9, "train_loss": 0.0043, "train_accuracy": 0.9992,
+            "train_samples_per_second": 8551.3, "val_loss": 0.0529, "val_accuracy": 0.9889, "val_f1": 0.9889}
+    page = _Collector()
+    page.feed(_best(best))
+    text = " ".join(page.text)
+    assert "Best checkpoint: epoch 9, chosen by val_loss = 0.0529." in text
+    head = text.split("split", 1)[1].split("train")[0].split()
+    assert head == ["loss", "accuracy", "samples_per_second", "f1"]  # columns: metrics, not split_metric keys
+    assert "val_accuracy" not in text
+
+
+def test_centred_smoothing_removes_noise():
+    from trainlab.report.plots import smooth_centred
+
+    noisy = np.tile([0.0, 2.0], 50)
+    assert smooth_centred(noisy)[10:-10].std() < 0.1 * noisy.std() and len(smooth_centred(noisy)) == 100

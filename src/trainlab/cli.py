@@ -39,10 +39,18 @@ class _Group(click.Group):
             _fail(str(e), 1)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning on the console as one `warning: ...` line, not Python's file:line and source echo."""
+    return f"warning: {message}\n"
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="trainlab")
 def cli() -> None:
     """trainlab: train, evaluate, diagnose and use PyTorch models from a short YAML file."""
+    import warnings
+
+    warnings.formatwarning = _format_warning
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -91,6 +99,12 @@ def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, sm
         warnings.simplefilter("ignore")
     if resume and out is None:
         out = default_run_dir(cfg, existing=True)
+    if world_size == 1:  # workers of --nproc / torchrun get their thread count from the launcher
+        from trainlab.engine.device import busy_machine_note
+
+        note = busy_machine_note(cfg.train.device)
+        if note:
+            click.echo(note, err=True)
     try:
         run_train(cfg, out=out, resume=resume, quiet=quiet)
     finally:
@@ -176,9 +190,11 @@ def compare(run_dirs: tuple[Path, ...], out: Path | None) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--compare-shallow", is_flag=True, help="also train a shallower model to tell model bias from optimization")
+@click.option("--compare-shallow/--no-compare-shallow", default=None,
+              help="train a shallower model to tell model bias from optimization (default: when the training loss "
+                   "is large and the run trained for at most a minute)")
 @click.option("--batch-sizes", is_flag=True, help="also time updates for batch sizes 1, 2, 4, ...")
-def doctor(run_dir: Path, compare_shallow: bool, batch_sizes: bool) -> None:
+def doctor(run_dir: Path, compare_shallow: bool | None, batch_sizes: bool) -> None:
     """Why is training not good? Loss flowchart, critical point, gradient health."""
     from trainlab.diagnose.doctor import doctor as run_doctor, format_diagnosis
 

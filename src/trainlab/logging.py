@@ -145,11 +145,42 @@ class MetricsFile(Callback):
         self.file.close()
 
 
-class TensorBoardScalars(Callback):
-    """train/val loss, metrics, LR, gradient norm and samples/s as TensorBoard scalars."""
+def _hparam_values(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as the flat {dotted.key: bool/int/float/str} that TensorBoard's hparams take
+    (lists and other values as their text, None as "none")."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_hparam_values(value, f"{prefix}{key}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[f"{prefix}{key}"] = value
+        else:
+            out[f"{prefix}{key}"] = "none" if value is None else json.dumps(_plain(value))
+    return out
 
-    def __init__(self, writer: Any):
+
+def log_hparams(writer: Any, config: dict[str, Any], metric_tags: list[str]) -> None:
+    """The config as hyperparameters of this run in TensorBoard's HPARAMS tab, next to the final
+    values of `metric_tags` (scalars this run already wrote, e.g. "val/loss", "test/accuracy").
+    SummaryWriter.add_hparams would write them into a new sub-run (a second entry per run); the
+    same three summaries written into the run's own event file keep one run."""
+    from torch.utils.tensorboard.summary import hparams
+
+    experiment, start, end = hparams(_hparam_values(config), {tag: 0.0 for tag in metric_tags})
+    file_writer = writer._get_file_writer()
+    for summary in (experiment, start, end):
+        file_writer.add_summary(summary)
+
+
+class TensorBoardScalars(Callback):
+    """train/val loss and metrics per epoch, the step loss, LR (train/lr, per step), gradient norm and
+    samples/s as TensorBoard scalars; at the end the test metrics and the config as hyperparameters
+    (`hparams`, else the run directory's config.yaml beside the writer's folder)."""
+
+    def __init__(self, writer: Any, hparams: dict[str, Any] | None = None):
         self.writer = writer
+        self.hparams = hparams
+        self.metric_tags: dict[str, None] = {}  # the epoch and test scalars written, in order
 
     def on_batch_end(self, step: int, logs: dict[str, Any]) -> None:
         if "loss" in logs:
@@ -161,42 +192,105 @@ class TensorBoardScalars(Callback):
                 self.writer.add_scalar(f"lr/{group}", lr, step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        # the LR is train/lr at its steps only: a per-epoch copy was the same curve on another x axis
         for split in ("train", "val"):
             for name, value in (logs.get(split) or {}).items():
                 if isinstance(value, (int, float)) and value is not None:
                     self.writer.add_scalar(f"{split}/{name}", value, epoch)
-        if logs.get("lr") is not None:
-            self.writer.add_scalar("lr", logs["lr"], epoch)
+                    self.metric_tags[f"{split}/{name}"] = None
         self.writer.flush()
 
     def on_train_end(self, logs: dict[str, Any]) -> None:
         for name, value in (logs.get("test") or {}).items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(f"test/{name}", value, logs["epoch"])
+                self.metric_tags[f"test/{name}"] = None
+        config = self.hparams
+        if config is None:  # the run directory's config.yaml, beside or above the event files' folder
+            log_dir = Path(self.writer.log_dir)
+            path = next((p for p in (log_dir / "config.yaml", log_dir.parent / "config.yaml") if p.is_file()), None)
+            config = yaml.safe_load(path.read_text()) if path is not None else None
+        if isinstance(config, dict) and self.metric_tags:
+            tags = [t for t in self.metric_tags if not t.endswith(("samples_per_second", "data_wait_fraction"))]
+            log_hparams(self.writer, config, tags)
         self.writer.flush()
 
 
 _SHORT = {"accuracy": "acc"}
 _NOT_METRICS = ("samples_per_second", "data_wait_fraction")
+_FRACTIONS = ("accuracy", "f1", "precision", "recall", "auroc")  # always in [0, 1]: four decimals
+
+
+def _number(name: str, value: float) -> str:
+    """One value of an epoch line at a fixed width, so that the columns of successive lines align:
+    a fraction as 0.9833 / 1.0000, anything else with 4 significant digits, trailing zeros kept
+    (0.8448, 0.002436, 1.000, 1653, 3.900e+30), right-aligned in 8 characters."""
+    if name in _FRACTIONS and 0 <= value <= 1:
+        return f"{value:.4f}"
+    return f"{f'{value:#.4g}'.removesuffix('.'):>8}"
 
 
 def _fmt(logs: dict[str, Any]) -> str:
-    return " ".join(f"{_SHORT.get(k, k)} {v:.4g}" for k, v in logs.items()
+    return " ".join(f"{_SHORT.get(k, k)} {_number(k, v)}" for k, v in logs.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_METRICS)
 
 
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel (notebook, lab, VS Code, Colab): tqdm.autonotebook's own test."""
+    if "ipykernel.zmqshell" not in sys.modules:
+        return False
+    shell = sys.modules["IPython"].get_ipython()
+    return shell is not None and "zmq" in type(shell).__name__.lower()
+
+
+def progress_bar_class(stream: Any) -> Any:
+    """The tqdm class for progress bars on `stream`, or None for no bars (one line per epoch only):
+    tqdm.notebook's widget bar in a notebook with ipywidgets; none in a notebook without them
+    (tqdm's fallback writes a frame per refresh into the cell: noise, and a warning); the terminal
+    bar when `stream` is a terminal; none when it is redirected to a file or a pipe (every refresh
+    would be a frame in the log)."""
+    if in_notebook():
+        try:
+            import ipywidgets  # noqa: F401 - tqdm.notebook draws with it
+        except ImportError:
+            return None
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        return notebook_tqdm
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        from tqdm import tqdm
+
+        return tqdm
+    return None
+
+
+def show_model_summary(text: str, stream: Any = None) -> None:
+    """The torchinfo summary: printed in a terminal; in a notebook a collapsed block (one line until
+    opened), so that a cell that trains shows the progress, not 28 lines of table."""
+    if in_notebook():
+        import html
+
+        from IPython.display import HTML, display
+
+        total = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Total params")), "")
+        display(HTML(f"<details><summary>model summary ({total} parameters)</summary>"
+                     f"<pre>{html.escape(text)}</pre></details>"))
+        return
+    print(text, file=stream or sys.stdout, flush=True)
+
+
 class ConsoleProgress(Callback):
-    """A tqdm bar per epoch (loss, metric, samples/s) and a summary line per epoch.
-    Silenced by `quiet` or TQDM_DISABLE=1; in notebooks tqdm.auto gives widget bars."""
+    """A tqdm bar per epoch (loss, metric, samples/s) where the output is a terminal or a notebook
+    with ipywidgets (`progress_bar_class`), and a summary line per epoch always (unless `quiet`).
+    TQDM_DISABLE=1 turns the bars off too."""
 
     def __init__(self, steps_per_epoch: int, epochs: int, quiet: bool = False, stream=None):
-        from tqdm.auto import tqdm
-
-        self.tqdm = tqdm
         self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
-        self.bars_off = quiet or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
         self.quiet = quiet
         self.stream = stream or sys.stderr
+        self.tqdm = None if quiet or os.environ.get("TQDM_DISABLE", "") not in ("", "0") else progress_bar_class(self.stream)
+        self.bars_off = self.tqdm is None
         self.bar = None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None:
@@ -227,13 +321,13 @@ class ConsoleProgress(Callback):
             self.bar = None
         if not self.quiet:
             train = logs.get("train") or {}
-            parts = [f"epoch {epoch}/{self.epochs}", f"train {_fmt(train)}"]
+            parts = [f"epoch {epoch:>{len(str(self.epochs))}}/{self.epochs}", f"train {_fmt(train)}"]
             if logs.get("val"):
                 parts.append(f"val {_fmt(logs['val'])}")
             if logs.get("lr") is not None:
-                parts.append(f"lr {logs['lr']:.3g}")
+                parts.append(f"lr {logs['lr']:.2e}")
             if train.get("samples_per_second"):
-                speed = f"{train['samples_per_second']:,.0f} samples/s"
+                speed = f"{train['samples_per_second']:>7,.0f} samples/s"
                 if logs.get("eval_samples_per_second"):
                     speed += f" (eval {logs['eval_samples_per_second']:,.0f})"
                 parts.append(speed)

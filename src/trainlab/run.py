@@ -28,7 +28,7 @@ from trainlab.engine.callbacks import Callback
 from trainlab.engine.device import apply_determinism, check_resume_device, resolve_device, unwrap
 from trainlab.engine.loop import Trainer, steps_per_epoch
 from trainlab.errors import CheckpointError, ConfigError, Interrupted, RunFailed, TrainlabError
-from trainlab.logging import ConsoleProgress, MetricsFile, RunDir, TensorBoardScalars
+from trainlab.logging import ConsoleProgress, MetricsFile, RunDir, TensorBoardScalars, show_model_summary
 from trainlab.metrics import TaskMetrics
 from trainlab.pipeline import Pipeline, build_pipeline, data_line, measure_flops, prepare_model
 
@@ -225,7 +225,7 @@ def _open_run(run: RunDir | None, pipe: Pipeline, resume_state: dict[str, Any] |
     if pipe.bundle.split_indices:  # which samples each split holds: reference tests, a user's own analysis
         np.savez_compressed(run.path / "splits.npz", **pipe.bundle.split_indices)
     if not quiet:
-        print(pipe.summary)
+        show_model_summary(pipe.summary)  # collapsed in a notebook
         print(data_line(pipe.bundle))
         print(f"monitor: {pipe.monitor.name} ({pipe.monitor.mode}) decides best.pt")
         if world_size > 1:
@@ -250,7 +250,7 @@ def _run_callbacks(run: RunDir | None, pipe: Pipeline, resume_state: dict[str, A
     cfg = pipe.config
     return [MetricsFile(run.metrics, truncate_after_step=resume_state["global_step"] if resume_state else None,
                         completed_epochs=resume_state["epoch"] if resume_state else None),
-            TensorBoardScalars(writer),
+            TensorBoardScalars(writer, hparams=cfg.to_dict()),
             ConsoleProgress(steps_per_epoch(len(pipe.train_loader), cfg.train.grad_accum), cfg.train.epochs, quiet=quiet),
             LayerStatsCallback(run.path),
             TensorBoardExtras(writer, cfg.train.histogram_every, sample_batch(pipe.bundle.train, 16),

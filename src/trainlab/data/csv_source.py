@@ -12,6 +12,7 @@ import gzip
 import io
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +197,11 @@ def csv_source(cfg: DataConfig) -> SourceData:
         raise ConfigError("data.path: the csv source needs data.path, the CSV file to read (.csv or .csv.gz)")
     table = read_table(cfg.path, cfg.header, cfg.delimiter)
     target = resolve_column(table, cfg.target if cfg.target is not None else -1, "data.target")
+    if cfg.target is None and table.header:
+        # a header names the columns: the last one is a guess worth saying out loud
+        warnings.warn(f"{table.path}: data.target is not set, so the last column {table.names[target]!r} is the "
+                      f"target; the header names the columns {', '.join(table.names)}: set data.target to the one to "
+                      "predict (this warning then goes away)", stacklevel=2)
     if cfg.features is not None:
         features = [resolve_column(table, f, "data.features") for f in cfg.features]
         if target in features:
@@ -228,8 +234,10 @@ def csv_source(cfg: DataConfig) -> SourceData:
     feature_names = [table.names[j] for j in features]
     csv_info = {"columns": table.names, "header": table.header, "delimiter": table.delimiter,
                 "target": table.names[target], "features": feature_names}
+    # info["target"]: the target column's name, for the console's data line and summary.json's data_info
     return SourceData(train=ArrayDataset(x, y), class_names=class_names, feature_names=feature_names,
-                      info={"path": table.path, "rows": len(table.rows), "preprocessing": {"csv": csv_info}})
+                      info={"path": table.path, "rows": len(table.rows), "target": table.names[target],
+                            "preprocessing": {"csv": csv_info}})
 
 
 def read_features(path: str | Path, csv_info: dict) -> torch.Tensor:

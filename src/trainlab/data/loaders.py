@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from trainlab.data.base import ArrayDataset
 from trainlab.data.transforms import BatchTransform
@@ -291,7 +291,10 @@ def as_loader(data: Any, batch_size: int, *, shuffle: bool, seed: int = 0, devic
     resumable DataLoader path."""
     if not isinstance(data, Dataset) and hasattr(data, "__iter__"):
         return data
-    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+    if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset) and len(data.dataset.tensors) == 2:
+        index = torch.as_tensor(data.indices, dtype=torch.long)  # random_split(TensorDataset(x, y), ...)
+        data = ArrayDataset(*(t[index] for t in data.dataset.tensors))
+    elif isinstance(data, TensorDataset) and len(data.tensors) == 2:
         data = ArrayDataset(*data.tensors)  # the same samples, batched by index_select instead of per item
     return make_loader(data, batch_size, shuffle=shuffle, seed=seed, device=device, rank=rank, world_size=world_size)
 

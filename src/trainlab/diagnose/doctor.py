@@ -2,8 +2,8 @@
 
 doctor loads the run (config, data, best weights), walks the loss flowchart on its metrics, finds
 what kind of point the best weights sit at, reads the gradient health from layer_stats.jsonl (or
-takes one snapshot), optionally trains a shallower model (--compare-shallow) and times batch sizes
-(--batch-sizes), then writes everything into summary.json["diagnosis"] and re-renders report.html.
+takes one snapshot), trains a shallower model (--compare-shallow, or unasked when the training loss
+is large and the run was cheap) and optionally times batch sizes (--batch-sizes), then writes everything into summary.json["diagnosis"] and re-renders report.html.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from trainlab.diagnose.lr_finder import lr_range_test, plot_lr_find
 from trainlab.errors import ConfigError
 
 CRITICAL_BATCH = 256  # samples in the fixed batch of the Hessian analysis and gradient snapshot
+SHALLOW_AUTO_SECONDS = 60.0  # doctor trains a shallower model unasked when the run trained at most this long
 
 
 def _first_batch(dataset: Any, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,33 +151,59 @@ def _batch_sweep(loaded: Any, time_limit: float = 30.0) -> dict[str, Any]:
     return {"rows": rows, "largest_free_batch": largest_free_batch(rows), "plot": str(plot)}
 
 
-def doctor(run_dir: str | Path, compare_shallow: bool = False, batch_sizes: bool = False,
+def _auto_shallow(loaded: Any, base: float, large: float = 0.3) -> bool:
+    """Whether doctor trains a shallower model by default: the training loss is large (the one
+    question the comparison answers), a shallower variant of the model is known, and the run was
+    cheap (at most SHALLOW_AUTO_SECONDS of training; the shallower model costs less)."""
+    from trainlab.diagnose.flowchart import _curve
+
+    train = _curve(loaded.history, "train")
+    seconds = loaded.summary.get("train_time_seconds")
+    if loaded.summary.get("status") == "failed" or not train or not all(math.isfinite(v) for v in train) \
+            or min(train) <= large * base or seconds is None:
+        return False  # a diverged run is a numerical failure whatever a shallower model does
+    try:
+        shallower_model(loaded.config.to_dict()["model"])
+    except ConfigError:
+        return False
+    return seconds <= SHALLOW_AUTO_SECONDS
+
+
+def doctor(run_dir: str | Path, compare_shallow: bool | None = None, batch_sizes: bool = False,
            hvp_budget: int = 20) -> dict[str, Any]:
-    """Diagnose a finished (or failed) run; writes summary.json["diagnosis"] and returns it."""
+    """Diagnose a finished (or failed) run; writes summary.json["diagnosis"] and returns it.
+
+    compare_shallow: True trains a shallower model on the same data and budget, False never does,
+    None (the default) does when it is cheap and would change the answer (see `_auto_shallow`)."""
     from trainlab.logging import RunDir
     from trainlab.finished import load_run
 
     loaded = load_run(run_dir)
     bundle, summary = loaded.bundle, loaded.summary
     base = baseline_loss(bundle.task, _targets(bundle.train))
-    shallow = _compare_shallow(loaded) if compare_shallow else None
-    diverged = summary.get("status") == "failed"
-    diagnosis = verdict(loaded.history, base, shallow=shallow, holdout=_holdout(loaded), diverged=diverged)
-    if shallow is not None:
-        diagnosis["shallow"] = shallow
-    diagnosis["numbers"]["train_loss_best_weights"] = _loss_on(loaded, bundle.train)  # eval mode, no dropout
 
     # Where did optimization end? The last weights, not the best-on-validation ones.
     model, weights = _last_weights(loaded)
     batch = _first_batch(bundle.train, CRITICAL_BATCH, loaded.device)
+    rows = read_layer_stats(run_dir)
+    health = gradient_health(rows if rows else gradient_snapshot(model, loaded.loss_fn, batch))
+    health["source"] = "layer_stats.jsonl" if rows else f"one backward pass at the {weights} weights"
+
+    auto = compare_shallow is None and _auto_shallow(loaded, base)
+    shallow = _compare_shallow(loaded) if compare_shallow or auto else None
+    if shallow is not None:
+        shallow["automatic"] = auto  # trained without --compare-shallow because it was cheap
+    diverged = summary.get("status") == "failed"
+    diagnosis = verdict(loaded.history, base, shallow=shallow, holdout=_holdout(loaded), diverged=diverged,
+                        gradient_health=health)
+    if shallow is not None:
+        diagnosis["shallow"] = shallow
+    diagnosis["numbers"]["train_loss_best_weights"] = _loss_on(loaded, bundle.train)  # eval mode, no dropout
     try:
         diagnosis["critical_point"] = critical_point(model, loaded.loss_fn, batch, hvp_budget=hvp_budget)
         diagnosis["critical_point"].update(batch_size=len(batch[1]), weights=weights)
     except RuntimeError as e:  # e.g. an op without a double backward (cuDNN RNNs)
         diagnosis["critical_point"] = {"kind": "unavailable", "error": str(e).splitlines()[0]}
-    rows = read_layer_stats(run_dir)
-    health = gradient_health(rows if rows else gradient_snapshot(model, loaded.loss_fn, batch))
-    health["source"] = "layer_stats.jsonl" if rows else f"one backward pass at the {weights} weights"
     diagnosis["gradient_health"] = health
     if batch_sizes:
         diagnosis["batch_sizes"] = _batch_sweep(loaded)
@@ -192,6 +219,10 @@ def format_diagnosis(d: dict[str, Any]) -> str:
     """The diagnosis for the console."""
     lines = [f"verdict: {d['verdict']}", "", d["explanation"], "", "next steps:"]
     lines += [f"  - {s}" for s in d["next_steps"]]
+    sh = d.get("shallow")
+    if sh:
+        lines += ["", f"shallower model: training loss {sh['loss']:.4g} ({sh['run_dir']}"
+                  + ("; trained because this run was cheap, --no-compare-shallow skips it)" if sh.get("automatic") else ")")]
     cp = d.get("critical_point") or {}
     if cp:
         lines += ["", f"critical point: {cp['kind']}"]
@@ -224,7 +255,10 @@ def format_diagnosis(d: dict[str, Any]) -> str:
 def lr_find(config: str | Path | dict | None, overrides: list[str] | dict | None = None, out: str | Path | None = None,
             **kwargs: Any) -> dict[str, Any]:
     """LR range test on the pipeline a config builds (model, loss, optimizer, train loader); saves
-    the plot to `out` (a .png path or a folder; default runs/<name>/lr_find.png)."""
+    the plot to `out` (a .png path or a folder). By default the plot goes beside the runs it tunes:
+    the latest run folder of the config's name (runs/<name>, or runs/<name>-N when that exists),
+    so the test never starts a new run folder; when no run exists yet it creates runs/<name>/ with
+    just lr_find.png, and the next `trainlab train` trains into that same folder."""
     from trainlab.config import load_config
     from trainlab.pipeline import build_pipeline
     from trainlab.run import default_run_dir
@@ -232,7 +266,7 @@ def lr_find(config: str | Path | dict | None, overrides: list[str] | dict | None
     cfg = load_config(config, overrides or [])
     pipe = build_pipeline(cfg)
     result = lr_range_test(pipe.model, pipe.loss_fn, pipe.optimizer, pipe.train_loader, device=pipe.device, **kwargs)
-    path = Path(out) if out is not None else default_run_dir(cfg)
+    path = Path(out) if out is not None else default_run_dir(cfg, existing=True)
     if path.suffix.lower() != ".png":
         path = path / "lr_find.png"
     result["plot"] = str(plot_lr_find(result, path))
@@ -242,15 +276,17 @@ def lr_find(config: str | Path | dict | None, overrides: list[str] | dict | None
 
 def format_lr_find(r: dict[str, Any]) -> str:
     def lr(v: float | None) -> str:
-        return f"{v:.2e}" if v is not None else "none (the loss never fell)"
+        return f"{v:.2e}" if v is not None else "none (the loss did not clearly fall at any LR of the test)"
 
     lines = [f"LR range test ({r.get('optimizer', '')}, {len(r['all_lrs'])} steps from {r['all_lrs'][0]:.1e} "
              f"to {r['all_lrs'][-1]:.1e}{', stopped: the loss diverged' if r['stopped_early'] else ''})" if r["all_lrs"]
              else "LR range test: the first step already gave a non-finite loss"]
-    lines.append(f"suggested learning rate (valley): {lr(r['suggestion_valley'])}")
-    lines.append(f"steepest descent at:              {lr(r['suggestion_steepest'])}")
+    lines.append(f"suggested learning rate:       {lr(r['suggestion_steepest'])}" + (
+        " (where the smoothed loss falls fastest, at most a tenth of the LR with the lowest loss)"
+        if r["suggestion_steepest"] is not None else ""))
+    lines.append(f"a cautious choice (valley):    {lr(r['suggestion_valley'])}")
     if r.get("divergence_lr"):
-        lines.append(f"the loss blows up from about:     {r['divergence_lr']:.2e}")
+        lines.append(f"the loss blows up from about:  {r['divergence_lr']:.2e}")
     if r.get("plot"):
         lines.append(f"plot: {r['plot']}")
     return "\n".join(lines)

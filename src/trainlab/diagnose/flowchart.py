@@ -1,7 +1,8 @@
 """The loss flowchart: why is my model not good?
 
-    training loss large?  -- yes --> deeper model worse than a shallower one? -- yes --> optimization
-          |                                      \\-- no --> model bias
+    training loss large?  -- yes --> above the constant baseline, a shallower model better, or
+          |                          vanishing/exploding gradients? -- yes --> optimization
+          |                                                   \\-- no --> model bias
           no
           |
     validation loss large? -- no --> ok
@@ -12,6 +13,11 @@
 "Large" training loss is judged against a trivial baseline (predicting the training mean, or the
 class prior), so the verdict does not depend on the loss's units. A validation loss is "large"
 when it is well above the training loss (a generalisation gap), in baseline units.
+
+A training loss above that baseline is always an optimization failure: a model with an output bias
+can predict the constant, so no model is too simple to reach it. Without a shallower model to
+compare, gradient health flags (vanishing or exploding gradients) also point to optimization;
+only with neither does a large training loss read as model bias.
 """
 from __future__ import annotations
 
@@ -94,12 +100,18 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _times(ratio: float) -> str:
+    """A loss ratio for a sentence: '85% of' below 10, '718×' from there."""
+    return f"{ratio:.0%} of" if ratio < 10 else f"{ratio:.3g}×"
+
+
 def verdict(
     history: list[dict],
     baseline_loss: float,
     shallow: dict | None = None,
     holdout: dict | None = None,
     diverged: bool = False,
+    gradient_health: dict | None = None,
     large: float = 0.3,
     gap: float = 0.1,
 ) -> dict[str, Any]:
@@ -107,6 +119,7 @@ def verdict(
 
     shallow: {"loss": final training loss of a shallower model trained for the same budget, ...}.
     holdout: {"loss": loss on held-out data from the training distribution, ...}.
+    gradient_health: the result of `gradients.gradient_health` (its flags and messages).
     large: training loss above `large` × baseline counts as large.
     gap: validation (or held-out) loss above the training loss by more than `gap` × baseline, and
     by more than 2×, counts as large.
@@ -139,15 +152,39 @@ def verdict(
         return loss > 2 * train_loss and loss - train_loss > gap * base
 
     if train_loss > large * base:
-        head = (f"The training loss ({_fmt(train_loss)}) is large: {numbers['train_ratio']:.0%} of what predicting "
+        head = (f"The training loss ({_fmt(train_loss)}) is large: {_times(numbers['train_ratio'])} what predicting "
                 f"a constant achieves ({_fmt(baseline_loss)}). ")
-        if shallow is not None and numbers["shallow_train_loss"] < train_loss * 0.9:
-            return out("optimization", head + (
-                f"A shallower model reached a lower training loss ({_fmt(numbers['shallow_train_loss'])}) with the same budget. "
-                "The deeper model can represent everything the shallower one can, so it is not too simple: "
+        flags = (gradient_health or {}).get("flags", {})
+        bad_gradients = [m for m in (gradient_health or {}).get("messages", [])
+                         if m.startswith(("vanishing", "exploding"))] if flags.get("vanishing") or flags.get("exploding") else []
+        evidence = (" The gradient health agrees: " + " ".join(bad_gradients)) if bad_gradients else ""
+        shallow_better = shallow is not None and numbers["shallow_train_loss"] < train_loss * 0.9
+        if shallow_better:
+            evidence = (f" A shallower model reached a lower training loss ({_fmt(numbers['shallow_train_loss'])}) "
+                        "with the same budget." + evidence)
+        if train_loss > base:
+            far = numbers["train_ratio"] > 2
+            result = out("optimization", head + (
+                "Any model with an output bias can predict that constant, so the model is not too simple: "
+                + ("the optimizer made the loss far worse than not training at all (an optimization failure; most often "
+                   "too large a learning rate)." if far else
+                   "training got nowhere (an optimization failure).") + evidence))
+            if far:
+                result["next_steps"].insert(0, "Lower the learning rate (`trainlab lr-find` suggests one) or clip gradients "
+                                               "(train.grad_clip): the loss ended far above the constant baseline.")
+            return result
+        if shallow_better:
+            return out("optimization", head + evidence.lstrip() + (
+                " The deeper model can represent everything the shallower one can, so it is not too simple: "
                 "the optimizer failed to find its good weights (an optimization issue)."))
+        if shallow is None and bad_gradients:
+            return out("optimization", head + (
+                "Its gradients are unhealthy: " + " ".join(bad_gradients) + " Layers that barely receive (or are swamped by) "
+                "gradient do not train, so the model's capacity is not used: most likely an optimization issue, not a "
+                "model that is too simple (--compare-shallow trains a shallower model to confirm)."))
         tail = ("A shallower model did no better, so " if shallow is not None else
-                "Without a shallower model to compare (--compare-shallow) an optimization issue is not ruled out, but most likely ")
+                "The gradients look healthy and no shallower model was compared (--compare-shallow), so an optimization "
+                "issue is not ruled out, but most likely ")
         return out("model_bias", head + tail + "the model is too simple to fit the data (model bias): no setting of its weights fits well.")
 
     ok_head = f"The training loss is small ({_fmt(train_loss)}, {numbers['train_ratio']:.0%} of the constant-prediction baseline {_fmt(baseline_loss)}). "

@@ -1,5 +1,6 @@
 """Where training runs and in what number format: the device, the precision (autocast dtype, loss
-scaling, TF32), determinism and backend flags, torch.compile, the user's module inside its wrappers.
+scaling, TF32), determinism and backend flags, torch.compile, the user's module inside its wrappers,
+and whether the CPU is already busy.
 
 What `auto` means on each device (one place; the loop, run.py and the benchmarks call these):
 
@@ -222,15 +223,57 @@ def check_resume_device(state: dict[str, Any], setting: str, path: Any = "last.p
 
 # ----------------------------------------------------------------------------- wrappers and layout
 
+
+
+def _cores() -> int:
+    """The cores this process may use (its affinity mask: a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def busy_machine_note(device: str = "cpu", load: float | None = None, cores: int | None = None,
+                      threads: int | None = None) -> str | None:
+    """One line of advice when other work already keeps this machine's cores busy and CPU training
+    would add several OpenMP threads of its own; else None.
+
+    Threads of one process that wait for each other at every op lose most of their time when the
+    cores are taken (mnist1d: 382 samples/s with the default threads on a busy 2-core machine,
+    12,371 with OMP_NUM_THREADS=1). The test is the 1-minute load average (`os.getloadavg`, no
+    probe, no cost) against the cores: busy from 0.75 runnable tasks per core. Silent when
+    OMP_NUM_THREADS is set (the user chose), with one thread, or for a GPU device."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    try:
+        if resolve_device(device).type != "cpu":
+            return None
+    except ConfigError:
+        return None  # training itself reports the bad device
+    threads = torch.get_num_threads() if threads is None else threads
+    cores = _cores() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # Windows has no load average
+            return None
+    if threads <= 1 or load < 0.75 * cores:
+        return None
+    return (f"note: this machine is busy (load average {load:.1f} on {cores} cores) and torch would run {threads} "
+            "threads that wait for each other, which can make training many times slower; set OMP_NUM_THREADS=1 "
+            "(e.g. `OMP_NUM_THREADS=1 trainlab train ...`) while the other work runs")
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`)
-    wrappers, in any order and depth."""
+    """The user's module inside DistributedDataParallel and/or torch.compile wrappers (a user model's
+    own `.module` attribute is left alone: only DDP's counts)."""
     while True:
-        inner = getattr(model, "_orig_mod", None) or (
-            model.module if isinstance(model, nn.parallel.DistributedDataParallel) else None)
-        if inner is None:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif getattr(model, "_orig_mod", None) is not None:  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
             return model
-        model = inner
 
 
 def resolve_channels_last(model: nn.Module, x: torch.Tensor, setting: bool | str, device: torch.device) -> bool:

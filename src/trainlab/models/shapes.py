@@ -126,4 +126,10 @@ def model_summary(model: nn.Module, input_shape: Sequence[int], device: str | to
                         device=device, mode="eval", verbose=0)
     finally:
         model.train(was_training)
-    return str(stats)
+    # torchinfo 1.8 prints its Units enum as "Units.MEGABYTES" on Python 3.11+; write its value ("M")
+    from torchinfo import Units
+
+    text = str(stats)
+    for unit in Units:
+        text = text.replace(f"({unit})", f"({unit.value})")
+    return text

@@ -19,7 +19,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
 h1 { margin-bottom: .2em; } h2 { border-bottom: 2px solid #e3e3e8; padding-bottom: .2em; margin-top: 1.8em; }
 .status { display: inline-block; padding: .15em .6em; border-radius: .8em; font-weight: 600; color: #fff; background: #888; }
 .status-completed { background: #2e7d32; } .status-interrupted { background: #ef6c00; } .status-failed { background: #c62828; }
-table { border-collapse: collapse; margin: .6em 0; font-size: .92em; }
+table { border-collapse: collapse; margin: .6em 0; font-size: .92em; display: block; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid #d8d8de; padding: .3em .7em; text-align: right; }
 th { background: #f3f3f6; } td:first-child, th:first-child { text-align: left; }
 pre { background: #f6f6f8; border: 1px solid #e3e3e8; padding: .8em; overflow-x: auto; font-size: .82em; max-height: 32em; }
@@ -77,9 +77,34 @@ def _metrics_tables(summary: dict[str, Any]) -> str:
         out.append("<h3>Final</h3>" + table(["split", *cols], rows, table_id="final-metrics"))
     best = summary.get("best")
     if isinstance(best, dict) and best:
-        flat = flatten(best)
-        out.append("<h3>Best</h3>" + table(list(flat), [list(flat.values())], table_id="best-metrics"))
+        out.append("<h3>Best</h3>" + _best(best))
     return "\n".join(out) or '<p class="muted">No summary.json metrics (the run may not have finished an epoch).</p>'
+
+
+def _best(best: dict[str, Any]) -> str:
+    """The best checkpoint: which epoch and why in a sentence, its metrics as one row per split (like
+    the Final table, so the page never needs one column per split-and-metric), anything else below."""
+    splits: dict[str, dict[str, Any]] = {}
+    other: dict[str, Any] = {}
+    for key, value in flatten(best).items():
+        split, _, name = key.partition("_")
+        if split in ("train", "val", "test") and name:
+            splits.setdefault(split, {})[name] = value
+        elif key not in ("metric", "value", "epoch"):
+            other[key] = value
+    said = []
+    if best.get("epoch") is not None:
+        said.append(f"epoch {_e(best['epoch'])}")
+    if best.get("metric") is not None:
+        said.append(f"chosen by {_e(best['metric'])} = {_e(fmt(best.get('value')))}")
+    out = [f"<p>Best checkpoint: {', '.join(said)}.</p>"] if said else []
+    if splits:
+        cols = list(dict.fromkeys(k for m in splits.values() for k in m))
+        out.append(table(["split", *cols], [[split] + [m.get(c) for c in cols] for split, m in splits.items()],
+                         table_id="best-metrics"))
+    if other:
+        out.append(table(["", "value"], [[k, v] for k, v in other.items()]))
+    return "\n".join(out)
 
 
 def _plots(run: RunFiles, plots: dict[str, Path], skipped: dict[str, str]) -> str:

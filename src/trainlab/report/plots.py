@@ -64,6 +64,19 @@ def ema(values: Sequence[float], smoothing: float = 0.9) -> np.ndarray:
     return out
 
 
+def smooth_centred(values: Sequence[float], smoothing: float = 0.9) -> np.ndarray:
+    """A centred moving average: no lag, where a one-way EMA trails a falling loss by
+    smoothing/(1-smoothing) points (9 at 0.9: ~100 steps at a log interval of 10). The window has
+    the EMA's span (2·9+1 points at 0.9) and shrinks symmetrically at the ends, so that every
+    point stays at the centre of its window (a straight line is left exactly as it is)."""
+    y = np.asarray(values, dtype=float)
+    n = len(y)
+    half = np.minimum(np.minimum(np.arange(n), n - 1 - np.arange(n)), round(smoothing / (1 - smoothing)))
+    sums = np.concatenate([[0.0], np.cumsum(y)])
+    i = np.arange(n)
+    return (sums[i + half + 1] - sums[i - half]) / (2 * half + 1)
+
+
 # ----------------------------------------------------------------------------- training curves
 
 def plot_loss_curves(rows: list[dict[str, Any]], path: Path, smoothing: float = 0.9) -> Path:
@@ -80,7 +93,7 @@ def plot_loss_curves(rows: list[dict[str, Any]], path: Path, smoothing: float = 
         x = [r["step"] for r in steps]
         y = [r["loss"] for r in steps]
         axes[1].plot(x, y, color="tab:blue", alpha=0.25, lw=1, label="train (raw)")
-        axes[1].plot(x, ema(y, smoothing), color="tab:blue", lw=2, label=f"train (EMA {smoothing})")
+        axes[1].plot(x, smooth_centred(y, smoothing), color="tab:blue", lw=2, label="train (smoothed, no lag)")
         axes[1].set(title="train loss per step", xlabel="step", ylabel="loss")
         axes[1].legend()
     for ax in axes:
@@ -201,7 +214,7 @@ def plot_precision_recall(target: np.ndarray, pred: np.ndarray, class_names: Seq
     ax.set_xticks(labels, [f"{n}\n(n={s})" for n, s in zip(class_names, support)] if len(labels) <= 12 else list(class_names),
                   rotation=0 if len(labels) <= 12 else 90, fontsize="small")
     ax.set(ylim=(0, 1.05), title="precision and recall per class")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: bars near 1 stay visible
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
@@ -228,15 +241,17 @@ def plot_conv_kernels(weights: np.ndarray, path: Path, max_kernels: int = 64) ->
     else:
         k = w.mean(axis=1)  # (out, kh, kw)
         tiles = k / np.maximum(np.abs(k).max(axis=(1, 2), keepdims=True), 1e-12)  # in [-1, 1], sign kept
-    fig = _image_grid(tiles, [str(i) for i in range(len(w))], cmap="RdBu_r", vmin=-1, vmax=1, tile_inches=0.9)
-    fig.suptitle(f"first conv layer: {weights.shape[0]} kernels of {weights.shape[1]}x{weights.shape[2]}x{weights.shape[3]}")
+    title = f"first conv layer: {weights.shape[0]} kernels of {weights.shape[1]}x{weights.shape[2]}x{weights.shape[3]}"
+    fig = _image_grid(tiles, [str(i) for i in range(len(w))], cmap="RdBu_r", vmin=-1, vmax=1, tile_inches=0.9,
+                      title=title)
     return _save(fig, path)
 
 
 def _image_grid(tiles: np.ndarray, labels: list[str], cmap: str, vmin: float, vmax: float,
-                label_color: str = "black", tile_inches: float = 1.5, ncols: int = 8) -> Figure:
+                label_color: str = "black", tile_inches: float = 1.5, ncols: int = 8, title: str | None = None) -> Figure:
     """Tiles (M, H, W) or (M, H, W, 3) pasted into one mosaic drawn by a single imshow, with a label above
-    each tile: one axes instead of M keeps a 64-image grid fast to draw."""
+    each tile: one axes instead of M keeps a 64-image grid fast to draw. A `title` gets a band of its
+    own above the mosaic (a suptitle over a full-figure axes sat on the first row's labels)."""
     m, h, w = tiles.shape[:3]
     ncols = min(ncols, m)
     nrows = -(-m // ncols)
@@ -248,8 +263,13 @@ def _image_grid(tiles: np.ndarray, labels: list[str], cmap: str, vmin: float, vm
         mosaic[r * cell_h + pad_top: (r + 1) * cell_h, c * cell_w: c * cell_w + w] = tile
     if mosaic.ndim == 3:
         mosaic = np.nan_to_num(mosaic, nan=1.0)  # RGB padding: white
-    fig = Figure(figsize=(tile_inches * ncols, tile_inches * nrows * cell_h / cell_w))
-    ax = fig.add_axes((0, 0, 1, 1))
+    grid_inches = tile_inches * nrows * cell_h / cell_w
+    title_inches = 0.35 if title else 0.0
+    fig = Figure(figsize=(tile_inches * ncols, grid_inches + title_inches))
+    ax = fig.add_axes((0, 0, 1, grid_inches / (grid_inches + title_inches)))
+    if title:
+        fig.text(0.5, 1 - 0.5 * title_inches / (grid_inches + title_inches), title, ha="center", va="center",
+                 fontsize="large")
     colormap = matplotlib.colormaps[cmap].with_extremes(bad="white")  # NaN padding: white
     ax.imshow(mosaic, cmap=colormap, vmin=vmin, vmax=vmax, interpolation="nearest")
     for i, label in enumerate(labels):

@@ -128,7 +128,8 @@ class TensorBoardExtras(Callback):
     def _add_kernels(self, step: int) -> None:
         """The first Conv2d's kernels as one image grid, each kernel scaled to its own range and enlarged
         (kernels are 3x3 to 11x11 pixels: too small to see at their own size)."""
-        conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None) if self.model else None
+        conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None) \
+            if self.model is not None else None
         if conv is None:
             return
         w = conv.weight.detach().float().cpu()  # (out, in, kh, kw)
