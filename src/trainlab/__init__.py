@@ -17,6 +17,7 @@ _EXPORTS = {
     "Trainer": "trainlab.engine.loop", "evaluate": "trainlab.engine.loop",
     "CheckpointError": "trainlab.errors", "ConfigError": "trainlab.errors", "DataError": "trainlab.errors",
     "TrainlabError": "trainlab.errors",
+    "run_sweep": "trainlab.sweep",
     "Run": "trainlab.run", "evaluate_run": "trainlab.run", "load_run": "trainlab.run", "train": "trainlab.run",
 }
 __all__ = sorted(_EXPORTS)
