@@ -38,7 +38,7 @@ ALL = sorted(p.stem for p in EXAMPLES.glob("*.yaml"))
 # Examples whose data ship with trainlab's dependencies (no files needed).
 OFFLINE = ["linear_regression", "sigmoid_regression", "sklearn_diabetes_regression", "logistic_regression",
            "rnn_sequences", "mnist1d", "digits_cnn", "digits_mlp_shallow", "digits_mlp_deep", "warmup_cosine",
-           "user_model"]
+           "user_model", "sweep_digits", "optimizers_grid"]  # the sweeps: `train` trains their base config
 # A few optimizer steps on small batches: enough to run every part of the pipeline once.
 FEW_STEPS = {"train.epochs": 1, "train.max_steps": 3, "train.device": "cpu", "data.num_workers": 0}
 
