@@ -123,7 +123,13 @@ def make_plan(cfg: Config, *, trials: int | None, out: str | Path | None, storag
     base = cfg.to_dict()
     base.pop("sweep", None)
     check_component_keys(base, sweep_cfg.params)
+    if cfg.data.k_fold:
+        raise ConfigError("sweep: data.k_fold runs are not swept (a trial is one run); sweep without k_fold, "
+                          "then cross-validate the best trial's config")
     metric = sweep_cfg.metric or resolve_monitor(cfg)
+    if metric.partition("_")[0] not in ("train", "val") or not metric.partition("_")[2]:
+        raise ConfigError(f"sweep.metric: {metric!r} is not a logged value; name one as val_<name> or train_<name> "
+                          f"(val_loss, val_accuracy, train_loss, ...)")
     mode = cfg.train.mode if metric == cfg.train.monitor else "auto"
     direction = sweep_cfg.direction or ("minimize" if monitor_mode(metric, mode) == "min" else "maximize")
     is_grid = sweep_cfg.sampler.name == "grid"
@@ -446,7 +452,7 @@ def _term_with_parent(parent: int) -> None:
         import ctypes
         import signal
 
-        PR_SET_PDEATHSIG = 1  # noqa: N806 - the name in <sys/prctl.h>
+        PR_SET_PDEATHSIG = 1  # the name in <sys/prctl.h>
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before prctl
         raise SystemExit(143)

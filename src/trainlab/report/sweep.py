@@ -29,17 +29,21 @@ def write_sweep_report(out_dir: Path, study: Any, summary: dict[str, Any], grid:
         if path:
             figures.append(("all-trials", ("Training (dashed) and validation (solid) loss of every trial of "
                                            "the grid, same seed: the comparison experiment."), path))
-    for name, caption, draw in (
-            ("history", f"Optimisation history: {metric} of each trial and the best so far.",
-             "plot_optimization_history"),
-            ("parallel", (f"Parallel coordinates: each line is a complete trial, through its parameter values "
-                          f"to its {metric}."), "plot_parallel_coordinate"),
-            ("importances", f"Parameter importances for {metric} (fANOVA over the complete trials).",
-             "plot_param_importances")):
+    optuna_figures = [  # (id, title, caption, function of optuna.visualization.matplotlib)
+        ("history", "Optimisation history", f"{metric} of each trial and the best so far.",
+         "plot_optimization_history"),
+        ("parallel", "Parallel coordinates", (f"each line is a complete trial, through its parameter values to "
+         f"its {metric}."), "plot_parallel_coordinate"),
+        ("importances", "Parameter importances", (f"how much each parameter explains {metric} (fANOVA over the "
+         "complete trials)."), "plot_param_importances")]
+    for name, title, caption, function in optuna_figures:
+        if name == "importances" and sum(t["state"] == "complete" for t in trials) < 2:
+            skipped[title] = "they need at least 2 complete trials"
+            continue
         try:
-            figures.append((name, caption, _optuna_figure(draw, study, plots / f"{name}.png")))
+            figures.append((name, f"{title}: {caption}", _optuna_figure(function, study, plots / f"{name}.png", metric)))
         except Exception as e:  # noqa: BLE001 - a figure Optuna cannot draw for this study is noted, not fatal
-            skipped[caption.split(":")[0].split(" for ")[0]] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            skipped[title] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     ranked = sorted((t for t in trials if t["state"] == "complete" and t["value"] is not None and t["run_dir"]),
                     key=lambda t: t["value"], reverse=summary["direction"] == "maximize")
     if ranked:
@@ -52,7 +56,7 @@ def write_sweep_report(out_dir: Path, study: Any, summary: dict[str, Any], grid:
     return page
 
 
-def _optuna_figure(function: str, study: Any, path: Path) -> Path:
+def _optuna_figure(function: str, study: Any, path: Path, metric: str) -> Path:
     import matplotlib
     import matplotlib.pyplot as plt
 
@@ -62,7 +66,7 @@ def _optuna_figure(function: str, study: Any, path: Path) -> Path:
         import optuna.visualization.matplotlib as ovm
 
         plt.style.use("ggplot")
-        ax = getattr(ovm, function)(study)
+        ax = getattr(ovm, function)(study, target_name=metric)
     fig = ax.figure
     fig.set_size_inches(9, 5)
     fig.savefig(path, dpi=100, bbox_inches="tight")
