@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainlab.config import Config, ParamSpec, load_config, validate
+from trainlab.config import Config, ParamSpec, SweepConfig, load_config, validate
 from trainlab.engine.callbacks import Callback, monitor_mode
 from trainlab.errors import ConfigError, Interrupted, TrainingDiverged, TrainlabError
 from trainlab.logging import RunDir, write_json_atomic
@@ -72,8 +72,9 @@ class WorkerFailed(TrainlabError):
 # ----------------------------------------------------------------------------- the verb
 
 def run_sweep(config: str | Path | dict[str, Any] | None, overrides: list[str] | dict[str, Any] | None = None, *,
-          trials: int | None = None, out: str | Path | None = None, storage: str | None = None, workers: int = 1,
-          resume: bool = False, grid: list[str] | None = None, quiet: bool = False) -> SweepResult:
+              trials: int | None = None, out: str | Path | None = None, storage: str | None = None,
+              workers: int = 1, resume: bool = False, grid: list[str] | None = None,
+              quiet: bool = False) -> SweepResult:
     """Run (or with `resume`, continue) the sweep of a config; write sweep_summary.json and sweep_report.html."""
     import optuna
 
@@ -108,10 +109,7 @@ def run_sweep(config: str | Path | dict[str, Any] | None, overrides: list[str] |
 def make_plan(cfg: Config, *, trials: int | None, out: str | Path | None, storage: str | None, resume: bool,
               grid: list[str]) -> SweepPlan:
     """Check the search space and resolve the metric, direction, folder and storage, before any trial runs."""
-    sweep_cfg = cfg.sweep.model_copy(deep=True) if cfg.sweep is not None else None
-    if sweep_cfg is None:
-        from trainlab.config import SweepConfig
-        sweep_cfg = SweepConfig()
+    sweep_cfg = cfg.sweep.model_copy(deep=True) if cfg.sweep is not None else SweepConfig()
     if grid:  # the notes' comparison: every combination, full curves (no pruning)
         sweep_cfg.params = grid_params(grid)
         sweep_cfg.sampler = sweep_cfg.sampler.model_validate("grid")
@@ -134,9 +132,9 @@ def make_plan(cfg: Config, *, trials: int | None, out: str | Path | None, storag
     direction = sweep_cfg.direction or ("minimize" if monitor_mode(metric, mode) == "min" else "maximize")
     is_grid = sweep_cfg.sampler.name == "grid"
     n_trials = trials or sweep_cfg.trials
-    if is_grid:
+    if is_grid:  # at most the grid's size; --grid: the whole grid unless --trials says fewer
         n_grid = math.prod(len(v) for v in grid_space(sweep_cfg.params).values())
-        n_trials = min(trials or n_grid, n_grid) if grid else min(n_trials, n_grid)
+        n_trials = min(trials or (n_grid if grid else sweep_cfg.trials), n_grid)
     out_dir = Path(out) if out is not None else default_sweep_dir(cfg, existing=resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     return SweepPlan(base=base, params={k: v.model_dump(by_alias=True, exclude_defaults=True)
@@ -227,7 +225,7 @@ class Objective:
         if pruning.pruned_at is not None:
             mark_pruned(run_dir, pruning.pruned_at)
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
-        return trial_value(run_dir, self.plan.metric, self.plan.direction)
+        return trial_value(run_dir, self.plan.metric, self.plan.direction, self.plan.base["train"]["mode"])
 
 
 def mark_pruned(run_dir: Path, epoch: int) -> None:
@@ -238,13 +236,13 @@ def mark_pruned(run_dir: Path, epoch: int) -> None:
     write_report(run_dir)
 
 
-def trial_value(run_dir: Path, metric: str, direction: str) -> float:
+def trial_value(run_dir: Path, metric: str, direction: str, mode: str = "auto") -> float:
     """The best value of `metric` over the run's epochs: summary.json's best when it is the monitored
-    value, else from the epoch rows of metrics.jsonl."""
+    value, kept by the same rule (`mode`: train.mode), else from the epoch rows of metrics.jsonl."""
     run = RunDir(run_dir)
     best = run.read_summary().get("best") or {}
     if best.get("metric") == metric and best.get("value") is not None \
-            and monitor_mode(metric, "auto") == ("min" if direction == "minimize" else "max"):
+            and monitor_mode(metric, mode) == ("min" if direction == "minimize" else "max"):
         return float(best["value"])
     split, _, name = metric.partition("_")
     rows = [r for r in run.read_metrics() if r.get("kind", "epoch") == "epoch" and r.get("split") == split]
