@@ -237,3 +237,44 @@ def test_optimizers_grid_example_is_the_notes_five_optimizers(tmp_path):
     choices = plan.params["optimizer"]["choice"]
     assert [(c["name"], c.get("momentum")) for c in choices] == [
         ("SGD", None), ("SGD", 0.9), ("Adagrad", None), ("RMSprop", None), ("Adam", None)]
+
+
+# ----------------------------------------------------------------------------- recovery and folders
+
+def test_recover_requeues_dead_and_interrupted_trials_once(tmp_path):
+    import socket
+
+    from trainlab.sweep import recover_trials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    study = optuna.create_study()
+    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+
+    def running(pid: int) -> optuna.Trial:
+        trial = study.ask(space)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", pid)
+        return trial
+
+    killed, alive, stopped = running(dead.pid), running(os.getpid()), running(os.getpid())
+    stopped.set_user_attr("interrupted", True)
+    study.tell(stopped, state=optuna.trial.TrialState.FAIL)
+    assert sorted(recover_trials(study)) == [killed.number, stopped.number]
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states[killed.number] == "FAIL" and states[alive.number] == "RUNNING"  # a live process keeps its trial
+    queued = [t for t in study.get_trials() if t.state.name == "WAITING"]
+    assert sorted(t.params["x"] for t in queued) == sorted([killed.params["x"], stopped.params["x"]])
+    assert recover_trials(study) == []  # queued once only
+
+
+def test_default_sweep_folders_are_numbered_like_runs(tmp_path, monkeypatch):
+    from trainlab.sweep import default_sweep_dir
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(sweep_config())
+    assert default_sweep_dir(cfg) == Path("runs/tiny-sweep")
+    Path("runs/tiny-sweep").mkdir(parents=True)
+    (Path("runs/tiny-sweep") / "study.db").write_bytes(b"")
+    assert default_sweep_dir(cfg) == Path("runs/tiny-sweep-2")
+    assert default_sweep_dir(cfg, existing=True) == Path("runs/tiny-sweep")  # what --resume continues
