@@ -301,7 +301,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
-            elif isinstance(child, str) and part in ("model", "loss", "optimizer", "scheduler"):
+            elif isinstance(child, str) and part in ("model", "loss", "optimizer", "scheduler", "sampler", "pruner"):
                 child = node[part] = {"name": child}
             elif not isinstance(child, dict):
                 raise ConfigError(f"override {'.'.join(path)}: {part!r} holds {child!r}, not a mapping")

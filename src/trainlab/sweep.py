@@ -136,14 +136,17 @@ def make_plan(cfg: Config, *, trials: int | None, out: str | Path | None, storag
         n_grid = math.prod(len(v) for v in grid_space(sweep_cfg.params).values())
         n_trials = min(trials or (n_grid if grid else sweep_cfg.trials), n_grid)
     out_dir = Path(out) if out is not None else default_sweep_dir(cfg, existing=resume)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return SweepPlan(base=base, params={k: v.model_dump(by_alias=True, exclude_defaults=True)
+    plan = SweepPlan(base=base, params={k: v.model_dump(by_alias=True, exclude_defaults=True)
                                         for k, v in sweep_cfg.params.items()},
                      metric=metric, direction=direction, trials=n_trials,
                      sampler={"name": sweep_cfg.sampler.name, **sweep_cfg.sampler.kwargs()},
                      pruner={"name": sweep_cfg.pruner.name, **sweep_cfg.pruner.kwargs()},
                      out=str(out_dir), storage=storage or f"sqlite:///{(out_dir / 'study.db').resolve()}",
                      study_name=cfg.name, grid=is_grid)
+    make_sampler(plan)  # their arguments are checked before anything is written
+    make_pruner(plan)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return plan
 
 
 def default_sweep_dir(cfg: Config, existing: bool = False) -> Path:
@@ -313,13 +316,12 @@ def open_study(plan: SweepPlan, *, create: bool = False, resume: bool = False, w
     import optuna
 
     storage = make_storage(plan.storage)
-    sampler, pruner = make_sampler(plan), make_pruner(plan)  # check both before anything is written
     existing = plan.study_name in {s.study_name for s in storage.get_all_studies()}
     if create and existing and not resume and plan.storage.endswith(f"{Path(plan.out).resolve()}/study.db"):
         raise TrainlabError(f"{plan.out} already holds a sweep (study.db); --resume continues it, "
                             f"--out DIR starts another")
     study = optuna.create_study(storage=storage, study_name=plan.study_name, direction=plan.direction,
-                                sampler=sampler, pruner=pruner, load_if_exists=True)
+                                sampler=make_sampler(plan), pruner=make_pruner(plan), load_if_exists=True)
     space = {"metric": plan.metric, "direction": plan.direction, "params": plan.params}
     saved = study.user_attrs.get("space")
     if saved is None:
