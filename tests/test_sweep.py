@@ -179,6 +179,18 @@ def test_pruning_ends_a_hopeless_trial_after_its_first_epoch(tmp_path, no_report
     assert summary["epochs_completed"] == 1  # of 3
 
 
+def test_a_diverged_trial_is_pruned_and_its_run_says_failed(tmp_path, no_report, one_thread):
+    config = sweep_config(params={"optimizer.lr": {"loguniform": [1.0e-4, 1.0e31]}})
+    config["optimizer"]["name"] = "SGD"
+    plan = make_plan(load_config(config), trials=None, out=tmp_path / "sw", storage=None, resume=False, grid=[])
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"optimizer.lr": 1.0e30})  # NaN/Inf within the first steps
+    study.optimize(Objective(plan), n_trials=1)  # the sweep goes on: no exception
+    trial = study.get_trials()[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED and "NaN/Inf" in trial.user_attrs["diverged"]
+    assert json.loads((tmp_path / "sw" / "trials" / "0" / "summary.json").read_text())["status"] == "failed"
+
+
 # ----------------------------------------------------------------------------- bad search spaces
 
 @pytest.mark.parametrize("key, spec, words", [
