@@ -38,7 +38,7 @@ ALL = sorted(p.stem for p in EXAMPLES.glob("*.yaml"))
 # Examples whose data ship with trainlab's dependencies (no files needed).
 OFFLINE = ["linear_regression", "sigmoid_regression", "sklearn_diabetes_regression", "logistic_regression",
            "rnn_sequences", "mnist1d", "digits_cnn", "digits_mlp_shallow", "digits_mlp_deep", "warmup_cosine",
-           "user_model"]
+           "user_model", "sweep_digits", "optimizers_grid"]  # the sweeps: `train` trains their base config
 # A smoke run (`trainlab train CONFIG --smoke`: 2 optimizer steps, 1 validation and 1 test batch) of
 # the config as it is, epochs, warmups and schedules included: enough to run every part of the
 # pipeline once, and the proof that a short run of every example works.

@@ -21,6 +21,7 @@ _EXPORTS = {
     "export_run": "trainlab.export",
     "Run": "trainlab.run", "train": "trainlab.run",
     "evaluate_run": "trainlab.finished", "load_run": "trainlab.finished",
+    "run_sweep": "trainlab.sweep",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

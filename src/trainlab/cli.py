@@ -111,6 +111,33 @@ def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, sm
         distributed.teardown()
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@click.option("--trials", type=int, default=None, help="finished trials to reach (default: sweep.trials)")
+@click.option("--out", type=click.Path(path_type=Path), help="sweep folder (default runs/<name>-sweep)")
+@click.option("--storage", default=None, help="an Optuna RDB URL shared by machines (default: sqlite DIR/study.db)")
+@click.option("--workers", type=int, default=1, show_default=True, help="trial processes on this machine")
+@click.option("--resume", is_flag=True, help="continue the sweep in --out: killed trials run again")
+@click.option("--grid", multiple=True, metavar="KEY=[v1,v2,...]",
+              help="repeatable: a full grid over these values, same seed, no pruning")
+@click.option("--quiet", "-q", is_flag=True, help="no per-trial lines")
+def sweep(args: tuple[str, ...], trials: int | None, out: Path | None, storage: str | None, workers: int,
+          resume: bool, grid: tuple[str, ...], quiet: bool) -> None:
+    """Hyperparameter search over the config's sweep.params (or --grid) with Optuna; one run per trial."""
+    overrides = list(args)
+    config = overrides.pop(0) if overrides and "=" not in overrides[0] else None
+    for o in overrides:
+        if "=" not in o:
+            raise TrainlabError(f"argument {o!r} is neither a config file (it must come first) nor a KEY=VALUE override")
+    from trainlab.sweep import WorkerFailed, run_sweep
+
+    try:
+        run_sweep(config, overrides, trials=trials, out=out, storage=storage, workers=workers, resume=resume,
+                  grid=list(grid), quiet=quiet)
+    except WorkerFailed as e:
+        _fail(str(e), e.exit_code)
+
+
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)

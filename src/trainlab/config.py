@@ -6,11 +6,13 @@ types and out-of-range values become a `ConfigError` naming the key and the bad 
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainlab.errors import ConfigError, did_you_mean
 
@@ -138,6 +140,96 @@ class TrainConfig(_Strict):
         return v
 
 
+class ParamSpec(_Strict):
+    """One swept config key: exactly one of `uniform: [low, high]`, `loguniform: [low, high]`,
+    `int: [low, high]` (with `step` or `log`), `choice: [v1, v2, ...]` (any YAML values)."""
+
+    uniform: list[float] | None = None
+    loguniform: list[float] | None = None
+    int_: list[int] | None = Field(default=None, alias="int")
+    choice: list[Any] | None = None
+    step: float | None = Field(default=None, gt=0)  # int (and uniform): the grid of values
+    log: bool = False  # int: sample on a log scale
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("uniform", "loguniform", "int_", "choice") if getattr(self, k) is not None).rstrip("_")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ParamSpec:
+        kinds = [k.rstrip("_") for k in ("uniform", "loguniform", "int_", "choice") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of uniform: [low, high], loguniform: [low, high], int: [low, high] "
+                             "or choice: [values]" + (f" (got {' and '.join(kinds)})" if kinds else ""))
+        kind = kinds[0]
+        if kind == "choice":
+            if not self.choice:
+                raise ValueError("choice: give at least one value")
+        else:
+            bounds = getattr(self, "int_" if kind == "int" else kind)
+            if len(bounds) != 2 or not bounds[0] < bounds[1]:
+                raise ValueError(f"{kind}: give [low, high] with low < high, not {bounds}")
+            if kind == "loguniform" and bounds[0] <= 0:
+                raise ValueError(f"loguniform: low must be > 0, not {bounds[0]}")
+        if self.log and kind != "int":
+            raise ValueError("log: only with int (use loguniform for floats)")
+        if self.log and self.step is not None:
+            raise ValueError("int: step and log cannot go together")
+        if self.step is not None and kind not in ("int", "uniform"):
+            raise ValueError(f"step: only with int or uniform, not {kind}")
+        if kind == "int" and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"int: step must be a whole number, not {self.step}")
+        return self
+
+    def values_to_check(self) -> list[Any]:
+        """Values a trial may draw that together test what the key's type accepts: the bounds, and for
+        floats one value strictly inside (an integer key rejects it: use `int`)."""
+        if self.choice is not None:
+            return list(self.choice)
+        if self.int_ is not None:
+            return list(self.int_)
+        low, high = self.uniform or self.loguniform
+        return [low, high, low + 0.37 * (high - low)]
+
+
+class SweepComponent(Component):
+    """A sampler or pruner: `name` plus the keyword arguments of Optuna's class (`{name: tpe, seed: 1}`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class SweepConfig(_Strict):
+    """`trainlab sweep`: a hyperparameter search over config keys (Optuna); `trainlab train` ignores it."""
+
+    metric: str | None = None  # any logged value, e.g. val_accuracy; default: the resolved train.monitor
+    direction: Literal["maximize", "minimize"] | None = None  # default: from the metric (loss/error: minimize)
+    trials: int = Field(default=20, ge=1)  # finished (complete or pruned) trials to reach; grid: its size
+    sampler: SweepComponent = Field(default_factory=lambda: SweepComponent(name="tpe"))
+    pruner: SweepComponent = Field(default_factory=lambda: SweepComponent(name="median"))
+    params: dict[str, ParamSpec] = Field(default_factory=dict)  # dotted config key -> spec
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: SweepComponent) -> SweepComponent:
+        if v.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {v.name!r}{did_you_mean(v.name, SAMPLERS)}; use one of {', '.join(SAMPLERS)}")
+        return v
+
+    @field_validator("pruner")
+    @classmethod
+    def _pruner(cls, v: SweepComponent) -> SweepComponent:
+        if v.name not in PRUNERS:
+            raise ValueError(f"unknown pruner {v.name!r}{did_you_mean(v.name, PRUNERS)}; use one of {', '.join(PRUNERS)}")
+        return v
+
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes")
+PRUNERS = ("median", "hyperband", "none")
+
+
 class Config(_Strict):
     name: str = "run"
     seed: int = 0
@@ -149,9 +241,13 @@ class Config(_Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     metrics: list[str] | None = None  # default: by task
+    sweep: SweepConfig | None = None  # read by `trainlab sweep` only
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        d = self.model_dump(mode="json", by_alias=True)
+        if d.get("sweep") is None:
+            d.pop("sweep", None)  # configs without a sweep read as before
+        return d
 
 
 # ----------------------------------------------------------------------------- loading
@@ -213,7 +309,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
-            elif isinstance(child, str) and part in ("model", "loss", "optimizer", "scheduler"):
+            elif isinstance(child, str) and part in ("model", "loss", "optimizer", "scheduler", "sampler", "pruner"):
                 child = node[part] = {"name": child}
             elif not isinstance(child, dict):
                 raise ConfigError(f"override {'.'.join(path)}: {part!r} holds {child!r}, not a mapping")
@@ -236,14 +332,8 @@ def _format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
         loc = [str(p) for p in e["loc"]]
         key = ".".join(loc)
         if e["type"] == "extra_forbidden":
-            model: Any = Config
-            for part in loc[:-1]:
-                field = model.model_fields.get(part)
-                ann = field.annotation if field else None
-                model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-                if model is None:
-                    break
-            names = list(model.model_fields) if model else []
+            model = _model_at(loc[:-1])
+            names = [f.alias or n for n, f in model.model_fields.items()] if model else []
             lines.append(f"unknown key {key!r}{did_you_mean(loc[-1], names)}")
             continue
         value = e.get("input")
@@ -265,24 +355,78 @@ def _format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
 def _field_depth(loc: list[str]) -> int:
     """How many leading parts of a pydantic error location are config keys (the rest name union types)."""
     model: Any = Config
+    mapping = False  # the part is a key of a `dict[str, Model]` field (sweep.params.<key>)
     for depth, part in enumerate(loc):
+        if mapping:
+            mapping = False
+            continue
         if model is None:  # below a plain field: list indices are keys, anything else a union's type
             if not part.isdigit():
                 return depth
             continue
-        field = model.model_fields.get(part)
+        field = _field(model, part)
         if field is None:
             return len(loc)
-        ann = field.annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        model, mapping = _field_model(field)
     return len(loc)
+
+
+def _field(model: type[BaseModel], part: str) -> Any:
+    """The pydantic field of `model` spelt `part` in a config (by its alias where it has one)."""
+    return next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+
+
+def _field_model(field: Any) -> tuple[type[BaseModel] | None, bool]:
+    """(the model a field holds, or None for a plain value; whether it is a `dict[str, Model]`, whose
+    next location part is a key of the mapping)."""
+    ann = field.annotation
+    if typing.get_origin(ann) is dict:
+        value = typing.get_args(ann)[1]
+        return (value, True) if isinstance(value, type) and issubclass(value, BaseModel) else (None, False)
+    options = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
+    return next((o for o in options if isinstance(o, type) and issubclass(o, BaseModel)), None), False
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    """The model whose keys sit below `loc` (None below a plain field or an unknown key)."""
+    model: Any = Config
+    mapping = False
+    for part in loc:
+        if mapping:
+            mapping = False
+            continue
+        field = _field(model, part) if model is not None else None
+        if field is None:
+            return None
+        model, mapping = _field_model(field)
+    return None if mapping else model
 
 
 def validate(raw: dict[str, Any]) -> Config:
     try:
-        return Config.model_validate(_normalise(copy.deepcopy(raw)))
+        config = Config.model_validate(_normalise(copy.deepcopy(raw)))
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, raw)) from None
+    if config.sweep is not None:
+        check_sweep_values(config)
+    return config
+
+
+def check_sweep_values(config: Config) -> None:
+    """Every value a sweep parameter may take, applied as an override, must give a valid config: a
+    swept key that does not exist, or a value its type refuses, is an error naming sweep.params.<key>."""
+    base = config.to_dict()
+    base.pop("sweep")
+    for key, spec in config.sweep.params.items():
+        for value in spec.values_to_check():
+            try:
+                validate(apply_overrides(base, {key: value}))
+            except ConfigError as e:
+                reason = str(e).removeprefix("invalid config: ")
+                if spec.kind != "int" and "valid integer" in reason:
+                    reason += " (an integer key: use int: [low, high])"
+                raise ConfigError(f"sweep.params.{key}: the value {value!r} ({spec.kind}) gives a bad config: "
+                                  f"{reason}") from None
 
 
 def load_config(source: str | Path | dict[str, Any] | None = None,

@@ -19,6 +19,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
 h1 { margin-bottom: .2em; } h2 { border-bottom: 2px solid #e3e3e8; padding-bottom: .2em; margin-top: 1.8em; }
 .status { display: inline-block; padding: .15em .6em; border-radius: .8em; font-weight: 600; color: #fff; background: #888; }
 .status-completed { background: #2e7d32; } .status-interrupted { background: #ef6c00; } .status-failed { background: #c62828; }
+.status-pruned { background: #6d4c41; }
 table { border-collapse: collapse; margin: .6em 0; font-size: .92em; display: block; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid #d8d8de; padding: .3em .7em; text-align: right; }
 th { background: #f3f3f6; } td:first-child, th:first-child { text-align: left; }
