@@ -233,7 +233,7 @@ class Objective:
 
 def mark_pruned(run_dir: Path, epoch: int) -> None:
     """summary.json says `pruned`, and the report shows it."""
-    RunDir(run_dir).update_summary(status="pruned", pruned_after_epoch=epoch)
+    RunDir.open(run_dir).update_summary(status="pruned", pruned_after_epoch=epoch)
     from trainlab.report import write_report
 
     write_report(run_dir)
