@@ -39,13 +39,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 class RunDir:
-    """Paths of one run directory; creating it checks that it is writable."""
+    """Paths of one run directory; creating it checks that it is writable (checkpoints/ is made by the
+    first checkpoint). A training run takes its folder with `trainlab.claim.claim_run_dir`."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / "checkpoints").mkdir(exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
             probe.write_text("ok")
             probe.unlink()
@@ -62,6 +62,9 @@ class RunDir:
     tensorboard = property(lambda self: self.path / "tensorboard")
     predictions = property(lambda self: self.path / "predictions")
     report = property(lambda self: self.path / "report.html")
+
+    def release(self) -> None:
+        """Give up the folder's lock, if this process claimed it (`claim_run_dir` sets this)."""
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))

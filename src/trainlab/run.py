@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainlab.claim import claim_run_dir
 from trainlab.config import Config, load_config, validate
 from trainlab.data.base import ArrayDataset, DataBundle
 from trainlab.data.loaders import TensorLoader, make_loader
@@ -200,11 +201,9 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
     restarted = distributed.restarted()
     if restarted and (out / "checkpoints" / "last.pt").exists():
         resume = True  # an elastic restart continues from the last checkpoint (none yet: from the start)
+    run = claim_run_dir(out, resume, restarted=restarted, is_main=is_main)  # issue 21: one owner; every rank checks
     if resume:
         resume_state, cfg = _resume_state(out, cfg)
-    elif not restarted and (out / "checkpoints" / "last.pt").exists():  # every rank stops, not only rank 0
-        raise TrainlabError(f"{out} already holds a run; use --resume to continue it, or --out for a new folder")
-    run = RunDir(out) if is_main else None
     if run is not None:
         ckpt.clean_temp_files(run.checkpoints)
     pipe = build_pipeline(cfg, rank=rank, world_size=world_size)

@@ -38,6 +38,7 @@ def _fsync_dir(folder: Path) -> None:
 def _write_tmp(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a run's checkpoints/ appears with its first checkpoint
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
