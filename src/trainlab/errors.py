@@ -3,7 +3,9 @@ exit code 2; anything else is a bug or a failure of the run and exits 1."""
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from typing import Any
 
 
 class TrainlabError(Exception):
@@ -49,3 +51,16 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     if not close:
         return ""
     return " (did you mean " + ", ".join(repr(c) for c in close) + "?)"
+
+
+_SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxset = 3, 6, 6, 6, 6
+_SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 80, 40, 80
+
+
+def short(value: Any) -> str:
+    """A repr for messages, cut to a few dozen characters however big the value (a config may be hostile)."""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an int past Python's 4300-digit str limit
+        return f"<a {value.bit_length()}-bit integer>" if isinstance(value, int) else f"<a {type(value).__name__}>"
