@@ -2,7 +2,7 @@
 
     run = claim_run_dir(out, resume=False)   # a RunDir, or an exit-2 error naming what is there
     ...train...
-    run.release()                            # also at interpreter exit, and when `run` is dropped
+    run.release()       # or release_all() once the run is over; also done at interpreter exit
 
 The lock is `<dir>/.trainlab.lock`, holding the owner's pid, host and start time (JSON), and held
 with `fcntl.flock` for the life of the process: the kernel releases it when the owner dies however
@@ -31,7 +31,6 @@ import json
 import os
 import socket
 import time
-import weakref
 from pathlib import Path
 
 from trainlab.errors import CheckpointError, TrainlabError
@@ -183,17 +182,17 @@ def claim_run_dir(path: str | Path, resume: bool = False, *, restarted: bool = F
         raise
     if to_move:
         aside = _move_aside(folder, to_move)
-        why = f"its owner ({dead_owner}) died" if dead_owner else "it ended"
-        print(f"note: {folder} held a run killed before its first checkpoint ({why}); "
+        why = f"by {dead_owner}" if dead_owner else "its summary.json still says running"
+        print(f"note: {folder} held a run that stopped before its first checkpoint ({why}); "
               f"its files were moved to {aside.name}/ and this run starts clean")
     elif dead_owner:
-        print(f"note: took over the lock of {folder} left by a run that died ({dead_owner})")
+        print(f"note: took over the lock of {folder} left by a process that no longer holds it ({dead_owner})")
     run.release = claim.release
-    weakref.finalize(run, claim.release)
     return run
 
 
 @atexit.register
-def _release_all() -> None:
+def release_all() -> None:
+    """Give up every run directory this process claimed (at the end of `trainlab.train`, and at exit)."""
     for claim in list(_held.values()):
         claim.release()

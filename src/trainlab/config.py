@@ -19,13 +19,13 @@ DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Component(BaseModel):
     """`name` plus the keyword arguments of what it names, side by side."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
 
     def kwargs(self) -> dict[str, Any]:

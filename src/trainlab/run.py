@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainlab.claim import claim_run_dir
+from trainlab.claim import claim_run_dir, release_all
 from trainlab.config import Config, load_config, validate
 from trainlab.data.base import ArrayDataset, DataBundle
 from trainlab.data.loaders import TensorLoader, make_loader
@@ -186,7 +186,10 @@ def train(config: str | Path | dict[str, Any] | Config | None = None, overrides:
         # Under torchrun every rank uses rank 0's choice (rank 0 may have created the folder already).
         out = distributed.broadcast_object(default_run_dir(cfg, existing=resume or distributed.restarted())
                                            if rank == 0 else None)
-    return _train_one(cfg, Path(out), resume=resume, quiet=quiet, callbacks=list(callbacks))
+    try:
+        return _train_one(cfg, Path(out), resume=resume, quiet=quiet, callbacks=list(callbacks))
+    finally:
+        release_all()  # issue 21: the run directory's lock ends with the run
 
 
 def _yaml_value(v: Any) -> str:

@@ -34,8 +34,8 @@ def load_source(cfg: DataConfig) -> SourceData:
     name = cfg.source
     if name in DATASETS or ":" not in name or name.startswith("torchvision:"):
         factory = DATASETS.get(name, "data.source")  # unknown -> ConfigError with the closest names
-        check_kwargs(factory, cfg.options, "data.options", skip=("cfg",))
-        source = factory(cfg, **cfg.options)
+        options = check_kwargs(factory, cfg.options, "data.options", skip=("cfg",))
+        source = factory(cfg, **options)
     else:
         obj = DATASETS.get(name, "data.source")  # imports module:attr
         if not (inspect.isfunction(obj) or (inspect.isclass(obj) and issubclass(obj, Dataset))):

@@ -151,7 +151,7 @@ def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optim
         raise ConfigError("optimizer.name: LBFGS re-evaluates the loss through a closure at each step, "
                           "which the training loop does not pass; use SGD, Adam or AdamW")
     kwargs = cfg.kwargs()
-    check_kwargs(cls, kwargs, "optimizer", skip=("params",))
+    kwargs = check_kwargs(cls, kwargs, "optimizer", skip=("params",))
     groups = param_groups(cfg, model, takes_weight_decay=_accepts(cls, "weight_decay"))
     try:
         return cls(groups, **kwargs)
@@ -349,7 +349,7 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, step
     if cls is _constant and user_kwargs:
         raise ConfigError(f"scheduler.{next(iter(user_kwargs))}: scheduler 'none' takes no arguments")
     if cls is not _constant:
-        check_kwargs(cls, user_kwargs, "scheduler", skip=("optimizer", "last_epoch"))
+        user_kwargs = check_kwargs(cls, user_kwargs, "scheduler", skip=("optimizer", "last_epoch"))
 
     # Warmup length, in the interval's unit.
     if cfg.warmup_steps and cfg.warmup_epochs:

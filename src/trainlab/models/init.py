@@ -58,7 +58,7 @@ def parse_scheme(value: Any, key: str) -> tuple[str, dict[str, Any]]:
             raise ConfigError(f"{key}.nonlinearity: unknown nonlinearity {nonlinearity!r}"
                               f"{did_you_mean(str(nonlinearity), NONLINEARITIES)}; choose from "
                               f"{', '.join(NONLINEARITIES)}") from None
-    check_kwargs(getattr(nn.init, scheme + "_"), kwargs, key, skip=("tensor",))
+    kwargs = check_kwargs(getattr(nn.init, scheme + "_"), kwargs, key, skip=("tensor",))
     return scheme, kwargs
 
 
