@@ -499,7 +499,7 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, checkpoint: str = "best.pt", with_data: bool = True) -> LoadedRun:
     """The run's config, data (rebuilt from the config), loss and model with the checkpoint's weights."""
-    from trainlab.data import build_data
+    from trainlab.data import build_data, check_same_data
     from trainlab.losses import build_loss
     from trainlab.models import build_model
 
@@ -517,6 +517,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", with_data: bool =
     seed_everything(config.seed)
     bundle = build_data(config) if with_data else None
     prep = state.get("preprocessing") or {}
+    if bundle is not None:
+        check_same_data(bundle, prep, path)  # issue 21: a CSV that gained a column, a class folder that vanished
     input_shape = tuple(prep.get("input_shape") or (bundle.input_shape if bundle else ()))
     task = prep.get("task") or (bundle.task if bundle else "classification")
     output_dim = int(prep.get("output_dim") or (bundle.output_dim if bundle else
