@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import cli_in_process
+from PIL import Image
 
 from trainlab.engine import checkpoint as ckpt
 
@@ -61,6 +60,13 @@ def _csv(path: Path, rows: int = 60, extra: bool = False, bad_row: str | None = 
     if bad_row is not None:
         lines[5] = bad_row
     return _write(path, "\n".join(lines) + "\n")
+
+
+def _mixed_sizes(root: Path) -> str:
+    for c, size in (("cat", 8), ("dog", 10)):
+        _image_folder(root, (c,), 2)
+        Image.new("RGB", (size, size + 2)).save(root / c / "odd.png")
+    return str(root)
 
 
 def _latin1(path: Path) -> Path:
@@ -234,6 +240,9 @@ CASES = [
         "train", *TINY, "data.source=image_folder",
         f"data.root={[_blank_png(t / 'huge' / c / '0.png', 12000, 12000) for c in 'ab'][0].parents[1]}",
         "--out", str(t / "run")], 2, "data.image_size"),
+    Case("transforms that leave image sizes varying", lambda r, t: [
+        "train", *TINY, "data.source=image_folder", f"data.root={_mixed_sizes(t / 'mixed')}",
+        "data.transforms=[RandomHorizontalFlip]", "--out", str(t / "run")], 2, "Resize: {size: [224, 224]}"),
     Case("CSV cell 1e308", lambda r, t: [
         "train", *TINY, "data.source=csv", f"data.path={_csv(t / 'big.csv', bad_row='1e308,0.1,0.2,1')}",
         "data.standardize=true", "--out", str(t / "run")], 2, "big.csv:6:1: '1e308' in column 'a'"),

@@ -336,7 +336,7 @@ def _check_one_size(compose: Callable, channels: int, key: str) -> None:
     if len(shapes) > 1:
         raise ConfigError(f"{key}: the images have different sizes and these transforms do not bring them to one "
                           f"size (e.g. {sorted(shapes)}); set data.image_size: [H, W] (e.g. 224), or end the list "
-                          f"with a fixed-size item such as Resize: {size: [224, 224]} or RandomResizedCrop: 224")
+                          f"with a fixed-size item such as Resize: {{size: [224, 224]}} or RandomResizedCrop: 224")
 
 
 def _check_user_items(items: list[Any], key: str) -> None:
