@@ -172,6 +172,10 @@ CASES = [
     Case("5000-deep list", lambda r, t: [
         "train", _write(t / "c.yaml", "model:\n  hidden: " + "[" * 5000 + "]" * 5000 + "\n"), "--out", str(t / "run")],
          2, "nested more than"),
+    Case("5000-deep block list", lambda r, t: [
+        "train", _write(t / "c.yaml", "metrics:\n" + "- " * 5000 + "x\n"), "--out", str(t / "run")], 2, "c.yaml:2: values nested"),
+    Case("2 MB config", lambda r, t: ["train", _write(t / "c.yaml", "name: " + "x" * 2_000_000 + "\n"), "--out", str(t / "run")],
+         2, "a config has at most"),
     Case("duplicate key", lambda r, t: [
         "train", _write(t / "c.yaml", "seed: 1\nname: x\nseed: 2\n"), "--out", str(t / "run")], 2, "lines 1 and 3"),
     Case("latin-1 byte in a config", lambda r, t: [

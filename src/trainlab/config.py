@@ -7,6 +7,7 @@ types and out-of-range values become a `ConfigError` naming the key and the bad 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -223,8 +224,26 @@ class ConfigLoader(yaml.SafeLoader):
 ConfigLoader.add_constructor("tag:yaml.org,2002:int", ConfigLoader.construct_yaml_int)
 
 
+MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; a list of thousands of column names still fits
+
+
+def _check_flow_depth(text: str, source: str) -> None:
+    """Refuse deep `[[[...` / `{{{...` nesting before the YAML scanner, whose look-ahead for keys makes it
+    slow on them (the composer's own depth check comes too late for that). Brackets inside quoted strings
+    count too: only a string with dozens of unbalanced brackets could be refused by mistake."""
+    depth = 0
+    for bracket in re.findall(r"[\[\]{}]", text):
+        depth += 1 if bracket in "[{" else -1
+        if depth > ConfigLoader.MAX_DEPTH:
+            raise ConfigError(f"{source}: values nested more than {ConfigLoader.MAX_DEPTH} levels deep; a config is "
+                              f"a few levels of keys and lists")
+
+
 def parse_yaml(text: str, source: str) -> Any:
     """YAML text -> plain Python values, read with `ConfigLoader` (no Python objects are constructed)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text):,} characters; a config has at most {MAX_CONFIG_BYTES:,}")
+    _check_flow_depth(text, source)
     loader = ConfigLoader(text, source)
     try:
         return loader.get_single_data()
