@@ -317,3 +317,17 @@ def test_ctrl_c_before_training_exits_130_without_a_traceback(tmp_path, capsys, 
     code, _, err = cli_in_process(capsys, "train", *TINY, "--out", str(tmp_path / "run"))
     assert code == 130 and "interrupted" in err and "Traceback" not in err and "Aborted" not in err
     assert not (tmp_path / "run" / ".trainlab.lock").exists()  # the run's folder is free again
+
+
+def test_divergence_advice_is_true_to_the_run(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from trainlab.errors import divergence_advice
+
+    skip_clip = SimpleNamespace(nan_policy="skip", grad_clip=1.0)
+    assert divergence_advice(skip_clip, tmp_path) == "no checkpoint was written before it. Try a lower optimizer.lr."
+    (tmp_path / "last.pt").write_bytes(b"x")
+    text = divergence_advice(SimpleNamespace(nan_policy="stop", grad_clip=None), tmp_path, ["0.running_var", "1.weight"])
+    assert text.startswith("last.pt keeps the last finite weights")  # best.pt does not exist
+    assert "BatchNorm running statistics (0.running_var)" in text
+    assert text.endswith("Try a lower optimizer.lr, train.grad_clip or train.nan_policy=skip.")
