@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainlab.config import LossConfig
-from trainlab.errors import ConfigError, did_you_mean
+from trainlab.errors import ConfigError, did_you_mean, short
 from trainlab.registry import LOSSES, Entry, check_kwargs
 
 AUTO = {"classification": "CrossEntropyLoss", "binary": "BCEWithLogitsLoss", "regression": "MSELoss"}
@@ -235,4 +235,4 @@ def _build(cls: type, kwargs: dict[str, Any], name: str) -> nn.Module:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"loss: {name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: {e}") from None
+        raise ConfigError(f"loss: {name}({', '.join(f'{k}={short(v)}' for k, v in kwargs.items())}) failed: {str(e)[:300]}") from None

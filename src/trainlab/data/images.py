@@ -25,7 +25,7 @@ from torchvision.transforms.v2 import functional as F
 from trainlab.config import DataConfig
 from trainlab.data.base import ArrayDataset, SourceData
 from trainlab.data.transforms import resize_image
-from trainlab.errors import ConfigError, DataError
+from trainlab.errors import ConfigError, DataError, short
 from trainlab.registry import DATASETS
 
 log = logging.getLogger("trainlab")
@@ -211,7 +211,7 @@ def _image_size(value: int | list[int] | None) -> list[int] | None:
         return None
     size = [value, value] if isinstance(value, int) else list(value)
     if len(size) != 2 or any(s < 1 for s in size):
-        raise ConfigError(f"data.image_size: {value!r} is not a size; write 64 (64x64) or [H, W]")
+        raise ConfigError(f"data.image_size: {short(value)} is not a size; write 64 (64x64) or [H, W]")
     return size
 
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.optim import lr_scheduler as lrs
 
 from trainlab.config import OptimizerConfig, SchedulerConfig
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, short
 from trainlab.registry import OPTIMIZERS, SCHEDULERS, Entry, check_kwargs
 
 # ----------------------------------------------------------------------------- optimizer registry
@@ -156,7 +156,7 @@ def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optim
     try:
         return cls(groups, **kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"optimizer: {cfg.name} rejected its arguments {kwargs}: {e}") from None
+        raise ConfigError(f"optimizer: {cfg.name} rejected its arguments {short(kwargs)}: {str(e)[:300]}") from None
 
 
 # ----------------------------------------------------------------------------- scheduler registry
@@ -379,7 +379,7 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, step
                 if warmup else None)
         main = cls(optimizer, **kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"scheduler: {name} rejected its arguments {kwargs}: {e}") from None
+        raise ConfigError(f"scheduler: {name} rejected its arguments {short(kwargs)}: {str(e)[:300]}") from None
 
     if cls is lrs.ReduceLROnPlateau:
         return LRSchedule(name, optimizer, main, interval, monitor=cfg.monitor, warmup=ramp, warmup_length=warmup)

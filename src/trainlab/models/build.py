@@ -153,7 +153,7 @@ def build_torchvision(name: str, kwargs: dict[str, Any], input_shape: tuple[int,
     try:
         model = builder(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"model: torchvision:{name} with {kwargs} failed: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"model: torchvision:{name} with {short(kwargs)} failed: {str(e).splitlines()[0]}") from None
     adapt_first_conv(model, input_shape[0])
     adapt_classifier(model, output_dim)
     return model
