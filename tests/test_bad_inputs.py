@@ -200,6 +200,12 @@ CASES = [
          2, "hidden=[-5]"),
     Case("trillion-wide layer", lambda r, t: ["train", *TINY, "model.hidden=[1000000000000]", "--out", str(t / "run")],
          2, "parameters; training it needs about"),
+    Case("trillion-wide sequential layer", lambda r, t: [
+        "train", *FAST, "model.name=sequential", "model.layers=[Flatten, {Linear: [64, 1000000000000]}]",
+        "--out", str(t / "run")], 2, "sequential (model.layers) has 65,000,000,000,000 parameters"),
+    Case("negative sequential layer", lambda r, t: [
+        "train", *FAST, "model.name=sequential", "model.layers=[Flatten, {Linear: [64, -5]}]", "--out", str(t / "run")],
+         2, "model.layers[1]: Linear(64, -5) failed"),
     Case("a list where an int goes", lambda r, t: ["train", *FAST, "model.name=small_cnn", "model.hidden=[8]",
                                                    "--out", str(t / "run")], 2, "model.hidden: [8] does not fit int"),
     Case("shifted transform index", lambda r, t: [

@@ -50,6 +50,7 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int] | Any, output_dim: 
         if kwargs:
             raise ConfigError(f"model.{next(iter(kwargs))}: `sequential` takes only `layers` and `init`; "
                               f"give the layers' own arguments inside model.layers")
+        _probe_on_meta(lambda: build_sequential(cfg.layers, input_shape), "sequential (model.layers)")
         model = build_sequential(cfg.layers, input_shape)
     elif name.startswith("torchvision:"):
         model = build_torchvision(name.removeprefix("torchvision:"), kwargs, input_shape, output_dim)
@@ -70,30 +71,38 @@ def _call(factory, name: str, *args, **kwargs) -> Any:
     a config error. A zoo model is first built on the meta device (no memory, no RNG), so that sizes
     this machine cannot hold are refused with an estimate instead of failing inside torch."""
     shown = ", ".join(f"{k}={short(v)}" for k, v in kwargs.items() if k not in ("input_shape", "output_dim"))
+    if name in MODELS:
+        _probe_on_meta(lambda: factory(*args, **kwargs), f"{name!r}({shown})")
     try:
-        if name in MODELS:
-            with torch.device("meta"):
-                _check_memory(factory(*args, **kwargs), name, shown)
         return factory(*args, **kwargs)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ConfigError(f"model: building {name!r}({shown}) failed: {str(e).splitlines()[0][:300]}") from None
 
 
-def _check_memory(model: Any, name: str, shown: str) -> None:
-    """Refuse a model whose training state (weights, gradients, two optimizer moments: 4 x fp32) exceeds RAM."""
+def _probe_on_meta(build: Any, what: str) -> None:
+    """Build once on the meta device (no memory, no random numbers drawn) and refuse a model whose training
+    state (weights, gradients, two optimizer moments: 4 x fp32) exceeds this machine's memory. A build
+    that fails there is left to the real build, which reports it."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. an op without a meta kernel: the real build decides
+        return
     if not isinstance(model, nn.Module):
         return
     count = sum(p.numel() for p in model.parameters())
     need = 16 * count  # bytes
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > ram:
-        raise ConfigError(f"model: {name!r}({shown}) has {count:,} parameters; training it needs about "
+        raise ConfigError(f"model: {what} has {count:,} parameters; training it needs about "
                           f"{_gb(need)} (weights, gradients and two optimizer moments in fp32), more than this "
                           f"machine's {_gb(ram)} of memory; make the sizes smaller")
 
 
 def _gb(n: float) -> str:
-    return f"{n / 2**30:,.1f} GB" if n < 2**50 else f"{n / 2**50:,.0f} PB"
+    return f"{n / 2**30:,.1f} GB" if n < 2**40 else f"{n / 2**40:,.0f} TB"
 
 
 # ----------------------------------------------------------------------------- user classes
