@@ -223,7 +223,7 @@ def check_value(value: Any, param: inspect.Parameter, key: str) -> Any:
     from trainlab.errors import short
 
     expected = _expected(param)
-    if expected is Any:
+    if expected is Any or (value is None and param.default is None):  # None where None is the default
         return value
     if expected not in _ADAPTERS:
         try:
