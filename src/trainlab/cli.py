@@ -37,6 +37,10 @@ class _Group(click.Group):
             sys.exit(e.exit_code)
         except RunFailed as e:  # diverged, out of memory
             _fail(str(e), 1)
+        except KeyboardInterrupt:  # Ctrl-C outside the training loop's own handler (start-up, test, report)
+            click.echo("interrupted (SIGINT); what was already written is kept — a run with checkpoints/last.pt "
+                       "continues (and finishes its report) with --resume", err=True)
+            sys.exit(130)
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from trainlab.errors import ConfigError, did_you_mean
+from trainlab.errors import ConfigError, did_you_mean, short
 from trainlab.registry import check_kwargs, import_object
 
 _DTYPES = {name: getattr(torch, name) for name in (
@@ -49,7 +49,7 @@ def parse_item(item: Any, key: str) -> tuple[str, list[Any], dict[str, Any]]:
                 return name, [list(value)], {}  # `- Resize: [224, 224]` means size (224, 224)
             return name, [to_dtype(v) for v in value], {}
         return name, [to_dtype(value)], {}
-    raise ConfigError(f"{key}: {item!r} is not a component: write a name (- ReLU), a name with a list of "
+    raise ConfigError(f"{key}: {short(item)} is not a component: write a name (- ReLU), a name with a list of "
                       f"positional arguments (- Conv2d: [1, 10, 5]) or with a mapping of keyword arguments")
 
 
@@ -72,10 +72,10 @@ def build_list(items: list[Any] | None, namespaces: list[ModuleType], key: str) 
         where = f"{key}[{i}]"
         name, args, kwargs = parse_item(item, where)
         cls = resolve_class(name, namespaces, where)
-        check_kwargs(cls, kwargs, where)
+        kwargs = check_kwargs(cls, kwargs, where)
         try:
             built.append(cls(*args, **kwargs))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{where}: {name}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])}) "
-                              f"failed: {e}") from None
+        except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: a size torch refuses (-5)
+            raise ConfigError(f"{where}: {name}({', '.join([*map(short, args), *(f'{k}={short(v)}' for k, v in kwargs.items())])}) "
+                              f"failed: {str(e).splitlines()[0][:300]}") from None
     return built

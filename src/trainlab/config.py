@@ -1,11 +1,13 @@
 """The config schema (every default lives here), YAML loading and dotted KEY=VALUE overrides.
 
-A config is YAML read with `yaml.safe_load` only, then validated by pydantic; unknown keys, wrong
+A config is YAML read with a safe loader only (`ConfigLoader`: no Python objects, no alias bombs, no
+duplicate keys), then validated by pydantic; unknown keys, wrong
 types and out-of-range values become a `ConfigError` naming the key and the bad value.
 """
 from __future__ import annotations
 
 import copy
+import re
 import types
 import typing
 from pathlib import Path
@@ -14,19 +16,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainlab.errors import ConfigError, did_you_mean
+from trainlab.errors import ConfigError, did_you_mean, short
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Component(BaseModel):
     """`name` plus the keyword arguments of what it names, side by side."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
 
     def kwargs(self) -> dict[str, Any]:
@@ -136,7 +138,7 @@ class TrainConfig(_Strict):
     def _device(cls, v: str) -> str:
         base = v.split(":")[0]
         if base not in ("auto", "cpu", "cuda", "mps", "xpu"):
-            raise ValueError(f"unknown device {v!r}; use auto, cpu, cuda, cuda:N or mps")
+            raise ValueError(f"unknown device {short(v)}; use auto, cpu, cuda, cuda:N or mps")
         return v
 
 
@@ -231,8 +233,8 @@ PRUNERS = ("median", "hyperband", "none")
 
 
 class Config(_Strict):
-    name: str = "run"
-    seed: int = 0
+    name: str = Field(default="run", min_length=1, max_length=100)  # the run folder's name: runs/<name>
+    seed: int = Field(default=0, ge=0, lt=2**64)  # torch.manual_seed takes 64 bits
     task: Literal["auto", "classification", "binary", "regression"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -243,6 +245,13 @@ class Config(_Strict):
     metrics: list[str] | None = None  # default: by task
     sweep: SweepConfig | None = None  # read by `trainlab sweep` only
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if any(c in v for c in "/\\\0") or v in (".", "..") or not v.isprintable():
+            raise ValueError("a run name is one folder name: no '/', '\\' or control characters")
+        return v
+
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json", by_alias=True)
         if d.get("sweep") is None:
@@ -252,25 +261,125 @@ class Config(_Strict):
 
 # ----------------------------------------------------------------------------- loading
 
+class ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader for a config that may be hostile: it refuses what would cost time or memory later
+    (aliases that expand a 1 KB file to a billion values, nesting deeper than any config needs, integers
+    longer than Python reads) and duplicate keys (YAML would keep the last one silently), each as a
+    ConfigError naming the file and line. Aliases stay allowed for the sharing configs use them for."""
+
+    MAX_DEPTH = 64  # the deepest default-config value is 4 levels deep
+    MAX_VALUES = 100_000  # scalars, lists and mappings once every alias is expanded
+
+    def __init__(self, stream: str, source: str):
+        super().__init__(stream)
+        self.source, self.depth = source, 0
+
+    def where(self, mark: Any) -> str:
+        return f"{self.source}:{mark.line + 1}" if mark is not None else self.source
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # Composing recurses once per level: refuse deep nesting before Python's recursion limit does.
+        self.depth += 1
+        try:
+            if self.depth > self.MAX_DEPTH:
+                raise ConfigError(f"{self.where(self.peek_event().start_mark)}: values nested more than "
+                                  f"{self.MAX_DEPTH} levels deep; a config is a few levels of keys and lists")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        sizes: dict[int, int] = {}  # per node object: an alias is the same node again, counted once here
+
+        def expanded(n: Any) -> int:
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # a recursive alias counts as nothing more while it is being counted
+                children = n.value if isinstance(n, yaml.SequenceNode) else \
+                    [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else []
+                sizes[id(n)] = min(1 + sum(expanded(c) for c in children), 10 * self.MAX_VALUES)
+            return sizes[id(n)]
+
+        if node is not None and expanded(node) > self.MAX_VALUES:
+            raise ConfigError(f"{self.source}: its aliases (*name) expand it to more than {self.MAX_VALUES:,} values; "
+                              f"trainlab refuses such a file (an alias bomb) instead of expanding it")
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{self.source}: key {short(key)} is given twice, on lines {seen[key]} and "
+                                  f"{key_node.start_mark.line + 1}; keep one")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: Any) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # Python reads at most 4300 digits
+            raise ConfigError(f"{self.where(node.start_mark)}: the integer {short(node.value)} is too long "
+                              f"({len(node.value)} digits)") from None
+
+
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", ConfigLoader.construct_yaml_int)
+
+
+MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; a list of thousands of column names still fits
+
+
+def _check_flow_depth(text: str, source: str) -> None:
+    """Refuse deep `[[[...` / `{{{...` nesting before the YAML scanner, whose look-ahead for keys makes it
+    slow on them (the composer's own depth check comes too late for that). Brackets inside quoted strings
+    count too: only a string with dozens of unbalanced brackets could be refused by mistake."""
+    depth = 0
+    for bracket in re.findall(r"[\[\]{}]", text):
+        depth += 1 if bracket in "[{" else -1
+        if depth > ConfigLoader.MAX_DEPTH:
+            raise ConfigError(f"{source}: values nested more than {ConfigLoader.MAX_DEPTH} levels deep; a config is "
+                              f"a few levels of keys and lists")
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> plain Python values, read with `ConfigLoader` (no Python objects are constructed)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text):,} characters; a config has at most {MAX_CONFIG_BYTES:,}")
+    _check_flow_depth(text, source)
+    loader = ConfigLoader(text, source)
+    try:
+        return loader.get_single_data()
+    except yaml.constructor.ConstructorError as e:
+        raise ConfigError(f"{loader.where(e.problem_mark)}: YAML tag refused ({short(e.problem)}); trainlab configs "
+                          f"are plain YAML (safe loading) and never construct Python objects") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: YAML syntax error: {problem[:200]}") from None
+    finally:
+        loader.dispose()
+
+
+def _decode(data: bytes, source: str) -> str:
+    """UTF-8 text (a BOM is dropped); other bytes are an error naming the line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{source}:{line}: byte 0x{data[e.start]:02x} is not UTF-8; save the file as UTF-8") from None
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.constructor.ConstructorError as e:
-        mark = e.problem_mark
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: YAML tag refused ({e.problem}); trainlab configs are plain YAML "
-                          f"(yaml.safe_load) and never construct Python objects") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    raw = parse_yaml(_decode(data, str(path)), str(path))
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -282,10 +391,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """'optimizer.lr=1e-3' -> (['optimizer', 'lr'], 0.001); values are parsed as YAML."""
     key, sep, value = text.partition("=")
     if not sep or not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {text!r} is not of the form KEY=VALUE (e.g. optimizer.lr=0.1)")
+        raise ConfigError(f"override {short(text)} is not of the form KEY=VALUE (e.g. optimizer.lr=0.1)")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a byte that is not UTF-8 reaches sys.argv as a lone surrogate
+        raise ConfigError(f"override {key[:80]}: its text is not UTF-8 (byte 0x{ord(text[e.start]) & 0xff:02x} "
+                          f"at character {e.start + 1})") from None
+    try:
+        parsed = parse_yaml(value, f"override {key}") if value.strip() else None
+    except ConfigError as e:
+        if "YAML syntax error" not in str(e):
+            raise  # an alias bomb, deep nesting or a refused tag in an override too
         parsed = value
     if isinstance(parsed, str) or parsed is None:
         # YAML reads 1e-3 as a string (no dot); be kind and accept it as a float.
@@ -312,7 +428,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
             elif isinstance(child, str) and part in ("model", "loss", "optimizer", "scheduler", "sampler", "pruner"):
                 child = node[part] = {"name": child}
             elif not isinstance(child, dict):
-                raise ConfigError(f"override {'.'.join(path)}: {part!r} holds {child!r}, not a mapping")
+                raise ConfigError(f"override {'.'.join(path)}: {part!r} holds {short(child)}, not a mapping")
             node = child
         node[path[-1]] = value
     return raw
@@ -334,7 +450,7 @@ def _format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
         if e["type"] == "extra_forbidden":
             model = _model_at(loc[:-1])
             names = [f.alias or n for n, f in model.model_fields.items()] if model else []
-            lines.append(f"unknown key {key!r}{did_you_mean(loc[-1], names)}")
+            lines.append(f"unknown key {short(key)}{did_you_mean(loc[-1][:100], names)}")
             continue
         value = e.get("input")
         msg = e["msg"].removeprefix("Value error, ")
@@ -344,7 +460,7 @@ def _format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
         # A value that fits none of a union's types (`bool | Literal["auto"]`) gets one error per
         # type, located at key.<type>: one line for the key, with every type's message.
         key = ".".join(loc[:_field_depth(loc)])
-        line = f"{key}: bad value {value!r}: "
+        line = f"{key}: bad value {short(value)}: "
         if lines and lines[-1].startswith(line):
             lines[-1] += f", or {msg[0].lower()}{msg[1:]}"
         else:

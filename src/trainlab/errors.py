@@ -4,7 +4,9 @@ message and exit code 1; anything else is a bug and exits 1 with its traceback."
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from typing import Any
 
 
 class TrainlabError(Exception):
@@ -50,6 +52,28 @@ class OutOfMemory(RunFailed):
     no checkpoint is written from the failed step (see `engine.device.out_of_memory`)."""
 
 
+def divergence_advice(train_cfg: Any, checkpoint_dir: Any = None, bad: Iterable[str] = ()) -> str:
+    """The end of a TrainingDiverged message, true to this run: which checkpoints keep the last finite
+    weights (only those that exist), what `bad` tensors are (BatchNorm running statistics are named as
+    such), and only the remedies not already in use (`train_cfg`: the config's `train` section)."""
+    from pathlib import Path
+
+    kept = [n for n in ("last.pt", "best.pt") if checkpoint_dir is not None and (Path(checkpoint_dir) / n).is_file()]
+    parts = [f"{' and '.join(kept)} keep{'s' if len(kept) == 1 else ''} the last finite weights" if kept
+             else "no checkpoint was written before it"]
+    stats = [b for b in bad if b.endswith(("running_mean", "running_var"))]
+    if stats:
+        parts.append(f"the NaN/Inf is in BatchNorm running statistics ({', '.join(stats[:3])}): a batch of "
+                     f"non-finite or huge activations updated them; check the inputs' scale or add grad_clip")
+    remedies = ["a lower optimizer.lr"]
+    if getattr(train_cfg, "grad_clip", None) is None:
+        remedies.append("train.grad_clip")
+    if getattr(train_cfg, "nan_policy", "stop") != "skip":
+        remedies.append("train.nan_policy=skip")
+    return "; ".join(parts) + ". Try " + (", ".join(remedies[:-1]) + " or " + remedies[-1] if len(remedies) > 1
+                                          else remedies[0]) + "."
+
+
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean 'a', 'b'?)' or '' when nothing is close."""
     choices = list(choices)
@@ -67,3 +91,16 @@ def warn(message: str) -> None:
     import sys
 
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+_SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxset = 3, 6, 6, 6, 6
+_SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 80, 40, 80
+
+
+def short(value: Any) -> str:
+    """A repr for messages, cut to a few dozen characters however big the value (a config may be hostile)."""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an int past Python's 4300-digit str limit
+        return f"<a {value.bit_length()}-bit integer>" if isinstance(value, int) else f"<a {type(value).__name__}>"

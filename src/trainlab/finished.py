@@ -52,7 +52,7 @@ def checkpoint_file(run_dir: str | Path, checkpoint: str = "best") -> Path:
 def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = True) -> LoadedRun:
     """The run's config, data (rebuilt from the config), loss and model with the weights of
     `checkpoint` (`best` (falls back to `last` when there is no best.pt), `last`, or a file name)."""
-    from trainlab.data import build_data
+    from trainlab.data import build_data, check_same_data
     from trainlab.losses import build_loss
     from trainlab.models import build_model
 
@@ -73,6 +73,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = Tr
                                                  len(prep.get("class_names") or []) if task == "classification" else 1))
     model = build_model(config.model, input_shape, output_dim, task).to(device)
     if bundle is not None:
+        check_same_data(bundle, prep, path)  # a CSV that gained a column, a class folder that vanished
         x, _ = sample_batch(bundle.train)
         with torch.no_grad():
             model.eval()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainlab.claim import release_all
 from trainlab.config import Config
 from trainlab.logging import write_json_atomic
 
@@ -35,7 +36,10 @@ def train_kfold(cfg: Config, out: str | Path | None = None, quiet: bool = False)
         fold_cfg.name = f"{cfg.name}_fold{fold}"
         if not quiet:
             print(f"\n=== fold {fold + 1}/{cfg.data.k_fold} ===")
-        runs.append(train_one(fold_cfg, out / f"fold_{fold}", resume=False, quiet=quiet, callbacks=[]))
+        try:
+            runs.append(train_one(fold_cfg, out / f"fold_{fold}", resume=False, quiet=quiet, callbacks=[]))
+        finally:
+            release_all()  # each fold's folder is locked while it trains
     summary: dict[str, Any] = {"k_fold": cfg.data.k_fold, "folds": [str(r.run_dir) for r in runs], "metrics": {}}
     for split in ("val", "test"):
         values: dict[str, list[float]] = {}

@@ -38,14 +38,33 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def output_path(path: str | Path, folder: bool, flag: str = "--out") -> Path:
+    """Where a command writes (a file, or a `folder` it creates): a clean error when a file stands where a
+    folder must be, a folder where the file must be, or the place cannot be written."""
+    path = Path(path)
+    parent = path if folder else path.parent
+    for p in [parent, *parent.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise TrainlabError(f"{flag} {path}: {p} is a file, not a folder")
+            break
+    if not folder and path.is_dir():
+        raise TrainlabError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'predictions.csv'}")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainlabError(f"{flag} {path}: cannot create {parent}: {e.strerror}") from None
+    return path
+
+
 class RunDir:
-    """Paths of one run directory; creating it checks that it is writable."""
+    """Paths of one run directory; creating it checks that it is writable (checkpoints/ is made by the
+    first checkpoint). A training run takes its folder with `trainlab.claim.claim_run_dir`."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / "checkpoints").mkdir(exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
             probe.write_text("ok")
             probe.unlink()
@@ -71,6 +90,9 @@ class RunDir:
     tensorboard = property(lambda self: self.path / "tensorboard")
     predictions = property(lambda self: self.path / "predictions")
     report = property(lambda self: self.path / "report.html")
+
+    def release(self) -> None:
+        """Give up the folder's lock, if this process claimed it (`claim_run_dir` sets this)."""
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))

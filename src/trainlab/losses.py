@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainlab.config import LossConfig
-from trainlab.errors import ConfigError, did_you_mean
+from trainlab.errors import ConfigError, did_you_mean, short
 from trainlab.registry import LOSSES, Entry, check_kwargs
 
 AUTO = {"classification": "CrossEntropyLoss", "binary": "BCEWithLogitsLoss", "regression": "MSELoss"}
@@ -201,7 +201,7 @@ def build_loss(cfg: LossConfig, task: str) -> nn.Module:
         name = AUTO[task]
     entry = LOSSES.entry(name, "loss.name")
     if ":" in name:  # a user's class (built with its kwargs) or function (kwargs bound): no adaptation
-        check_kwargs(entry.factory, kwargs, "loss")
+        kwargs = check_kwargs(entry.factory, kwargs, "loss")
         if inspect.isclass(entry.factory):
             return TargetAdapter(_build(entry.factory, kwargs, name), None)
         return TargetAdapter(functools.partial(entry.factory, **kwargs) if kwargs else entry.factory, None)
@@ -221,7 +221,7 @@ def build_loss(cfg: LossConfig, task: str) -> nn.Module:
             if task in ("binary", "regression") else ""
         raise ConfigError(f"loss.name: {cls_name} needs {' or '.join(TASKS[adapt])} targets, but the task is "
                           f"{task!r}: {hint}")
-    check_kwargs(entry.factory, kwargs, "loss")
+    kwargs = check_kwargs(entry.factory, kwargs, "loss")
     reductions = ("mean", "sum", "none", *(("batchmean",) if cls_name == "KLDivLoss" else ()))
     if kwargs.get("reduction", "mean") not in reductions:  # torch would only notice at the first step
         raise ConfigError(f"loss.reduction: {kwargs['reduction']!r} is not a reduction"
@@ -235,4 +235,4 @@ def _build(cls: type, kwargs: dict[str, Any], name: str) -> nn.Module:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"loss: {name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: {e}") from None
+        raise ConfigError(f"loss: {name}({', '.join(f'{k}={short(v)}' for k, v in kwargs.items())}) failed: {str(e)[:300]}") from None

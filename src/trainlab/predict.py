@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from trainlab.errors import DataError, TrainlabError
+from trainlab.logging import output_path
 from trainlab.metrics import probabilities
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -33,6 +34,8 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path | None 
     input_path = Path(input_path)
     if not input_path.exists():
         raise DataError(f"input not found: {input_path}")
+    if out is not None:
+        out = output_path(out, folder=False)  # before the work, not after it
     if backend == "onnx":
         from trainlab.export import onnx_for_predict, run_onnx
 
@@ -112,8 +115,10 @@ def _read_images(path: Path, prep: dict[str, Any]) -> tuple[list[str], torch.Ten
             with Image.open(f) as im:
                 im.load()
                 tensors.append(transform(im))
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise DataError(f"unreadable image: {f} ({e})") from None
+        except Image.DecompressionBombError as e:  # more pixels than PIL decodes safely
+            raise DataError(f"refused image: {f} ({e})") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"unreadable image: {f} ({str(e)[:200]})") from None
     return [str(f) for f in files], torch.stack(tensors)
 
 

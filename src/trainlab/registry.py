@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +46,10 @@ def import_object(spec: str, key: str = "name") -> Any:
                 f"{key}: cannot import module {module_name!r} for {spec!r}: no file {module_name.replace('.', '/')}.py "
                 f"in the config's folder, the working directory or the Python path"
             ) from None
-        raise
+        raise ConfigError(f"{key}: importing module {module_name!r} ({_where(e)}) failed: it imports {e.name!r}, "
+                          f"which is not installed ({_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - the user's module raised while it was imported
+        raise ConfigError(f"{key}: importing module {module_name!r} ({_where(e)}) failed: {_first_line(e)}") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -53,6 +57,23 @@ def import_object(spec: str, key: str = "name") -> Any:
             raise ConfigError(f"{key}: module {module_name!r} has no attribute {part!r}{did_you_mean(part, names)}")
         obj = getattr(obj, part)
     return obj
+
+
+def _where(error: BaseException) -> str:
+    """file:line of the user's code that raised `error` while being imported (its deepest frame outside
+    Python's import machinery), or of the syntax error."""
+    import traceback
+
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"{error.filename}:{error.lineno}"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<frozen")
+              and f.filename != __file__ and "/importlib/" not in f.filename]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+def _first_line(error: BaseException) -> str:
+    text = error.msg if isinstance(error, SyntaxError) else str(error)
+    return f"{type(error).__name__}: {(text.strip().splitlines() or [''])[0][:200]}"
 
 
 @dataclass
@@ -121,22 +142,120 @@ KINDS = {"datasets": DATASETS, "models": MODELS, "losses": LOSSES, "optimizers":
          "schedulers": SCHEDULERS, "metrics": METRICS}
 
 
-def check_kwargs(factory: Callable, kwargs: dict[str, Any], key: str, skip: tuple[str, ...] = ()) -> None:
-    """Refuse keyword arguments that `factory` does not take, before anything is built."""
+def check_kwargs(factory: Callable, kwargs: dict[str, Any], key: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check the keyword arguments a config gives `factory` before anything is built: a name it does
+    not take, or a value that fits neither its annotation nor the type of its default, is a ConfigError
+    naming `key.name`; so is a NaN or infinite number. Returns the kwargs with numbers written as strings
+    converted (YAML 1.1 reads `1e-4` as a string), for every component kind in this one place."""
     try:
-        sig = inspect.signature(factory)
+        sig = _signature(factory)
     except (TypeError, ValueError):
-        return
+        return dict(kwargs)
     params = sig.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n, p in params.items()
-                if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-                and n not in skip and n != "self"]
-    for name in kwargs:
-        if name not in accepted:
-            raise ConfigError(f"{key}.{name}: {getattr(factory, '__name__', factory)!s} takes no argument {name!r}"
-                              f"{did_you_mean(name, accepted)}; it takes: {', '.join(accepted) or 'nothing'}")
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        accepted = [n for n, p in params.items()
+                    if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+                    and n not in skip and n != "self"]
+        for name in kwargs:
+            if name not in accepted:
+                raise ConfigError(f"{key}.{name}: {getattr(factory, '__name__', factory)!s} takes no argument {name!r}"
+                                  f"{did_you_mean(name, accepted)}; it takes: {', '.join(accepted) or 'nothing'}")
+    checked = dict(kwargs)
+    for name, value in kwargs.items():
+        if name in params:
+            checked[name] = check_value(value, params[name], f"{key}.{name}")
+    return checked
+
+
+def _signature(factory: Callable) -> inspect.Signature:
+    try:
+        return inspect.signature(factory, eval_str=True)  # torch's schedulers annotate with strings
+    except (NameError, SyntaxError, TypeError, AttributeError):
+        return inspect.signature(factory)
+
+
+def _expected(param: inspect.Parameter) -> Any:
+    """The type a keyword's value must fit: its annotation, else the type of its default (Any: unknown)."""
+    if param.annotation is not inspect.Parameter.empty and not isinstance(param.annotation, str):
+        return _loosen(param.annotation)
+    default = param.default
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, (int, float)):
+        return float | int
+    if isinstance(default, str):
+        return str
+    return Any
+
+
+def _loosen(ann: Any) -> Any:
+    """The annotation as a type a YAML value can be checked against: a tensor may be written as a number or
+    a list, any other class (an optimizer, a callable, an enum) is not checked."""
+    import types
+    import typing
+    from collections.abc import Iterable, Sequence
+
+    import torch
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if ann is torch.Tensor:
+        return float | list
+    if ann in (int, float, bool, str, type(None), list, tuple, dict) or origin is typing.Literal:
+        return ann
+    if origin in (typing.Union, types.UnionType):
+        loose = tuple(_loosen(a) for a in args)
+        return Any if Any in loose else typing.Union[loose]  # noqa: UP007 - built from a tuple
+    if origin in (list, tuple, Sequence, Iterable) and args:
+        if origin is tuple and Ellipsis not in args:
+            return tuple[tuple(_loosen(a) for a in args)]
+        return list[_loosen(args[0])]
+    return Any
+
+
+_ADAPTERS: dict[Any, Any] = {}
+
+
+def check_value(value: Any, param: inspect.Parameter, key: str) -> Any:
+    """`value` checked against what `param` expects (pydantic, lax: '1e-4' is a float); returns it with
+    numeric strings converted to numbers, anything else as it was."""
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    from trainlab.errors import short
+
+    expected = _expected(param)
+    if expected is Any or (value is None and param.default is None):  # None where None is the default
+        return value
+    if expected not in _ADAPTERS:
+        try:
+            _ADAPTERS[expected] = TypeAdapter(expected, config=ConfigDict(arbitrary_types_allowed=True))
+        except Exception:  # noqa: BLE001 - an annotation pydantic cannot read is not checked
+            _ADAPTERS[expected] = None
+    adapter = _ADAPTERS[expected]
+    if adapter is None:
+        return value
+    try:
+        converted = adapter.validate_python(value)
+    except ValidationError as e:
+        wanted = getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
+        reason = e.errors()[0]["msg"]
+        raise ConfigError(f"{key}: {short(value)} does not fit {wanted} ({reason})") from None
+    default_finite = not isinstance(param.default, float) or math.isfinite(param.default)
+    if default_finite and any(isinstance(v, float) and not math.isfinite(v) for v in _leaves(converted)):
+        raise ConfigError(f"{key}: {short(value)} is not a finite number")
+    return _numbers_for_strings(value, converted)
+
+
+def _leaves(value: Any) -> list[Any]:
+    return [leaf for v in value for leaf in _leaves(v)] if isinstance(value, (list, tuple)) else [value]
+
+
+def _numbers_for_strings(original: Any, converted: Any) -> Any:
+    """The original value, with each string that `converted` holds as a number replaced by that number."""
+    if isinstance(original, str) and isinstance(converted, (int, float)) and not isinstance(converted, bool):
+        return converted
+    if isinstance(original, (list, tuple)) and isinstance(converted, (list, tuple)) and len(original) == len(converted):
+        return type(original)(_numbers_for_strings(o, c) for o, c in zip(original, converted))
+    return original
 
 
 def load_builtins() -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainlab.claim import claim_run_dir, release_all
 from trainlab import outputs
 from trainlab.config import Config, apply_overrides, load_config, validate
 from trainlab.data.peek import sample_batch
@@ -133,7 +134,10 @@ def train(config: str | Path | dict[str, Any] | Config | None = None, overrides:
         # Under torchrun every rank uses rank 0's choice (rank 0 may have created the folder already).
         out = distributed.broadcast_object(default_run_dir(cfg, existing=resume or distributed.restarted())
                                            if rank == 0 else None)
-    return train_one(cfg, Path(out), resume=resume, quiet=quiet, callbacks=list(callbacks), model=model)
+    try:
+        return train_one(cfg, Path(out), resume=resume, quiet=quiet, callbacks=list(callbacks), model=model)
+    finally:
+        release_all()  # the run directory's lock ends with the run
 
 
 def _as_dict(overrides: list[str]) -> dict[str, Any]:
@@ -154,8 +158,10 @@ def train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: l
     rank, world_size, _ = distributed.setup(resolve_device(cfg.train.device))  # joins torchrun's group
     if note and rank == 0 and not quiet:
         print(note)
-    resume_state, cfg = _resume_or_refuse(out, cfg, resume)
-    run = RunDir(out) if rank == 0 else None
+    restarted = distributed.restarted()  # an elastic restart continues from last.pt (none yet: from the start)
+    resume = resume or (restarted and (out / "checkpoints" / "last.pt").exists())
+    run = claim_run_dir(out, resume, restarted=restarted, is_main=rank == 0)  # one owner; a used folder needs resume
+    resume_state, cfg = _resume(out, cfg) if resume else (None, cfg)
     if run is not None:
         ckpt.clean_temp_files(run.checkpoints)
     pipe = build_pipeline(cfg, rank=rank, world_size=world_size, model=model)
@@ -197,20 +203,13 @@ def train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: l
                run.read_summary() if run else {})
 
 
-def _resume_or_refuse(out: Path, cfg: Config, resume: bool) -> tuple[dict[str, Any] | None, Config]:
-    """The checkpoint to resume from (None: a fresh start) and the config to use."""
-    restarted = distributed.restarted()
-    if restarted and (out / "checkpoints" / "last.pt").exists():
-        resume = True  # an elastic restart continues from the last checkpoint (none yet: from the start)
-    if resume:
-        state, cfg = _resume_state(out, cfg)
-        note = check_resume_device(state, cfg.train.device, out / "checkpoints" / "last.pt")
-        if note and distributed.env()[0] == 0:
-            print(note, file=sys.stderr)
-        return state, cfg
-    if not restarted and (out / "checkpoints" / "last.pt").exists():  # every rank stops, not only rank 0
-        raise TrainlabError(f"{out} already holds a run; use --resume to continue it, or --out for a new folder")
-    return None, cfg
+def _resume(out: Path, cfg: Config) -> tuple[dict[str, Any], Config]:
+    """The checkpoint to resume from and the config to use (a device change is said in one line)."""
+    state, cfg = _resume_state(out, cfg)
+    note = check_resume_device(state, cfg.train.device, out / "checkpoints" / "last.pt")
+    if note and distributed.env()[0] == 0:
+        print(note, file=sys.stderr)
+    return state, cfg
 
 
 def _open_run(run: RunDir | None, pipe: Pipeline, resume_state: dict[str, Any] | None, quiet: bool,

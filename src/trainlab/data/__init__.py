@@ -35,8 +35,8 @@ def load_source(cfg: DataConfig) -> SourceData:
     name = cfg.source
     if name in DATASETS or ":" not in name or name.startswith("torchvision:"):
         factory = DATASETS.get(name, "data.source")  # unknown -> ConfigError with the closest names
-        check_kwargs(factory, cfg.options, "data.options", skip=("cfg",))
-        source = factory(cfg, **cfg.options)
+        options = check_kwargs(factory, cfg.options, "data.options", skip=("cfg",))
+        source = factory(cfg, **options)
     else:
         obj = DATASETS.get(name, "data.source")  # imports module:attr
         if not (inspect.isfunction(obj) or (inspect.isclass(obj) and issubclass(obj, Dataset))):
@@ -111,10 +111,39 @@ def _standardize(train: Dataset, others: list[Dataset | None]) -> tuple[list[Dat
                           "sets); for images use `Normalize: auto` in data.transforms")
     mean = train.x.mean(dim=0)  # (F,) or the shape of one sample
     std = train.x.std(dim=0, unbiased=False)
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):  # squares past float32's range
+        column = int((~torch.isfinite(mean) | ~torch.isfinite(std)).reshape(-1).nonzero()[0])
+        raise DataError(f"data.standardize: feature {column} (counted from 0) holds values too large to standardise "
+                        f"in float32 (largest magnitude {float(train.x.reshape(len(train.x), -1)[:, column].abs().max()):.3g}); "
+                        f"rescale that column, or drop data.standardize")
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature stays as it is, centred
     scaled = [None if ds is None else ArrayDataset((ds.x - mean) / std, ds.y, ds.transform)
               for ds in [train, *others]]
     return scaled, {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def check_same_data(bundle: DataBundle, trained: dict[str, Any], checkpoint: Any) -> None:
+    """Refuse data rebuilt from a run's config (eval, doctor) that no longer matches what the run trained on
+    (`trained`: the checkpoint's preprocessing): another set of columns, classes or input shape."""
+    now = bundle.preprocessing
+    changes = []
+    before_csv, now_csv = trained.get("csv") or {}, now.get("csv") or {}
+    if before_csv.get("columns") and before_csv.get("columns") != now_csv.get("columns"):
+        old, new = before_csv["columns"], now_csv.get("columns") or []
+        added, gone = [c for c in new if c not in old], [c for c in old if c not in new]
+        changes.append(f"the CSV's columns changed ({', '.join([*(f'new {c!r}' for c in added), *(f'gone {c!r}' for c in gone)]) or 'reordered'})")
+    for key, what in (("class_names", "classes"), ("input_shape", "input shape")):
+        if trained.get(key) is not None and now.get(key) is not None and list(trained[key]) != list(now[key]):
+            old, new = list(trained[key]), list(now[key])
+            if key == "class_names":
+                gone, added = [c for c in old if c not in new], [c for c in new if c not in old]
+                detail = ", ".join([*(f"gone {c!r}" for c in gone), *(f"new {c!r}" for c in added)]) or "reordered"
+            else:
+                detail = f"{tuple(old)} when trained, {tuple(new)} now"
+            changes.append(f"the {what} changed ({detail})")
+    if changes:
+        raise DataError(f"the data of this run changed since it was trained ({checkpoint}): {'; '.join(changes)}. "
+                        f"Evaluate on data laid out as in training (the run's config.yaml names it)")
 
 
 def apply_scaler(x: torch.Tensor, scaler: dict[str, Any]) -> torch.Tensor:
@@ -198,7 +227,13 @@ def build_data(config: Config) -> DataBundle:
                    "input_shape": raw_shape, "seed": config.seed}
     train, val, test, extra = attach_transforms(train, val, test, cfg, bundle_info)
     preprocessing.update(extra)
-    input_shape = sample_shape(train[0][0])
+    try:
+        input_shape = sample_shape(train[0][0])  # the first time the transforms run
+    except (ValueError, TypeError, RuntimeError) as e:
+        if not (cfg.transforms or cfg.eval_transforms):
+            raise
+        raise DataError(f"data.transforms: applying the list to the first training sample (shape "
+                        f"{raw_shape}) failed: {str(e).splitlines()[0][:300]}") from None
     if input_shape is None:
         raise DataError(f"{where}: a training sample is a {type(train[0][0]).__name__}, not a tensor; add "
                         f"ToImage and ToDtype to data.transforms (or return tensors from the dataset)")

@@ -50,8 +50,13 @@ def _read_text(path: Path) -> str:
             raise DataError(f"{path}: cannot decompress this gzip file ({e}); is it truncated?") from None
     try:
         return raw.decode("utf-8-sig")  # drops a byte-order mark that Excel writes
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: byte 0x{raw[e.start]:02x} is not UTF-8 (an encoding problem: the file is "
+                        f"probably latin-1 / Windows-1252); save it as UTF-8 (e.g. Excel's 'CSV UTF-8')") from None
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a larger feature becomes inf in the (N, F) float32 tensor
 
 
 def _is_number(cell: str) -> bool:
@@ -161,6 +166,9 @@ def _cell_error(table: Table, i: int, j: int) -> DataError | None:
                          f"numbers (leave a text column out with data.features)")
     if not math.isfinite(value):
         return DataError(f"{where}: {cell.strip()!r} in column {table.names[j]!r} is not a finite number")
+    if abs(value) > FLOAT32_MAX:
+        return DataError(f"{where}: {cell.strip()!r} in column {table.names[j]!r} is beyond the float32 range "
+                         f"(±3.4e38) that training computes in; rescale the column")
     return None
 
 
@@ -171,7 +179,7 @@ def parse_numeric(table: Table, columns: list[int], label_column: int | None = N
     """
     try:
         values = np.array([[row[j] for j in columns] for row in table.rows], dtype=np.float64)
-        ok = bool(np.isfinite(values).all())
+        ok = bool((np.abs(values) <= FLOAT32_MAX).all())  # False for NaN and Inf too
     except ValueError:
         ok = False
     if label_column is not None:

@@ -12,6 +12,7 @@ into a uint8 (N, C, H, W) `ArrayDataset` for the fast in-memory loader; a larger
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torchvision.transforms.v2 import functional as F
 from trainlab.config import DataConfig
 from trainlab.data.base import ArrayDataset, SourceData
 from trainlab.data.transforms import resize_image
-from trainlab.errors import ConfigError, DataError
+from trainlab.errors import ConfigError, DataError, short
 from trainlab.registry import DATASETS
 
 log = logging.getLogger("trainlab")
@@ -126,6 +127,9 @@ def _scan(root: Path, splits: dict[str, Path], skip_bad: bool, info: dict[str, A
         hint = f" ({len(loose)} images lie directly in it: move them into one folder per class)" if loose else ""
         raise DataError(f"data.root: {splits['train']} has no class sub-folders{hint}; image_folder expects "
                         f"<root>/<class>/*.jpg, e.g. ants/ and bees/")
+    if len(classes) == 1:
+        raise DataError(f"data.root: {splits['train']} has one class folder ({classes[0]!r}); classification needs "
+                        f"at least 2 (one sub-folder per class)")
     for s, names in class_sets.items():
         if s != "train" and names != classes:
             missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
@@ -207,8 +211,26 @@ def _image_size(value: int | list[int] | None) -> list[int] | None:
         return None
     size = [value, value] if isinstance(value, int) else list(value)
     if len(size) != 2 or any(s < 1 for s in size):
-        raise ConfigError(f"data.image_size: {value!r} is not a size; write 64 (64x64) or [H, W]")
+        raise ConfigError(f"data.image_size: {short(value)} is not a size; write 64 (64x64) or [H, W]")
     return size
+
+
+def _check_batch_memory(cfg: DataConfig, shapes: set[tuple[int, int]], channels: int, root: Path,
+                        files: int) -> None:
+    """Refuse images too large to train on as they are (more pixels than PIL decodes without a bomb
+    warning, or one float32 batch over a quarter of this machine's memory), unless data.image_size or
+    data.transforms set the size the model sees."""
+    if cfg.image_size is not None or cfg.transforms or not shapes:
+        return
+    h, w = max(shapes, key=lambda hw: hw[0] * hw[1])
+    batch = max(1, min(cfg.batch_size, files))
+    need = batch * channels * h * w * 4  # bytes of one float32 batch, before any activation
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > ram / 4 or h * w > (PIL.Image.MAX_IMAGE_PIXELS or h * w):
+        raise DataError(f"image folder {root}: the images are up to {h}x{w} pixels, so one batch of {batch} needs "
+                        f"~{need / 2**30:.1f} GB as float32 before the model even starts, and its activations many "
+                        f"times that (this machine has {ram / 2**30:.0f} GB); set data.image_size (e.g. "
+                        f"data.image_size=224) or put a Resize in data.transforms")
 
 
 @DATASETS.register("image_folder", "folder of class sub-folders of images (data.root), optionally in train/ val/ test/")
@@ -243,6 +265,7 @@ def image_folder(cfg: DataConfig, memory_limit_mb: float = 512) -> SourceData:
                         f"cannot be stacked into batches; set data.image_size: [H, W] (e.g. data.image_size=128) to "
                         f"resize them all, or give data.transforms that end at one size (e.g. RandomResizedCrop: 224)")
     in_memory = in_memory and not sizes_vary
+    _check_batch_memory(cfg, shapes, channels, root, len(scanned['train'].files))
     common = size or (list(next(iter(shapes))) if shapes and not sizes_vary else None)
     info.update(image_mode=mode, image_size=common, image_sizes_vary=sizes_vary, in_memory=in_memory,
                 num_files={s: len(v.files) for s, v in scanned.items()})

@@ -336,7 +336,14 @@ def _check_one_size(compose: Callable, channels: int, key: str) -> None:
     if len(shapes) > 1:
         raise ConfigError(f"{key}: the images have different sizes and these transforms do not bring them to one "
                           f"size (e.g. {sorted(shapes)}); set data.image_size: [H, W] (e.g. 224), or end the list "
-                          f"with a fixed-size item such as Resize: {size: [224, 224]} or RandomResizedCrop: 224")
+                          f"with a fixed-size item such as Resize: {{size: [224, 224]}} or RandomResizedCrop: 224")
+
+
+def _check_user_items(items: list[Any], key: str) -> None:
+    """Build the user's own list once, so that a bad item is named by its index in that list (the
+    normalised list holds items trainlab inserted, e.g. a ToDtype before Normalize)."""
+    plain = ["ToImage" if parse_item(item, f"{key}[{i}]")[0] == "ToTensor" else item for i, item in enumerate(items)]
+    build_list(plain, [v2], key)  # ToTensor (deprecated in v2) stands in as ToImage: same index, no warning
 
 
 def attach_transforms(train: Dataset, val: Dataset | None, test: Dataset | None, cfg: DataConfig,
@@ -354,10 +361,12 @@ def attach_transforms(train: Dataset, val: Dataset | None, test: Dataset | None,
     stats = None
     if any(_is_auto_normalize(i) for i in train_raw + (eval_raw or [])):
         stats = channel_stats(train)
+    _check_user_items(resolve_auto(train_raw, stats), "data.transforms")
     train_items = normalize_items(resolve_auto(train_raw, stats), "data.transforms")
     if eval_raw is None:
         eval_list = eval_items(train_items)
     else:
+        _check_user_items(resolve_auto(eval_raw, stats), "data.eval_transforms")
         eval_list = normalize_items(resolve_auto(eval_raw, stats), "data.eval_transforms")
 
     train, fast_train = _attach(train, train_items, "data.transforms", image)

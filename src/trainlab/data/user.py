@@ -43,8 +43,7 @@ def build_dataset_splits(cls: Any, options: dict[str, Any], root: str | None, do
     """(train, val, test) from a dataset class: one split per `train=True/False` or `split=...` value."""
     params = _params(cls)
     name = getattr(cls, "__name__", str(cls))
-    check_kwargs(cls, options, "data.options")
-    kwargs = dict(options)
+    kwargs = check_kwargs(cls, options, "data.options")
     if "root" in params and "root" not in kwargs:
         if root is None and params["root"].default is inspect.Parameter.empty:
             raise ConfigError(f"data.root: {name} (data.source) takes a root folder; set data.root")
@@ -88,7 +87,7 @@ def user_source(obj: Any, cfg: DataConfig) -> SourceData:
         result: Any = (train, val, test)
     elif callable(obj):
         params = _params(obj)
-        check_kwargs(obj, options, "data.options", skip=("root", "download"))
+        options = check_kwargs(obj, options, "data.options", skip=("root", "download"))
         for name, value in (("root", cfg.root), ("download", cfg.download)):
             if name in params and name not in options and value is not None:
                 options[name] = value

@@ -20,7 +20,7 @@ from trainlab.diagnose.flowchart import baseline_loss, verdict
 from trainlab.diagnose.gradients import gradient_health, gradient_snapshot, read_layer_stats
 from trainlab.diagnose.hessian import critical_point
 from trainlab.diagnose.lr_finder import lr_range_test, plot_lr_find
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, TrainlabError
 
 CRITICAL_BATCH = 256  # samples in the fixed batch of the Hessian analysis and gradient snapshot
 SHALLOW_AUTO_SECONDS = 60.0  # doctor trains a shallower model unasked when the run trained at most this long
@@ -194,8 +194,12 @@ def doctor(run_dir: str | Path, compare_shallow: bool | None = None, batch_sizes
     if shallow is not None:
         shallow["automatic"] = auto  # trained without --compare-shallow because it was cheap
     diverged = summary.get("status") == "failed"
-    diagnosis = verdict(loaded.history, base, shallow=shallow, holdout=_holdout(loaded), diverged=diverged,
-                        gradient_health=health)
+    try:
+        diagnosis = verdict(loaded.history, base, shallow=shallow, holdout=_holdout(loaded), diverged=diverged,
+                            gradient_health=health)
+    except ValueError as e:  # no training rows: metrics.jsonl missing, empty or cut short
+        raise TrainlabError(f"doctor: {Path(run_dir) / 'metrics.jsonl'}: {e}; the file is missing, empty or was cut "
+                            f"short before an epoch ended, so there is no loss curve to diagnose") from None
     if shallow is not None:
         diagnosis["shallow"] = shallow
     diagnosis["numbers"]["train_loss_best_weights"] = _loss_on(loaded, bundle.train)  # eval mode, no dropout

@@ -39,6 +39,7 @@ def _fsync_dir(folder: Path) -> None:
 def _write_tmp(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a run's checkpoints/ appears with its first checkpoint
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -101,7 +102,40 @@ def _no_unsafe_env():
         os.environ.update(saved)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+# What every trainlab checkpoint holds (last.pt and best.pt alike are a Trainer's full state_dict), and
+# the type of each: loading checks them, so that a foreign or damaged file is a CheckpointError naming
+# what is missing instead of a KeyError deep inside a resume.
+TRAINING_STATE: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "optimizer": dict, "config": dict, "epoch": int, "global_step": int, "best": dict,
+    "history": list, "rng": dict}
+
+
+def check_structure(state: Any, path: Path, need: dict[str, type | tuple[type, ...]]) -> None:
+    """Refuse a checkpoint that lacks a key of `need` or holds a value of another type there."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"not a trainlab checkpoint: {path} holds a {type(state).__name__}, not a dict of "
+                              f"training state ({', '.join(need) or 'keys'})")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise CheckpointError(f"not a trainlab checkpoint: {path} has no {', '.join(missing)} "
+                              f"(it holds: {', '.join(map(str, list(state)[:10])) or 'nothing'})")
+    for key, kind in need.items():
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise CheckpointError(f"not a trainlab checkpoint: {path}: {key!r} is a {type(state[key]).__name__}")
+    if "model" in need:
+        bad = [k for k, v in state["model"].items() if not isinstance(k, str)
+               or not (isinstance(v, torch.Tensor) or k.endswith("_extra_state"))]
+        if bad or not state["model"]:
+            raise CheckpointError(f"not a trainlab checkpoint: {path}: 'model' is not a state dict of named "
+                                  f"tensors{f' (at {str(bad[0])[:60]!r})' if bad else ' (it is empty)'}")
+    if "optimizer" in need and not {"state", "param_groups"} <= set(state["optimizer"]):
+        raise CheckpointError(f"not a trainlab checkpoint: {path}: 'optimizer' is not an optimizer's state dict "
+                              f"(no state and param_groups)")
+
+
+def load_checkpoint(path: str | Path, need: dict[str, type | tuple[type, ...]] = TRAINING_STATE) -> dict[str, Any]:
+    """The checkpoint at `path`, loaded safely and checked to hold `need` (default: a trainlab training
+    state; {} for any dict of plain values)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -126,8 +160,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                                   f"execute or construct ({reason[:160]}); trainlab only loads plain tensors and "
                                   f"numbers") from None
         raise CheckpointError(f"corrupt checkpoint: {path} ({reason[:160]})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"corrupt checkpoint: {path} (not a trainlab checkpoint)")
+    check_structure(state, path, need)
     return state
 
 

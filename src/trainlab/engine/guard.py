@@ -8,24 +8,27 @@ per step (and once more per update for the gradient norm).
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 
 from trainlab.engine import checkpoint as ckpt
-from trainlab.errors import TrainingDiverged
-
-ADVICE_STOP = "Try a lower optimizer.lr, train.grad_clip, or train.nan_policy=skip."
-ADVICE_SKIP = "Try a lower optimizer.lr or train.grad_clip (train.nan_policy=skip could not help here)."
+from trainlab.errors import TrainingDiverged, divergence_advice
 
 
 class NonFiniteGuard:
-    def __init__(self, policy: str = "stop"):
-        self.skip = policy == "skip"
+    """`train_cfg`: the run's TrainConfig (nan_policy; the advice names only remedies not in use);
+    `checkpoint_dir`: where last.pt/best.pt are (the message names only those that exist)."""
+
+    def __init__(self, train_cfg: Any, checkpoint_dir: Path | None = None):
+        self.train_cfg, self.checkpoint_dir = train_cfg, checkpoint_dir
+        self.skip = train_cfg.nan_policy == "skip"
         self.skipped = 0  # batches skipped under nan_policy=skip (this run, saved in checkpoints)
         self._watched: list[tuple[torch.Tensor, int, int, int]] = []
 
-    @property
-    def advice(self) -> str:
-        return ADVICE_SKIP if self.skip else ADVICE_STOP
+    def advice(self, bad: list[str] = ()) -> str:
+        return divergence_advice(self.train_cfg, self.checkpoint_dir, bad)
 
     def rejects(self, value: torch.Tensor, step: int, epoch: int, batch: int) -> bool:
         """nan_policy=stop: keeps the device scalar `value` (a loss or gradient norm) with where it came
@@ -51,7 +54,7 @@ class NonFiniteGuard:
             self._watched.clear()
             raise TrainingDiverged(
                 f"the loss or a gradient became NaN/Inf at epoch {epoch}, step {step + 1} (batch {batch} of the "
-                f"epoch); last.pt and best.pt keep the last finite weights. {self.advice}")
+                f"epoch); {self.advice()}")
         self._watched.clear()
 
     def check_weights(self, model_state: dict[str, torch.Tensor], name: str, where: str) -> None:
@@ -60,5 +63,5 @@ class NonFiniteGuard:
         bad = ckpt.nonfinite_tensors(model_state)
         if bad:
             raise TrainingDiverged(
-                f"the weights became NaN/Inf by {where}; in {', '.join(bad[:3])}); {name} was not written and "
-                f"keeps the last finite weights. {self.advice}")
+                f"the weights became NaN/Inf by {where}; in {', '.join(bad[:3])}); {name} was not written; "
+                f"{self.advice(bad)}")

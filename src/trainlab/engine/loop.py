@@ -82,7 +82,7 @@ class Trainer:
         stopping = [EarlyStopping(self.monitor.with_min_delta(cfg.early_stopping.min_delta),
                                   cfg.early_stopping.patience)] if cfg.early_stopping.patience else []
         self.callbacks = CallbackList([*callbacks, *stopping])
-        self.guard = NonFiniteGuard(cfg.nan_policy)
+        self.guard = NonFiniteGuard(cfg, checkpoint_dir)
         self.signals = SignalCatcher(announce=self.is_main)
         # Training state (all of it goes into checkpoints).
         self.epoch = 0  # completed epochs

@@ -33,7 +33,7 @@ from torch.optim import lr_scheduler as lrs
 
 from trainlab.config import OptimizerConfig, SchedulerConfig
 from trainlab.engine.monitor import Monitor, flat_logs
-from trainlab.errors import ConfigError, warn
+from trainlab.errors import ConfigError, short, warn
 from trainlab.registry import OPTIMIZERS, SCHEDULERS, Entry, check_kwargs
 
 # ----------------------------------------------------------------------------- optimizer registry
@@ -152,12 +152,12 @@ def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optim
         raise ConfigError("optimizer.name: LBFGS re-evaluates the loss through a closure at each step, "
                           "which the training loop does not pass; use SGD, Adam or AdamW")
     kwargs = cfg.kwargs()
-    check_kwargs(cls, kwargs, "optimizer", skip=("params",))
+    kwargs = check_kwargs(cls, kwargs, "optimizer", skip=("params",))
     groups = param_groups(cfg, model, takes_weight_decay=_accepts(cls, "weight_decay"))
     try:
         return cls(groups, **kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"optimizer: {cfg.name} rejected its arguments {kwargs}: {e}") from None
+        raise ConfigError(f"optimizer: {cfg.name} rejected its arguments {short(kwargs)}: {str(e)[:300]}") from None
 
 
 # ----------------------------------------------------------------------------- scheduler registry
@@ -337,7 +337,7 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, step
     if cls is _constant and user_kwargs:
         raise ConfigError(f"scheduler.{next(iter(user_kwargs))}: scheduler 'none' takes no arguments")
     if cls is not _constant:
-        check_kwargs(cls, user_kwargs, "scheduler", skip=("optimizer", "last_epoch"))
+        user_kwargs = check_kwargs(cls, user_kwargs, "scheduler", skip=("optimizer", "last_epoch"))
 
     # Warmup length, in the interval's unit.
     if cfg.warmup_steps and cfg.warmup_epochs:
@@ -372,7 +372,7 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, step
                 if warmup else None)
         main = cls(optimizer, **kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"scheduler: {name} rejected its arguments {kwargs}: {e}") from None
+        raise ConfigError(f"scheduler: {name} rejected its arguments {short(kwargs)}: {str(e)[:300]}") from None
 
     if cls is lrs.ReduceLROnPlateau:
         return LRSchedule(name, optimizer, main, interval, monitor=monitor, warmup=ramp, warmup_length=warmup)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from trainlab.config import ModelConfig
-from trainlab.errors import ConfigError, did_you_mean
+from trainlab.errors import ConfigError, did_you_mean, short
 from trainlab.models.init import apply_init
 from trainlab.models.sequential import build_sequential
 from trainlab.registry import MODELS, check_kwargs, import_object
@@ -49,6 +50,7 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int] | Any, output_dim: 
         if kwargs:
             raise ConfigError(f"model.{next(iter(kwargs))}: `sequential` takes only `layers` and `init`; "
                               f"give the layers' own arguments inside model.layers")
+        _probe_on_meta(lambda: build_sequential(cfg.layers, input_shape), "sequential (model.layers)")
         model = build_sequential(cfg.layers, input_shape)
     elif name.startswith("torchvision:"):
         model = build_torchvision(name.removeprefix("torchvision:"), kwargs, input_shape, output_dim)
@@ -56,7 +58,7 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int] | Any, output_dim: 
         model = build_user_model(name, kwargs, input_shape, output_dim)
     else:
         factory = MODELS.get(name, "model.name")
-        check_kwargs(factory, kwargs, "model", skip=("input_shape", "output_dim"))
+        kwargs = check_kwargs(factory, kwargs, "model", skip=("input_shape", "output_dim"))
         model = _call(factory, name, input_shape=input_shape, output_dim=output_dim, **kwargs)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: {name!r} gave a {type(model).__name__}, not a torch.nn.Module")
@@ -65,12 +67,42 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int] | Any, output_dim: 
 
 
 def _call(factory, name: str, *args, **kwargs) -> Any:
-    """Call a factory; a bad value of a user's argument (TypeError/ValueError) is a config error."""
+    """Call a factory; a bad value of a user's argument (TypeError/ValueError, or a size torch refuses) is
+    a config error. A zoo model is first built on the meta device (no memory, no RNG), so that sizes
+    this machine cannot hold are refused with an estimate instead of failing inside torch."""
+    shown = ", ".join(f"{k}={short(v)}" for k, v in kwargs.items() if k not in ("input_shape", "output_dim"))
+    if name in MODELS:
+        _probe_on_meta(lambda: factory(*args, **kwargs), f"{name!r}({shown})")
     try:
         return factory(*args, **kwargs)
-    except (TypeError, ValueError) as e:
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k not in ("input_shape", "output_dim"))
-        raise ConfigError(f"model: building {name!r}({shown}) failed: {e}") from None
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"model: building {name!r}({shown}) failed: {str(e).splitlines()[0][:300]}") from None
+
+
+def _probe_on_meta(build: Any, what: str) -> None:
+    """Build once on the meta device (no memory, no random numbers drawn) and refuse a model whose training
+    state (weights, gradients, two optimizer moments: 4 x fp32) exceeds this machine's memory. A build
+    that fails there is left to the real build, which reports it."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. an op without a meta kernel: the real build decides
+        return
+    if not isinstance(model, nn.Module):
+        return
+    count = sum(p.numel() for p in model.parameters())
+    need = 16 * count  # bytes
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > ram:
+        raise ConfigError(f"model: {what} has {count:,} parameters; training it needs about "
+                          f"{_gb(need)} (weights, gradients and two optimizer moments in fp32), more than this "
+                          f"machine's {_gb(ram)} of memory; make the sizes smaller")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:,.1f} GB" if n < 2**40 else f"{n / 2**40:,.0f} TB"
 
 
 # ----------------------------------------------------------------------------- user classes
@@ -89,7 +121,7 @@ def build_user_model(spec: str, kwargs: dict[str, Any], input_shape: tuple[int, 
     factory = import_object(spec, "model.name")
     if not callable(factory):
         raise ConfigError(f"model.name: {spec!r} is a {type(factory).__name__}, not an nn.Module class")
-    check_kwargs(factory, kwargs, "model")
+    kwargs = check_kwargs(factory, kwargs, "model")
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -120,7 +152,7 @@ def build_torchvision(name: str, kwargs: dict[str, Any], input_shape: tuple[int,
     model_class = inspect.signature(builder).return_annotation  # e.g. ResNet: check the user's keywords on it
     if inspect.isclass(model_class):
         own = inspect.signature(builder).parameters
-        check_kwargs(model_class, {k: v for k, v in kwargs.items() if k not in own}, "model")
+        kwargs.update(check_kwargs(model_class, {k: v for k, v in kwargs.items() if k not in own}, "model"))
     if "aux_logits" in inspect.signature(builder).parameters or name in ("googlenet", "inception_v3"):
         kwargs.setdefault("aux_logits", False)  # a single output tensor for the loss
         if weights is None:
@@ -130,7 +162,7 @@ def build_torchvision(name: str, kwargs: dict[str, Any], input_shape: tuple[int,
     try:
         model = builder(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"model: torchvision:{name} with {kwargs} failed: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"model: torchvision:{name} with {short(kwargs)} failed: {str(e).splitlines()[0]}") from None
     adapt_first_conv(model, input_shape[0])
     adapt_classifier(model, output_dim)
     return model

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainlab.errors import ConfigError, did_you_mean
+from trainlab.errors import ConfigError, did_you_mean, short
 from trainlab.registry import check_kwargs
 
 KEY = "model.init"
@@ -43,7 +43,7 @@ def parse_scheme(value: Any, key: str) -> tuple[str, dict[str, Any]]:
         kwargs = dict(value)
         scheme = kwargs.pop("scheme")
     else:
-        raise ConfigError(f"{key}: {value!r} is not an init scheme; write a name (xavier_uniform) or a mapping "
+        raise ConfigError(f"{key}: {short(value)} is not an init scheme; write a name (xavier_uniform) or a mapping "
                           f"{{scheme: kaiming_normal, nonlinearity: relu}}")
     scheme = str(scheme).removesuffix("_")
     if scheme not in SCHEMES:
@@ -58,7 +58,7 @@ def parse_scheme(value: Any, key: str) -> tuple[str, dict[str, Any]]:
             raise ConfigError(f"{key}.nonlinearity: unknown nonlinearity {nonlinearity!r}"
                               f"{did_you_mean(str(nonlinearity), NONLINEARITIES)}; choose from "
                               f"{', '.join(NONLINEARITIES)}") from None
-    check_kwargs(getattr(nn.init, scheme + "_"), kwargs, key, skip=("tensor",))
+    kwargs = check_kwargs(getattr(nn.init, scheme + "_"), kwargs, key, skip=("tensor",))
     return scheme, kwargs
 
 

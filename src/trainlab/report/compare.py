@@ -9,6 +9,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from trainlab.errors import TrainlabError
+from trainlab.logging import output_path
 from trainlab.report.html import CSS, flatten, fmt, table
 from trainlab.report.rundir import RunFiles, epoch_rows, read_run
 
@@ -36,7 +37,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path | None = None, echo: bool =
     runs = [_load(Path(d)) for d in run_dirs]
     if not runs:
         raise TrainlabError("compare needs at least one run directory.")
-    out_dir = default_compare_dir() if out_dir is None else Path(out_dir)
+    out_dir = default_compare_dir() if out_dir is None else output_path(out_dir, folder=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     labels = _labels(runs)
