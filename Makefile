@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.trainlab-installed
 
-.PHONY: demo test browser bench clean
+.PHONY: demo test browser bench clean lint
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,11 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q chromium >/dev/null 2>&1 ; } || \
 	  echo "note: chromium could not be installed; the browser test of report.html will be skipped"
 
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	TQDM_DISABLE=1 $(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 
 bench: $(STAMP)
 	@$(PY) -m pip install -q -e ".[bench]" 2>&1 | grep -v "^WARNING: Location" || true

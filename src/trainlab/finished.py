@@ -49,9 +49,11 @@ def checkpoint_file(run_dir: str | Path, checkpoint: str = "best") -> Path:
     return folder / name
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = True) -> LoadedRun:
+def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = True,
+             model: nn.Module | None = None) -> LoadedRun:
     """The run's config, data (rebuilt from the config), loss and model with the weights of
-    `checkpoint` (`best` (falls back to `last` when there is no best.pt), `last`, or a file name)."""
+    `checkpoint` (`best` (falls back to `last` when there is no best.pt), `last`, or a file name).
+    `model`: a module of the run's architecture to load them into (a run trained from an instance)."""
     from trainlab.data import build_data, check_same_data
     from trainlab.losses import build_loss
     from trainlab.models import build_model
@@ -71,7 +73,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = Tr
     task = prep.get("task") or (bundle.task if bundle else "classification")
     output_dim = int(prep.get("output_dim") or (bundle.output_dim if bundle else
                                                  len(prep.get("class_names") or []) if task == "classification" else 1))
-    model = build_model(config.model, input_shape, output_dim, task).to(device)
+    model = (model if model is not None else build_model(config.model, input_shape, output_dim, task)).to(device)
     if bundle is not None:
         check_same_data(bundle, prep, path)  # a CSV that gained a column, a class folder that vanished
         x, _ = sample_batch(bundle.train)
@@ -87,9 +89,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = Tr
                      run.read_summary(), state, device, path)
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best") -> dict[str, float]:
+def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best",
+                 model: nn.Module | None = None) -> dict[str, float]:
     """Loss and metrics of a checkpoint of the run on one split of its data."""
-    loaded = load_run(run_dir, checkpoint)
+    loaded = load_run(run_dir, checkpoint, model=model)
     b = loaded.bundle
     ds = {"train": b.train, "val": b.val, "test": b.test}[split]
     if ds is None or len(ds) == 0:

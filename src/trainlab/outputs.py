@@ -59,7 +59,26 @@ def write_summary(trainer: Trainer, pipe: Pipeline, run: RunDir, status: str, fi
         nan_skipped=trainer.nan_skipped, channels_last=trainer.channels_last,
         threads=torch.get_num_threads() if pipe.device.type == "cpu" else None,
         time_to_target=time_to_target(trainer.history, pipe.config.train.target_metric),
-        train_time_seconds=trainer.train_time, stop_reason=trainer.stop_reason)
+        train_time_seconds=trainer.train_time, stop_reason=trainer.stop_reason,
+        diverging=divergence(trainer, pipe) if status == "completed" else None)
+
+
+def divergence(trainer: Trainer, pipe: Pipeline) -> dict[str, Any] | None:
+    """The last epoch's training loss against the best constant prediction's, for the standard losses
+    (cross-entropy, binary cross-entropy, MSE): 10x the baseline or more, or not finite, is a run that
+    diverged or never trained, reported even though it completed."""
+    import math
+
+    from trainlab.data.splits import targets_of
+    from trainlab.diagnose.flowchart import baseline_loss
+
+    loss = (trainer.history[-1] if trainer.history else {}).get("train_loss")
+    if loss is None or pipe.config.loss.name not in ("auto", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss"):
+        return None
+    base = baseline_loss(pipe.bundle.task, targets_of(pipe.bundle.train))
+    if math.isfinite(loss) and (base <= 0 or loss < 10 * base):
+        return None
+    return {"train_loss": loss, "baseline_loss": base, "ratio": loss / base if base > 0 else None}
 
 
 def best_and_final(trainer: Trainer) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -124,6 +143,12 @@ def save_predictions(run: RunDir, split: str, kept: dict[str, torch.Tensor], pip
 def closing_lines(summary: dict[str, Any], pipe: Pipeline, run: RunDir) -> list[str]:
     """What the user reads at the end of training."""
     lines = []
+    if summary.get("diverging"):
+        d = summary["diverging"]
+        times = f"{d['ratio']:.3g}x" if d.get("ratio") else "far above"
+        lines.append(f"\nwarning: the final training loss ({d['train_loss']:.4g}) is {times} the loss of a constant "
+                     f"prediction ({d['baseline_loss']:.4g}): the run diverged or did not learn. Try a lower "
+                     f"optimizer.lr (trainlab lr-find), then trainlab doctor {run.path}")
     wait = summary.get("data_wait_fraction")
     if wait is not None and wait > 0.3 and pipe.config.data.num_workers == 0 \
             and not isinstance(pipe.train_loader, TensorLoader):

@@ -28,7 +28,7 @@ from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback
 from trainlab.engine.device import apply_determinism, check_resume_device, resolve_device, unwrap
 from trainlab.engine.loop import Trainer, steps_per_epoch
-from trainlab.errors import CheckpointError, ConfigError, Interrupted, RunFailed, TrainlabError
+from trainlab.errors import CheckpointError, ConfigError, Interrupted, RunFailed, warn
 from trainlab.logging import ConsoleProgress, MetricsFile, RunDir, TensorBoardScalars, show_model_summary
 from trainlab.metrics import TaskMetrics
 from trainlab.pipeline import Pipeline, build_pipeline, data_line, measure_flops, prepare_model
@@ -63,7 +63,7 @@ class Run:
         """Loss and metrics of the best (or last) checkpoint on a split of the run's data."""
         from trainlab.finished import evaluate_run
 
-        return evaluate_run(self.run_dir, split, checkpoint)
+        return evaluate_run(self.run_dir, split, checkpoint, model=self.model)
 
     def predict(self, inputs: Any, out: str | Path | None = None) -> Any:
         """A tensor of samples: the best model's class probabilities, P(class 1) or values. A path (a CSV
@@ -115,7 +115,7 @@ def train(config: str | Path | dict[str, Any] | Config | None = None, overrides:
     if model is not None:
         kind = type(model)
         overrides = {**(dict(overrides) if isinstance(overrides, dict) else _as_dict(overrides or [])),
-                     "model.name": f"{kind.__module__}:{kind.__qualname__}"}
+                     "model": {"name": f"{kind.__module__}:{kind.__qualname__}"}}
     overrides = dict(overrides) if isinstance(overrides, dict) else list(overrides or [])
     if kw_overrides:
         extra = {k.replace("__", "."): v for k, v in kw_overrides.items()}
@@ -267,10 +267,13 @@ def _write_outputs(trainer: Trainer, pipe: Pipeline, run: RunDir, status: str, f
                                             "test": final.get("test"), "status": status})
     writer.close()
     write_report(run.path)
-    if not quiet:
-        print("\n".join(outputs.closing_lines(summary, pipe, run)))
+    lines = outputs.closing_lines(summary, pipe, run)
+    print("\n".join(lines if not quiet else [f"run directory: {run.path}"]))  # --quiet: where it went, still
+    if quiet and summary.get("diverging"):
+        print(lines[0].strip(), file=sys.stderr)
 
 
+RUN_SHAPED = ("cosine", "linear", "polynomial", "onecycle", "cosineannealinglr", "onecyclelr")
 # Defaults that changed after runs were saved with the old ones (train.monitor was val_loss, precision fp32, ...)
 CHANGED_DEFAULTS = {"train.monitor", "train.precision", "train.compile", "scheduler.monitor"}
 
@@ -291,6 +294,12 @@ def _resume_state(out: Path, cfg: Config) -> tuple[dict[str, Any], Config]:
     diffs = [d for d in diffs if d[0] not in kept]
     allowed = {"train.epochs", "train.max_steps", "train.device"}  # a device change: check_resume_device
     refused = [d for d in diffs if d[0] not in allowed and not d[0].startswith("train.early_stopping")]
+    longer = [(k, a, b) for k, a, b in diffs if k in ("train.epochs", "train.max_steps") and a and b and b > a]
+    if longer and not refused and cfg.scheduler.name.lower() in RUN_SHAPED:
+        k, a, b = longer[0]
+        warn(f"{k}: {a} -> {b}, but the {cfg.scheduler.name} schedule was planned for the first run and has "
+             f"ended: the extra training runs at its final learning rate (about 0 for cosine and linear). Start "
+             f"a new run with --out for a schedule over the longer run.")
     if refused:
         lines = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, a, b in refused)
         raise ConfigError(f"--resume refused: the config differs from the run's ({lines}). Resume with the same "
