@@ -232,6 +232,8 @@ def _train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: 
         if not quiet:
             print(pipe.summary)
             print(_data_line(pipe.bundle))
+            for note in pipe.bundle.info.get("notes", []):  # issue 16: the data layer's notes (image cache)
+                print(f"data: {note}")
             if world_size > 1:
                 accum = f" x grad_accum {cfg.train.grad_accum}" if cfg.train.grad_accum > 1 else ""
                 print(f"distributed: {world_size} processes x batch {cfg.data.batch_size}{accum} = "

@@ -19,10 +19,10 @@ from typing import Any
 import PIL.Image
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as F
 
 from trainlab.config import DataConfig
 from trainlab.data.base import ArrayDataset, SourceData
+from trainlab.data.image_cache import cache_splits, decode_split, decode_file
 from trainlab.data.transforms import resize_image
 from trainlab.errors import ConfigError, DataError
 from trainlab.registry import DATASETS
@@ -45,9 +45,7 @@ def _subfolders(folder: Path) -> list[Path]:
 
 def load_image(path: str | Path, mode: str, size: list[int] | None = None) -> torch.Tensor:
     """Decode one file to a uint8 (C, H, W) tensor in `mode` ('RGB' or 'L'), resized to `size` [H, W]."""
-    with PIL.Image.open(path) as img:
-        x = F.pil_to_tensor(img.convert(mode))
-    return resize_image(x, size)
+    return resize_image(decode_file(path, mode), size)
 
 
 def check_image(path: Path) -> tuple[int, int, str]:
@@ -184,22 +182,12 @@ def _scan(root: Path, splits: dict[str, Path], skip_bad: bool, info: dict[str, A
 
 
 def _decode(split: _Split, mode: str, size: list[int] | None, skip_bad: bool, info: dict[str, Any]) -> ArrayDataset:
-    """Decode a split once into uint8 (N, C, H, W)."""
-    images, targets = [], []
-    for path, target in zip(split.files, split.targets):
-        try:
-            images.append(load_image(path, mode, size))
-        except (OSError, SyntaxError, ValueError) as e:
-            if not skip_bad:
-                raise DataError(f"image {path}: cannot decode ({e}); replace or remove it, or set "
-                                f"data.skip_bad_files: true") from None
-            info["skipped_files"] += 1
-            continue
-        targets.append(target)
+    """Decode a split of one image size (or resized to `size`) once into uint8 (N, C, H, W) in memory."""
     channels = 1 if mode == "L" else 3
     h, w = size if size is not None else (split.shapes[0] if split.shapes else (0, 0))
-    x = torch.stack(images) if images else torch.empty(0, channels, h, w, dtype=torch.uint8)
-    return ArrayDataset(x, torch.tensor(targets, dtype=torch.long))
+    dataset, _ = decode_split(split.files, split.targets, mode, size, [], (channels, h, w), split="", where="memory",
+                              folder=None, skip_bad=skip_bad, info=info)
+    return dataset
 
 
 def _image_size(value: int | list[int] | None) -> list[int] | None:
@@ -228,30 +216,40 @@ def image_folder(cfg: DataConfig, memory_limit_mb: float = 512) -> SourceData:
     every = [m for s in scanned.values() for m in s.modes]
     mode = "L" if every and all(m in _GRAY_MODES for m in every) else "RGB"
     channels = 1 if mode == "L" else 3
-    shapes = {hw for s in scanned.values() for hw in s.shapes}
+    datasets: dict[str, Dataset] = {}
+    if cfg.cache != "off" and cfg.in_memory is not False:  # decode once at the training size (image_cache.py)
+        splits_files = {s: (v.files, v.targets, v.shapes) for s, v in scanned.items()}
+        datasets.update(cache_splits(splits_files, cfg, root, mode, size, info))
+    for note in info.get("notes", []):
+        log.info("data: %s", note)
+
+    # The rest is decoded per epoch, or (one size, small) once into memory as it was before the cache.
+    rest = {s: v for s, v in scanned.items() if s not in datasets}
+    shapes = {hw for s in rest.values() for hw in s.shapes}
     sizes_vary = size is None and len(shapes) > 1
-    pixels = sum(size[0] * size[1] if size else h * w for s in scanned.values() for h, w in s.shapes)
-    fits = pixels * channels <= memory_limit_mb * 2**20
-    in_memory = cfg.in_memory is True or (cfg.in_memory == "auto" and fits)
     if sizes_vary and (cfg.in_memory is True or not (cfg.transforms or cfg.eval_transforms)):
         examples = {}
-        for s in scanned.values():
+        for s in rest.values():
             for path, hw in zip(s.files, s.shapes):
                 examples.setdefault(hw, path)
         shown = ", ".join(f"{p.name} {h}x{w}" for (h, w), p in list(examples.items())[:3])
         raise DataError(f"image folder {root}: the images have {len(shapes)} different sizes (e.g. {shown}) and "
                         f"cannot be stacked into batches; set data.image_size: [H, W] (e.g. data.image_size=128) to "
                         f"resize them all, or give data.transforms that end at one size (e.g. RandomResizedCrop: 224)")
-    in_memory = in_memory and not sizes_vary
-    common = size or (list(next(iter(shapes))) if shapes and not sizes_vary else None)
-    info.update(image_mode=mode, image_size=common, image_sizes_vary=sizes_vary, in_memory=in_memory,
-                num_files={s: len(v.files) for s, v in scanned.items()})
-
-    datasets: dict[str, Dataset] = {}
-    for s, split in scanned.items():
+    pixels = sum(size[0] * size[1] if size else h * w for s in rest.values() for h, w in s.shapes)
+    fits = pixels * channels <= memory_limit_mb * 2**20
+    in_memory = not sizes_vary and (cfg.in_memory is True or (cfg.in_memory == "auto" and fits))
+    for s, split in rest.items():
         if in_memory:
             datasets[s] = _decode(split, mode, size, cfg.skip_bad_files, info)
         else:
             datasets[s] = ImageFileDataset(split.files, split.targets, mode, size, classes)
+
+    every_shape = {hw for s in scanned.values() for hw in s.shapes}
+    sizes_vary = size is None and len(every_shape) > 1  # of the files (the cache may have resized them)
+    common = size or (list(next(iter(every_shape))) if every_shape and not sizes_vary else None)
+    info.update(image_mode=mode, image_size=common, image_sizes_vary=sizes_vary,
+                in_memory=all(isinstance(d, ArrayDataset) for d in datasets.values()),
+                num_files={s: len(v.files) for s, v in scanned.items()})
     return SourceData(train=datasets["train"], val=datasets.get("val"), test=datasets.get("test"),
                       task="classification", class_names=classes, info=info)
