@@ -137,7 +137,8 @@ def test_lazy_path_decodes_the_same_pixels(tmp_path):
 def test_lazy_varying_sizes_with_fixed_size_transforms(tmp_path):
     _save(tmp_path / "a" / "0.jpg", (20, 14))
     _save(tmp_path / "b" / "0.jpg", (12, 18))
-    cfg = DataConfig(source="image_folder", root=str(tmp_path), transforms=[{"RandomResizedCrop": 8}, "ToTensor"])
+    cfg = DataConfig(source="image_folder", root=str(tmp_path), transforms=[{"RandomResizedCrop": 8}, "ToTensor"],
+                     cache="off")  # decoded per epoch (with the cache: tests/test_image_cache.py)
     src = image_folder(cfg)
     assert isinstance(src.train, ImageFileDataset) and src.info["image_sizes_vary"]
     train, _, _, pre = attach_transforms(src.train, src.train, None, cfg, src.info)

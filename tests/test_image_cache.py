@@ -20,7 +20,7 @@ from PIL import Image
 import trainlab
 from trainlab.data import build_data
 from trainlab.data.base import ArrayDataset
-from trainlab.data.image_cache import CACHE_VERSION
+from trainlab.data.image_cache import CACHE_VERSION, CachedImages
 from trainlab.data.loaders import ResumableDataLoader, TensorLoader, make_loader
 from trainlab.data.splits import targets_of
 from trainlab.errors import DataError
@@ -136,20 +136,29 @@ def test_bad_files_are_reported_or_skipped_with_the_cache(tmp_path):
     assert isinstance(bundle.train, ArrayDataset)
 
 
-def test_a_head_without_one_size_falls_back_with_a_note_and_eval_folders_still_cache(tmp_path):
-    # The ants/bees shape: training starts with RandomResizedCrop (no fixed size before it), evaluation
-    # is Resize + CenterCrop (a fixed size): the val folder is cached, the train folder decoded per epoch.
+def test_images_of_several_sizes_after_the_head_are_cached_at_their_own_sizes(tmp_path):
+    # The ants/bees shape: training starts with RandomResizedCrop (no fixed size before it): the train
+    # folder is decoded once at the files' own sizes and transformed per sample; evaluation is Resize +
+    # CenterCrop (a fixed size): the val folder is stacked for the batched fast path.
     for split in ("train", "val"):
         make_folder(tmp_path / "images" / split, n=6, seed=len(split))
-    cfg = trainlab.load_config(None, {
-        "data.source": "image_folder", "data.root": str(tmp_path / "images"), "data.batch_size": 4,
-        "data.transforms": [{"RandomResizedCrop": 8}, "ToTensor"],
-        "data.eval_transforms": [{"Resize": 10}, {"CenterCrop": 8}, "ToTensor"]})
-    bundle = build_data(cfg)
-    assert not isinstance(bundle.train, ArrayDataset) and isinstance(bundle.val, ArrayDataset)
+    args = {"data.source": "image_folder", "data.root": str(tmp_path / "images"), "data.batch_size": 4,
+            "data.transforms": [{"RandomResizedCrop": 8}, "ToTensor"],
+            "data.eval_transforms": [{"Resize": 10}, {"CenterCrop": 8}, "ToTensor"],
+            "data.cache": "disk", "data.cache_dir": str(tmp_path / "cache")}
+    bundle = build_data(trainlab.load_config(None, args))
+    assert isinstance(bundle.train.dataset, CachedImages) and isinstance(bundle.val, ArrayDataset)
     assert bundle.val.x.shape == (6, 3, 8, 8)
-    assert any(n.startswith("not cached: the train images") for n in bundle.info["notes"])
+    assert any(n.startswith("the train images keep several sizes") for n in bundle.info["notes"])
+    assert bundle.info["notes"][-1].startswith("decoded 6 images once at their own sizes (up to")
+    off = build_data(trainlab.load_config(None, {**args, "data.cache": "off"}))
+    raw_cached, raw_off = bundle.train.dataset, off.train.dataset  # under the per-sample transforms
+    for i in range(6):
+        assert torch.equal(raw_cached[i][0], raw_off[i][0]) and raw_cached[i][1] == raw_off[i][1]
     assert bundle.train[0][0].shape == bundle.val[0][0].shape == (3, 8, 8)
+    again = build_data(trainlab.load_config(None, args))  # read back from the disk cache
+    assert again.info["notes"][-1].startswith("read 6 images at their own sizes")
+    assert all(torch.equal(again.train.dataset[i][0], raw_off[i][0]) for i in range(6))
 
 
 def test_the_food11_example_runs_on_the_cached_fast_path(tmp_path):

@@ -12,14 +12,15 @@ in the attached transform lists: every head item is idempotent (a `Resize` or `C
 size an image already has returns it unchanged), so applying the whole list to a cached row gives
 what applying it to the decoded file gives. A head that does not bring the files to one size (a
 list that starts with `RandomResizedCrop`, or `Resize: 256` on images of several aspect ratios)
-cannot be stacked: that split is decoded per epoch as before, and a note says why.
+cannot be stacked: that split is decoded once all the same, each image at its own size in one flat
+buffer (`CachedImages`), and its transforms run per sample in the DataLoader (a note says so).
 
 Where the rows live (`data.cache`): `memory` (a tensor), `disk` (a memory-mapped .npy file in
 `data.cache_dir`, default `<data.root>/.trainlab-cache/`, or `~/.cache/trainlab/images/` when the
 root is not writable), `auto` (memory when every cached split fits `data.cache_memory_mb`, default
 25% of the physical memory, else disk). A disk cache is `<split>-<key>.npy` plus a JSON manifest;
 the key is a hash of the file list (paths, sizes, modification times), the image mode and size, the
-head and `CACHE_VERSION`. Both are written under temporary names and renamed when complete, the
+head, the decoded shapes and `CACHE_VERSION`. Both are written under temporary names and renamed when complete, the
 manifest last, and checked (version, key, shape, exact file size) before use: a cache cut short by
 a kill, or written by another version, is rebuilt, never trusted. Memory mode reads a valid disk
 cache when there is one, and writes none.
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
+from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -83,13 +85,45 @@ def cache_head(items: list[Any] | None, key: str = "data.transforms") -> list[An
     return head
 
 
-def head_shape(head: list[Any], channels: int, sizes: list[tuple[int, int]]) -> tuple[int, int, int] | None:
-    """The (C, H, W) that `head` gives every input size in `sizes` (probed with two odd sizes as well
-    when there are several), or None when it gives different sizes."""
+def head_shapes(head: list[Any], channels: int, sizes: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int, int]]:
+    """{(H, W) of a file: (C, H, W) after `head`}, computed on meta tensors (shapes only, no pixels)."""
     compose = v2.Compose([v2.Identity(), *_built(head, "data.transforms")])
-    probes = sizes if len(sizes) == 1 else [*sizes[:1], (61, 47), (37, 83)]
-    shapes = {tuple(compose(torch.zeros(channels, h, w, dtype=torch.uint8)).shape) for h, w in probes}
-    return next(iter(shapes)) if len(shapes) == 1 else None
+    return {(h, w): tuple(compose(torch.empty(channels, h, w, dtype=torch.uint8, device="meta")).shape)
+            for h, w in set(sizes)}
+
+
+class Plan:
+    """Where each file's decoded pixels go: rows of one (N, C, H, W) tensor when they all have one size,
+    else slices of one flat buffer at `offsets`."""
+
+    def __init__(self, head: list[Any], shapes: list[tuple[int, int, int]], stack: bool = True):
+        self.head, self.shapes = head, shapes
+        self.fixed = stack and len(set(shapes)) <= 1
+        sizes = [c * h * w for c, h, w in shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.nbytes = int(self.offsets[-1])
+        self.storage_shape = (len(shapes), *shapes[0]) if self.fixed and shapes else (self.nbytes,)
+
+    def row(self, storage: torch.Tensor, i: int) -> torch.Tensor:
+        if self.fixed:
+            return storage[i]
+        return storage[int(self.offsets[i]): int(self.offsets[i + 1])].view(self.shapes[i])
+
+
+class CachedImages(Dataset):
+    """Images of several sizes decoded once: (uint8 (C, H, W), class index) items cut from one flat
+    uint8 buffer (in memory or memory-mapped), as ImageFileDataset gives them from the files."""
+
+    def __init__(self, flat: torch.Tensor, offsets: list[int], shapes: list[tuple[int, int, int]], targets: torch.Tensor):
+        self.flat, self.offsets, self.shapes, self.targets = flat, offsets, shapes, targets
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c, h, w = self.shapes[i]
+        start = self.offsets[i]
+        return self.flat[start: start + c * h * w].view(c, h, w), self.targets[i]
 
 
 def _threads() -> int:
@@ -100,13 +134,13 @@ def _threads() -> int:
     return max(1, min(8, cores))
 
 
-def decode_into(out: torch.Tensor, files: list[Path], mode: str, size: list[int] | None, head: list[Any],
+def decode_into(out: torch.Tensor, plan: Plan, files: list[Path], mode: str, size: list[int] | None,
                 desc: str) -> list[tuple[int, BaseException]]:
-    """Decode `files` (in a thread pool: decoding and resizing release the GIL) through `size` and
-    `head` into the rows of `out` (N, C, H, W); returns [(row, error)] for the files that failed."""
+    """Decode `files` (in a thread pool: decoding and resizing release the GIL) through `size` and the
+    plan's head into `out`; returns [(index, error)] for the files that failed."""
     from tqdm.auto import tqdm
 
-    compose = v2.Compose(_built(head, "data.transforms")) if head else None
+    compose = v2.Compose(_built(plan.head, "data.transforms")) if plan.head else None
 
     def one(i: int) -> BaseException | None:
         try:
@@ -114,9 +148,10 @@ def decode_into(out: torch.Tensor, files: list[Path], mode: str, size: list[int]
             x = compose(x) if compose is not None else x
         except _DECODE_ERRORS as e:
             return e
-        if tuple(x.shape) != tuple(out.shape[1:]):
-            return ValueError(f"decoded to {tuple(x.shape)}, not {tuple(out.shape[1:])}")
-        out[i] = x
+        row = plan.row(out, i)
+        if x.shape != row.shape:  # the file's header told another size than its pixels have
+            return ValueError(f"decoded to {tuple(x.shape)}, not {tuple(row.shape)}")
+        row.copy_(x)
         return None
 
     failed = []
@@ -138,11 +173,11 @@ def default_cache_dir(root: Path) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "trainlab" / "images"
 
 
-def cache_key(files: list[Path], mode: str, size: list[int] | None, head: list[Any], shape: tuple[int, ...]) -> str:
+def cache_key(files: list[Path], mode: str, size: list[int] | None, plan: Plan) -> str:
     """A hash of everything the cached pixels depend on."""
     h = hashlib.sha256()
-    h.update(json.dumps({"version": CACHE_VERSION, "mode": mode, "image_size": size, "head": head,
-                         "shape": list(shape), "n": len(files)}, sort_keys=True, default=str).encode())
+    h.update(json.dumps({"version": CACHE_VERSION, "mode": mode, "image_size": size, "head": plan.head,
+                         "shapes": plan.shapes, "n": len(files)}, sort_keys=True, default=str).encode())
     for f in files:
         st = f.stat()
         h.update(f"{Path(f).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -173,14 +208,14 @@ def _replace(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)  # atomic on one file system: readers see the old file or the whole new one
 
 
-def write_disk_cache(folder: Path, split: str, key: str, shape: tuple[int, ...], n: int,
+def write_disk_cache(folder: Path, split: str, key: str, shape: tuple[int, ...],
                      fill: Callable[[torch.Tensor], list[int]]) -> tuple[torch.Tensor, list[int]]:
-    """Create `<split>-<key>.npy` of (n, *shape) uint8, let `fill` write its rows (it returns the kept
-    rows), then the manifest; both under temporary names first. Returns the mapped rows and kept rows."""
+    """Create `<split>-<key>.npy` of `shape` uint8, let `fill` write it (it returns the kept files), then
+    the manifest; both under temporary names first. Returns the mapped array and the kept files."""
     folder.mkdir(parents=True, exist_ok=True)
     npy, manifest_path = _paths(folder, split, key)
     tmp = folder / f".{npy.name}.{os.getpid()}.tmp"
-    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *shape))
+    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     try:
         kept = fill(torch.from_numpy(rows))
         rows.flush()
@@ -188,7 +223,7 @@ def write_disk_cache(folder: Path, split: str, key: str, shape: tuple[int, ...],
         _replace(tmp, npy)
     finally:
         tmp.unlink(missing_ok=True)
-    manifest = {"version": CACHE_VERSION, "key": key, "shape": [n, *shape], "kept": kept,
+    manifest = {"version": CACHE_VERSION, "key": key, "shape": list(shape), "kept": kept,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp_manifest = folder / f".{manifest_path.name}.{os.getpid()}.tmp"
     tmp_manifest.write_text(json.dumps(manifest))
@@ -237,15 +272,17 @@ def memory_limit_mb(setting: float | None) -> float:
     return 0.25 * total if total else 4096.0
 
 
-def decode_split(files: list[Path], targets: list[int], mode: str, size: list[int] | None, head: list[Any],
-                 shape: tuple[int, int, int], *, split: str, where: str, folder: Path | None,
-                 skip_bad: bool, info: dict[str, Any]) -> tuple[ArrayDataset, bool]:
-    """One split decoded once into an ArrayDataset in memory or on disk; returns (dataset, from an earlier run)."""
+def decode_split(files: list[Path], targets: list[int], mode: str, size: list[int] | None, plan: Plan, *,
+                 split: str, where: str, folder: Path | None, skip_bad: bool,
+                 info: dict[str, Any]) -> tuple[ArrayDataset | CachedImages, bool]:
+    """One split decoded once, in memory or on disk: an ArrayDataset when the plan has one size, else
+    CachedImages. Returns (dataset, whether a cache of an earlier run was read)."""
     n = len(files)
-    desc = f"caching {n:,} images at {shape[1]}x{shape[2]}"
+    c, h, w = plan.shapes[0]
+    desc = f"caching {n:,} images at " + (f"{h}x{w}" if plan.fixed else "their own sizes")
 
     def fill(out: torch.Tensor) -> list[int]:
-        failed = decode_into(out, files, mode, size, head, desc)
+        failed = decode_into(out, plan, files, mode, size, desc)
         if failed and not skip_bad:
             i, e = failed[0]
             raise DataError(f"image {files[i]}: cannot decode ({e}); replace or remove it, or set "
@@ -253,39 +290,45 @@ def decode_split(files: list[Path], targets: list[int], mode: str, size: list[in
         bad = {i for i, _ in failed}
         return [i for i in range(n) if i not in bad]
 
-    key = cache_key(files, mode, size, head, shape) if folder is not None else ""
+    key = cache_key(files, mode, size, plan) if folder is not None else ""
     found = read_disk_cache(folder, split, key) if folder is not None else None
     if found is not None:
-        rows, kept = found
+        storage, kept = found
         if where == "memory":
-            rows = rows.clone()  # off the disk into memory
+            storage = storage.clone()  # off the disk into memory
     elif where == "disk":
-        rows, kept = write_disk_cache(folder, split, key, shape, n, fill)
+        storage, kept = write_disk_cache(folder, split, key, plan.storage_shape, fill)
     else:
-        rows = torch.empty((n, *shape), dtype=torch.uint8)
-        kept = fill(rows)
+        storage = torch.empty(plan.storage_shape, dtype=torch.uint8)
+        kept = fill(storage)
     info["skipped_files"] = info.get("skipped_files", 0) + (n - len(kept))
     y = torch.tensor(targets, dtype=torch.long)
+    index = torch.tensor(kept, dtype=torch.long)
+    if not plan.fixed:  # files that failed to decode leave a gap in the buffer
+        return CachedImages(storage, plan.offsets[index].tolist(), [plan.shapes[i] for i in kept], y[index]), found is not None
     if len(kept) < n:  # rows of files that failed to decode are dropped (a copy; rare after the scan's checks)
-        index = torch.tensor(kept, dtype=torch.long)
-        rows, y = rows[index], y[index]
-    return ArrayDataset(rows, y), found is not None
+        storage, y = storage[index], y[index]
+    return ArrayDataset(storage, y), found is not None
 
 
-def summary_line(done: list[tuple[int, tuple[int, ...], bool]], where: str, folder: Path | None, seconds: float) -> str:
+def summary_line(done: list[tuple[int, Plan, bool]], where: str, folder: Path, seconds: float) -> str:
     """E.g. 'decoded 990 images once at 64×64 into memory, 12 MB, 2.1 s'."""
-    def parts(group: list[tuple[int, tuple[int, ...], bool]]) -> str:
-        by_size: dict[tuple[int, ...], int] = {}
-        for n, shape, _ in group:
-            by_size[shape[1:]] = by_size.get(shape[1:], 0) + n
-        return " and ".join(f"{n:,} images at {h}×{w}" for (h, w), n in by_size.items())
+    def parts(group: list[tuple[int, Plan, bool]]) -> str:
+        counts: dict[str, int] = {}
+        for n, plan, _ in group:
+            if plan.fixed:
+                what = "at {}×{}".format(*plan.shapes[0][1:])
+            else:
+                what = "at their own sizes (up to {}×{})".format(*max(plan.shapes, key=lambda s: s[1] * s[2])[1:])
+            counts[what] = counts.get(what, 0) + n
+        return " and ".join(f"{n:,} images {what}" for what, n in counts.items())
 
-    total_mb = sum(n * int(np.prod(shape)) for n, shape, _ in done) / 2**20
+    total_mb = sum(plan.nbytes for _, plan, _ in done) / 2**20
     decoded = [d for d in done if not d[2]]
     read = [d for d in done if d[2]]
-    place = "into memory" if where == "memory" else f"into the disk cache {folder}"
     phrases = []
     if decoded:
+        place = "into memory" if where == "memory" else f"into the disk cache {folder}"
         phrases.append(f"decoded {parts(decoded).replace(' at ', ' once at ', 1)} {place}")
     if read:
         phrases.append(f"read {parts(read)} (decoded by an earlier run) from {folder}"
@@ -294,44 +337,50 @@ def summary_line(done: list[tuple[int, tuple[int, ...], bool]], where: str, fold
 
 
 def cache_splits(splits: dict[str, tuple[list[Path], list[int], list[tuple[int, int]]]], cfg: Any, root: Path,
-                 mode: str, size: list[int] | None, info: dict[str, Any]) -> dict[str, ArrayDataset]:
-    """The splits ({name: (files, targets, (H, W) per file)}) whose head brings every file to one size,
-    decoded once; the others are left out (decoded per epoch) with a note in `info["notes"]`.
+                 mode: str, size: list[int] | None, info: dict[str, Any]) -> dict[str, Dataset]:
+    """Every split with files ({name: (files, targets, (H, W) per file)}) decoded once: an ArrayDataset
+    when its head brings the files to one size, else CachedImages (with a note in `info["notes"]`).
     `cfg` is the DataConfig (transforms, eval_transforms, k_fold, cache, cache_memory_mb, cache_dir)."""
     channels = 1 if mode == "L" else 3
     train_head, eval_head = split_heads(cfg.transforms, cfg.eval_transforms, cfg.k_fold)
     notes: list[str] = info.setdefault("notes", [])
-    plans: dict[str, tuple[list[Any], tuple[int, int, int]]] = {}
+    plans: dict[str, Plan] = {}
     for s, (files, _, shapes) in splits.items():
         if not files:
             continue
         head = train_head if s == "train" else eval_head
-        shape = head_shape(head, channels, [tuple(size)] if size else sorted(set(shapes)))
-        if shape is None:
-            names = ", ".join(parse_item(i, "")[0] for i in head) or "none"
-            notes.append(f"not cached: the {s} images have several sizes and the transforms before the first random "
-                         f"item ({names}) do not bring them to one size, so they are decoded every epoch; set "
-                         f"data.image_size, or start the list with Resize: [H, W], to decode them once")
-            continue
-        plans[s] = (head, shape)
+        sizes = [tuple(size)] * len(files) if size else [tuple(hw) for hw in shapes]
+        out = head_shapes(head, channels, sizes)
+        plans[s] = Plan(head, [out[hw] for hw in sizes])
+    if cfg.k_fold is not None and len({p.shapes[0] for p in plans.values()}) > 1:
+        # k-fold pools the folders' samples, and rows of two sizes cannot share one tensor
+        plans = {s: Plan(p.head, p.shapes, stack=False) for s, p in plans.items()}
+    for s, plan in plans.items():
+        if not plan.fixed:
+            names = ", ".join(parse_item(i, "")[0] for i in plan.head) or "none"
+            notes.append(f"the {s} images keep several sizes through the transforms before the first random item "
+                         f"({names}): they are decoded once at their own sizes and transformed per sample in the "
+                         f"DataLoader; a list that starts with Resize: [H, W] (or data.image_size) takes the batched "
+                         f"fast path")
     if not plans:
         return {}
 
-    total_mb = sum(len(splits[s][0]) * int(np.prod(shape)) for s, (_, shape) in plans.items()) / 2**20
+    total_mb = sum(p.nbytes for p in plans.values()) / 2**20
     limit = memory_limit_mb(cfg.cache_memory_mb)
     where = cfg.cache if cfg.cache in ("memory", "disk") else ("memory" if total_mb <= limit else "disk")
     folder = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(root)
     start = time.perf_counter()
-    datasets: dict[str, ArrayDataset] = {}
+    datasets: dict[str, Dataset] = {}
     done = []
-    for s, (head, shape) in plans.items():
+    for s, plan in plans.items():
         files, targets, _ = splits[s]
-        datasets[s], was_cached = decode_split(files, targets, mode, size, head, shape, split=s, where=where,
+        datasets[s], was_cached = decode_split(files, targets, mode, size, plan, split=s, where=where,
                                                folder=folder, skip_bad=cfg.skip_bad_files, info=info)
-        done.append((len(datasets[s]), shape, was_cached))
+        done.append((len(datasets[s]), plan, was_cached))
     seconds = time.perf_counter() - start
     info["cache"] = {"where": where, "dir": str(folder) if where == "disk" or any(d[2] for d in done) else None,
                      "images": sum(d[0] for d in done), "mb": round(total_mb, 1), "seconds": round(seconds, 2),
-                     "memory_limit_mb": round(limit), "shapes": {s: list(shape) for s, (_, shape) in plans.items()}}
+                     "memory_limit_mb": round(limit),
+                     "shapes": {s: list(p.shapes[0]) if p.fixed else "several" for s, p in plans.items()}}
     notes.append(summary_line(done, where, folder, seconds))
     return datasets

@@ -5,9 +5,15 @@
 
 Before training, every file is checked quickly (PIL header, `verify()`, and a JPEG's end-of-image
 marker), so a corrupt or truncated image is reported by name before the first step, or skipped
-with `data.skip_bad_files: true`. A small set (decoded size under `memory_limit_mb`) is decoded once
-into a uint8 (N, C, H, W) `ArrayDataset` for the fast in-memory loader; a larger one is an
-`ImageFileDataset` that decodes per sample in DataLoader workers.
+with `data.skip_bad_files: true`.
+
+Then, with `data.cache` on (the default, auto), every split is decoded once at the training size
+(`image_cache.py`): the transforms before the first random item run once per file, and the split
+becomes a uint8 (N, C, H, W) `ArrayDataset` for the fast in-memory loader, in memory or memory-mapped
+on disk (or `CachedImages` when the files keep several sizes). With `data.cache: off` (or
+`data.in_memory: false`) a folder of one image size whose decoded size is under `memory_limit_mb` is
+decoded once into memory as it is; anything else is an `ImageFileDataset` that decodes per sample in
+DataLoader workers.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from torch.utils.data import Dataset
 
 from trainlab.config import DataConfig
 from trainlab.data.base import ArrayDataset, SourceData
-from trainlab.data.image_cache import cache_splits, decode_split, decode_file
+from trainlab.data.image_cache import Plan, cache_splits, decode_file, decode_split
 from trainlab.data.transforms import resize_image
 from trainlab.errors import ConfigError, DataError
 from trainlab.registry import DATASETS
@@ -185,8 +191,11 @@ def _decode(split: _Split, mode: str, size: list[int] | None, skip_bad: bool, in
     """Decode a split of one image size (or resized to `size`) once into uint8 (N, C, H, W) in memory."""
     channels = 1 if mode == "L" else 3
     h, w = size if size is not None else (split.shapes[0] if split.shapes else (0, 0))
-    dataset, _ = decode_split(split.files, split.targets, mode, size, [], (channels, h, w), split="", where="memory",
-                              folder=None, skip_bad=skip_bad, info=info)
+    plan = Plan([], [(channels, h, w)] * len(split.files))
+    if not split.files:
+        return ArrayDataset(torch.empty(0, channels, h, w, dtype=torch.uint8), torch.empty(0, dtype=torch.long))
+    dataset, _ = decode_split(split.files, split.targets, mode, size, plan, split="", where="memory", folder=None,
+                              skip_bad=skip_bad, info=info)
     return dataset
 
 
@@ -216,6 +225,19 @@ def image_folder(cfg: DataConfig, memory_limit_mb: float = 512) -> SourceData:
     every = [m for s in scanned.values() for m in s.modes]
     mode = "L" if every and all(m in _GRAY_MODES for m in every) else "RGB"
     channels = 1 if mode == "L" else 3
+    shapes = {hw for s in scanned.values() for hw in s.shapes}
+    sizes_vary = size is None and len(shapes) > 1
+    if sizes_vary and not (cfg.transforms or cfg.eval_transforms):
+        examples = {}
+        for s in scanned.values():
+            for path, hw in zip(s.files, s.shapes):
+                examples.setdefault(hw, path)
+        shown = ", ".join(f"{p.name} {h}x{w}" for (h, w), p in list(examples.items())[:3])
+        raise DataError(f"image folder {root}: the images have {len(shapes)} different sizes (e.g. {shown}) and "
+                        f"cannot be stacked into batches; set data.image_size: [H, W] (e.g. data.image_size=128) to "
+                        f"resize them all, or give data.transforms that end at one size (e.g. RandomResizedCrop: 224)")
+    common = size or (list(next(iter(shapes))) if shapes and not sizes_vary else None)
+
     datasets: dict[str, Dataset] = {}
     if cfg.cache != "off" and cfg.in_memory is not False:  # decode once at the training size (image_cache.py)
         splits_files = {s: (v.files, v.targets, v.shapes) for s, v in scanned.items()}
@@ -223,19 +245,12 @@ def image_folder(cfg: DataConfig, memory_limit_mb: float = 512) -> SourceData:
     for note in info.get("notes", []):
         log.info("data: %s", note)
 
-    # The rest is decoded per epoch, or (one size, small) once into memory as it was before the cache.
+    # The rest (data.cache: off, data.in_memory: false, empty splits) is decoded per epoch, or when it
+    # has one size and is small, once into memory.
     rest = {s: v for s, v in scanned.items() if s not in datasets}
-    shapes = {hw for s in rest.values() for hw in s.shapes}
-    sizes_vary = size is None and len(shapes) > 1
-    if sizes_vary and (cfg.in_memory is True or not (cfg.transforms or cfg.eval_transforms)):
-        examples = {}
-        for s in rest.values():
-            for path, hw in zip(s.files, s.shapes):
-                examples.setdefault(hw, path)
-        shown = ", ".join(f"{p.name} {h}x{w}" for (h, w), p in list(examples.items())[:3])
-        raise DataError(f"image folder {root}: the images have {len(shapes)} different sizes (e.g. {shown}) and "
-                        f"cannot be stacked into batches; set data.image_size: [H, W] (e.g. data.image_size=128) to "
-                        f"resize them all, or give data.transforms that end at one size (e.g. RandomResizedCrop: 224)")
+    if sizes_vary and cfg.in_memory is True and any(v.files for v in rest.values()):
+        raise DataError(f"image folder {root}: data.in_memory: true needs images of one size, but they have "
+                        f"{len(shapes)} sizes; set data.image_size: [H, W], or data.cache: auto to decode them once")
     pixels = sum(size[0] * size[1] if size else h * w for s in rest.values() for h, w in s.shapes)
     fits = pixels * channels <= memory_limit_mb * 2**20
     in_memory = not sizes_vary and (cfg.in_memory is True or (cfg.in_memory == "auto" and fits))
@@ -245,11 +260,8 @@ def image_folder(cfg: DataConfig, memory_limit_mb: float = 512) -> SourceData:
         else:
             datasets[s] = ImageFileDataset(split.files, split.targets, mode, size, classes)
 
-    every_shape = {hw for s in scanned.values() for hw in s.shapes}
-    sizes_vary = size is None and len(every_shape) > 1  # of the files (the cache may have resized them)
-    common = size or (list(next(iter(every_shape))) if every_shape and not sizes_vary else None)
     info.update(image_mode=mode, image_size=common, image_sizes_vary=sizes_vary,
-                in_memory=all(isinstance(d, ArrayDataset) for d in datasets.values()),
+                in_memory=all(not isinstance(d, ImageFileDataset) for d in datasets.values()),
                 num_files={s: len(v.files) for s, v in scanned.items()})
     return SourceData(train=datasets["train"], val=datasets.get("val"), test=datasets.get("test"),
                       task="classification", class_names=classes, info=info)
