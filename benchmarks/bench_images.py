@@ -215,7 +215,8 @@ def report(results: list[dict[str, dict]], meta: dict) -> dict:
     rounds = len(results)
     print(f"\n{meta['images']} JPEGs ({meta['folder_mb']:.0f} MB), resnet_small at {SIZE}x{SIZE}, batch {BATCH}, "
           f"{rounds} rounds, samples/s of epoch {EPOCHS}; torch {meta['torch']}, {meta['threads']} threads\n")
-    print("| loop | samples/s (median) | best round | data_wait_fraction (epoch 2) | cache / loop (geomean of rounds) | per round |")
+    print("| loop | samples/s (median) | best round | data_wait_fraction (epoch 2) "
+          "| cache / loop (geomean of rounds) | per round |")
     print("|---|---|---|---|---|---|")
     table = {}
     for loop in LOOPS:

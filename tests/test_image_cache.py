@@ -36,7 +36,8 @@ def make_folder(root, n=16, seed=0):
         folder = root / ("cats", "dogs")[i % 2]
         folder.mkdir(parents=True, exist_ok=True)
         h, w = (int(v) for v in rng.integers(10, 31, 2))
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.{'png' if i % 3 == 0 else 'jpg'}")
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 3 == 0 else 'jpg'}")
     return root
 
 
@@ -55,7 +56,8 @@ def test_cached_splits_hold_the_same_samples_as_decoding_per_epoch(tmp_path):
     cached, off = build_data(config(root, cache="memory")), build_data(config(root, cache="off"))
     assert isinstance(cached.train, ArrayDataset) and cached.train.x.shape == (12, 3, 8, 8)
     assert not isinstance(off.train, ArrayDataset)  # several sizes: decoded per sample, every epoch
-    assert cached.info["cache"]["where"] == "memory" and cached.info["notes"][-1].startswith("decoded 16 images once at 8×8")
+    assert cached.info["cache"]["where"] == "memory"
+    assert cached.info["notes"][-1].startswith("decoded 16 images once at 8×8 into memory")
     for split in ("train", "val"):
         assert torch.equal(targets_of(getattr(cached, split)), targets_of(getattr(off, split)))
     # One epoch through each loader: the same samples in the same order (labels batch by batch), and

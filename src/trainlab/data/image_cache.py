@@ -20,10 +20,11 @@ Where the rows live (`data.cache`): `memory` (a tensor), `disk` (a memory-mapped
 root is not writable), `auto` (memory when every cached split fits `data.cache_memory_mb`, default
 25% of the physical memory, else disk). A disk cache is `<split>-<key>.npy` plus a JSON manifest;
 the key is a hash of the file list (paths, sizes, modification times), the image mode and size, the
-head, the decoded shapes and `CACHE_VERSION`. Both are written under temporary names and renamed when complete, the
-manifest last, and checked (version, key, shape, exact file size) before use: a cache cut short by
-a kill, or written by another version, is rebuilt, never trusted. Memory mode reads a valid disk
-cache when there is one, and writes none.
+head, the decoded shapes and `CACHE_VERSION`. Both files are written under temporary names and
+renamed when complete, the manifest last, and checked (version, key, shape, exact file size) before
+use: a cache cut short by a kill, or written by another version, is rebuilt, never trusted. Memory
+mode reads a valid disk cache when there is one, and writes none. Caches of other keys are left in
+the folder (another config may use them): delete the folder to free the space.
 """
 from __future__ import annotations
 
@@ -44,9 +45,9 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from trainlab.components import parse_item
+from trainlab.components import build_list, parse_item
 from trainlab.data.base import ArrayDataset
-from trainlab.data.transforms import _built, eval_items, normalize_items, resize_image
+from trainlab.data.transforms import eval_items, normalize_items, resize_image
 from trainlab.errors import DataError
 
 CACHE_VERSION = 1  # bump when the decoded pixels or the file layout change
@@ -85,9 +86,12 @@ def cache_head(items: list[Any] | None, key: str = "data.transforms") -> list[An
     return head
 
 
-def head_shapes(head: list[Any], channels: int, sizes: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int, int]]:
+Shape = tuple[int, int, int]  # (C, H, W)
+
+
+def head_shapes(head: list[Any], channels: int, sizes: list[tuple[int, int]]) -> dict[tuple[int, int], Shape]:
     """{(H, W) of a file: (C, H, W) after `head`}, computed on meta tensors (shapes only, no pixels)."""
-    compose = v2.Compose([v2.Identity(), *_built(head, "data.transforms")])
+    compose = v2.Compose([v2.Identity(), *build_list(head, [v2], "data.transforms")])
     return {(h, w): tuple(compose(torch.empty(channels, h, w, dtype=torch.uint8, device="meta")).shape)
             for h, w in set(sizes)}
 
@@ -96,7 +100,7 @@ class Plan:
     """Where each file's decoded pixels go: rows of one (N, C, H, W) tensor when they all have one size,
     else slices of one flat buffer at `offsets`."""
 
-    def __init__(self, head: list[Any], shapes: list[tuple[int, int, int]], stack: bool = True):
+    def __init__(self, head: list[Any], shapes: list[Shape], stack: bool = True):
         self.head, self.shapes = head, shapes
         self.fixed = stack and len(set(shapes)) <= 1
         sizes = [c * h * w for c, h, w in shapes]
@@ -114,7 +118,7 @@ class CachedImages(Dataset):
     """Images of several sizes decoded once: (uint8 (C, H, W), class index) items cut from one flat
     uint8 buffer (in memory or memory-mapped), as ImageFileDataset gives them from the files."""
 
-    def __init__(self, flat: torch.Tensor, offsets: list[int], shapes: list[tuple[int, int, int]], targets: torch.Tensor):
+    def __init__(self, flat: torch.Tensor, offsets: list[int], shapes: list[Shape], targets: torch.Tensor):
         self.flat, self.offsets, self.shapes, self.targets = flat, offsets, shapes, targets
 
     def __len__(self) -> int:
@@ -140,7 +144,7 @@ def decode_into(out: torch.Tensor, plan: Plan, files: list[Path], mode: str, siz
     plan's head into `out`; returns [(index, error)] for the files that failed."""
     from tqdm.auto import tqdm
 
-    compose = v2.Compose(_built(plan.head, "data.transforms")) if plan.head else None
+    compose = v2.Compose(build_list(plan.head, [v2], "data.transforms")) if plan.head else None
 
     def one(i: int) -> BaseException | None:
         try:
@@ -278,7 +282,7 @@ def decode_split(files: list[Path], targets: list[int], mode: str, size: list[in
     """One split decoded once, in memory or on disk: an ArrayDataset when the plan has one size, else
     CachedImages. Returns (dataset, whether a cache of an earlier run was read)."""
     n = len(files)
-    c, h, w = plan.shapes[0]
+    _, h, w = plan.shapes[0]
     desc = f"caching {n:,} images at " + (f"{h}x{w}" if plan.fixed else "their own sizes")
 
     def fill(out: torch.Tensor) -> list[int]:
@@ -305,7 +309,8 @@ def decode_split(files: list[Path], targets: list[int], mode: str, size: list[in
     y = torch.tensor(targets, dtype=torch.long)
     index = torch.tensor(kept, dtype=torch.long)
     if not plan.fixed:  # files that failed to decode leave a gap in the buffer
-        return CachedImages(storage, plan.offsets[index].tolist(), [plan.shapes[i] for i in kept], y[index]), found is not None
+        shapes = [plan.shapes[i] for i in kept]
+        return CachedImages(storage, plan.offsets[index].tolist(), shapes, y[index]), found is not None
     if len(kept) < n:  # rows of files that failed to decode are dropped (a copy; rare after the scan's checks)
         storage, y = storage[index], y[index]
     return ArrayDataset(storage, y), found is not None
