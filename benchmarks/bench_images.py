@@ -19,6 +19,9 @@ SGD (lr 0.01, momentum 0.9), on all 990 images (no validation or test split), fo
           `RandomHorizontalFlip`, `ToTensor` per sample, DataLoader(batch 32, shuffle), a plain step
   tensor  the same model and step on an in-memory uint8 tensor (990, 3, 64, 64), hand-written:
           `index_select` of a random permutation, a per-sample flip, /255: the model alone
+`--crop` swaps the Resize for `RandomResizedCrop: 64` (the ants/bees recipe: no fixed size before the
+first random item): `cache` then decodes each file once at its own size (CachedImages) and crops,
+resizes and flips per sample in the DataLoader; `pil` crops with PIL; `tensor` is left out.
 The hand-written loops use the channels-last layout, as trainlab does on the CPU for conv nets, so
 that the ratios compare data paths, not layouts. Samples/s are those of the second epoch (trainlab:
 its history's `train_samples_per_second` of epoch 2, the epoch loop only; the hand-written loops:
@@ -89,22 +92,26 @@ def make_folder(root: Path, n: int = 990, classes: int = CLASSES, seed: int = 0)
 
 # ----------------------------------------------------------------------------- the loops
 
-def trainlab_config(root: Path, cache: str, seed: int) -> dict:
+def train_items(crop: bool) -> list:
+    return [{"RandomResizedCrop": SIZE} if crop else {"Resize": [[SIZE, SIZE]]}, "RandomHorizontalFlip", "ToTensor"]
+
+
+def trainlab_config(root: Path, cache: str, seed: int, crop: bool = False) -> dict:
     return {
         "name": f"bench_images_{cache}", "seed": seed,
         "data": {"source": "image_folder", "root": str(root), "cache": cache, "batch_size": BATCH,
                  "val_fraction": 0.0, "test_fraction": 0.0,
-                 "transforms": [{"Resize": [[SIZE, SIZE]]}, "RandomHorizontalFlip", "ToTensor"]},
+                 "transforms": train_items(crop)},
         "model": {"name": "resnet_small"},
         "optimizer": {"name": "SGD", "lr": LR, "momentum": MOMENTUM},
         "train": {"epochs": EPOCHS, "device": "cpu"},
     }
 
 
-def run_trainlab(root: Path, cache: str, seed: int) -> tuple[float, float]:
+def run_trainlab(root: Path, cache: str, seed: int, crop: bool) -> tuple[float, float]:
     """(samples/s, data_wait_fraction) of the last epoch."""
     with tempfile.TemporaryDirectory() as tmp:
-        run = trainlab.train(trainlab_config(root, cache, seed), out=Path(tmp) / "run")
+        run = trainlab.train(trainlab_config(root, cache, seed, crop), out=Path(tmp) / "run")
     row = run.history_rows[-1]
     return row["train_samples_per_second"], row["train_data_wait_fraction"]
 
@@ -131,11 +138,12 @@ def _sgd(model: nn.Module) -> torch.optim.Optimizer:
 class PILFolder(Dataset):
     """The notes' dataset: PIL opens, converts, resizes and flips one file per __getitem__."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, crop: bool = False):
         self.files = sorted(root.glob("*/*.jpg"))
         classes = sorted({f.parent.name for f in self.files})
         self.targets = [classes.index(f.parent.name) for f in self.files]
-        self.transform = v2.Compose([v2.Resize((SIZE, SIZE)), v2.RandomHorizontalFlip(), v2.ToImage(),
+        first = v2.RandomResizedCrop(SIZE) if crop else v2.Resize((SIZE, SIZE))
+        self.transform = v2.Compose([first, v2.RandomHorizontalFlip(), v2.ToImage(),
                                      v2.ToDtype(torch.float32, scale=True)])
 
     def __len__(self) -> int:
@@ -146,8 +154,8 @@ class PILFolder(Dataset):
             return self.transform(img.convert("RGB")), self.targets[i]
 
 
-def run_pil(root: Path, seed: int) -> float:
-    model, ds = make_model(seed), PILFolder(root)
+def run_pil(root: Path, seed: int, crop: bool) -> float:
+    model, ds = make_model(seed), PILFolder(root, crop)
     opt = _sgd(model)
     loader = DataLoader(ds, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed))
     for epoch in range(EPOCHS):
@@ -197,13 +205,13 @@ def silenced(enabled: bool):
         yield
 
 
-def one(loop: str, root: Path, seed: int, tensors, quiet: bool) -> dict:
+def one(loop: str, root: Path, seed: int, tensors, quiet: bool, crop: bool) -> dict:
     with silenced(quiet):
         if loop in ("cache", "off"):
-            sps, wait = run_trainlab(root, "auto" if loop == "cache" else "off", seed)
+            sps, wait = run_trainlab(root, "auto" if loop == "cache" else "off", seed, crop)
             return {"samples_per_second": sps, "data_wait_fraction": wait}
         if loop == "pil":
-            return {"samples_per_second": run_pil(root, seed)}
+            return {"samples_per_second": run_pil(root, seed, crop)}
         return {"samples_per_second": run_tensor(*tensors, seed)}
 
 
@@ -213,13 +221,14 @@ def geomean(values: list[float]) -> float:
 
 def report(results: list[dict[str, dict]], meta: dict) -> dict:
     rounds = len(results)
-    print(f"\n{meta['images']} JPEGs ({meta['folder_mb']:.0f} MB), resnet_small at {SIZE}x{SIZE}, batch {BATCH}, "
+    recipe = "RandomResizedCrop: 64" if meta.get("crop") else "Resize [[64, 64]]"
+    print(f"\n{meta['images']} JPEGs ({meta['folder_mb']:.0f} MB), {recipe} + flip, resnet_small, batch {BATCH}, "
           f"{rounds} rounds, samples/s of epoch {EPOCHS}; torch {meta['torch']}, {meta['threads']} threads\n")
     print("| loop | samples/s (median) | best round | data_wait_fraction (epoch 2) "
           "| cache / loop (geomean of rounds) | per round |")
     print("|---|---|---|---|---|---|")
     table = {}
-    for loop in LOOPS:
+    for loop in meta.get("loops", LOOPS):
         sps = [r[loop]["samples_per_second"] for r in results]
         waits = [r[loop].get("data_wait_fraction") for r in results if r[loop].get("data_wait_fraction") is not None]
         ratios = [r["cache"]["samples_per_second"] / r[loop]["samples_per_second"] for r in results]
@@ -238,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=990)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="110 images, 2 rounds")
+    parser.add_argument("--crop", action="store_true", help="RandomResizedCrop: 64 instead of Resize [[64, 64]]")
     parser.add_argument("--json", type=Path, help="save the measurements here")
     parser.add_argument("--report", type=Path, help="print the tables of a saved --json file and exit")
     parser.add_argument("--verbose", action="store_true", help="show trainlab's output")
@@ -252,18 +262,20 @@ def main(argv: list[str] | None = None) -> dict:
         root = make_folder(Path(tmp) / "images", n)
         meta = {"images": n, "folder_mb": sum(f.stat().st_size for f in root.rglob("*.jpg")) / 2**20,
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "argv": sys.argv[1:]}
-        tensors = in_memory_tensors(root)
+        loops = LOOPS[:-1] if args.crop else LOOPS
+        meta.update(loops=loops, crop=args.crop)
+        tensors = None if args.crop else in_memory_tensors(root)
         with silenced(not args.verbose):  # the cache's own line, from one run
             from trainlab.data import build_data
 
-            bundle = build_data(Config.model_validate(trainlab_config(root, "auto", 0)))
+            bundle = build_data(Config.model_validate(trainlab_config(root, "auto", 0, args.crop)))
         meta["cache_note"] = "; ".join(bundle.info.get("notes", []))
         results = []
         for r in range(rounds):
-            order = LOOPS if r % 2 == 0 else LOOPS[::-1]
+            order = loops if r % 2 == 0 else loops[::-1]
             row = {}
             for loop in order:
-                row[loop] = one(loop, root, r, tensors, not args.verbose)
+                row[loop] = one(loop, root, r, tensors, not args.verbose, args.crop)
                 print(f"round {r + 1}/{rounds} {loop}: {row[loop]}", file=sys.stderr, flush=True)
             results.append(row)
     table = report(results, meta)
