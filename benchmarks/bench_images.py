@@ -4,6 +4,7 @@
     python benchmarks/bench_images.py --quick              # a smoke run (110 images, 2 rounds)
     python benchmarks/bench_images.py --rounds 6 --json runs/bench_images.json
     python benchmarks/bench_images.py --report runs/bench_images.json
+    python benchmarks/bench_images.py --loaders             # the data path alone: ms per sample, no model
 
 The folder (written once per run into a temporary directory, deterministic): 990 JPEGs (quality 90)
 of 240-520 px a side in 11 class folders, smooth colour fields with a few shapes (their JPEG size
@@ -165,6 +166,23 @@ def run_pil(root: Path, seed: int, crop: bool) -> float:
     return len(ds) / (time.perf_counter() - start)
 
 
+def loader_costs(root: Path, crop: bool) -> dict[str, float]:
+    """Milliseconds per sample of trainlab's training loader alone (no model), second epoch, per cache mode."""
+    from trainlab.data import build_data
+    from trainlab.data.loaders import make_loader
+
+    costs = {}
+    for cache in ("auto", "off"):
+        bundle = build_data(Config.model_validate(trainlab_config(root, cache, 0, crop)))
+        loader = make_loader(bundle.train, BATCH, shuffle=True, seed=0)
+        for _ in range(EPOCHS):
+            start, n = time.perf_counter(), 0
+            for _, y in loader:
+                n += len(y)
+        costs[cache] = 1000 * (time.perf_counter() - start) / n
+    return costs
+
+
 def in_memory_tensors(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The folder's images at 64x64 as uint8 (N, 3, 64, 64), decoded once (outside the timing)."""
     ds = PILFolder(root)
@@ -247,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=990)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="110 images, 2 rounds")
+    parser.add_argument("--loaders", action="store_true", help="time trainlab's loaders alone (no model) and exit")
     parser.add_argument("--crop", action="store_true", help="RandomResizedCrop: 64 instead of Resize [[64, 64]]")
     parser.add_argument("--json", type=Path, help="save the measurements here")
     parser.add_argument("--report", type=Path, help="print the tables of a saved --json file and exit")
@@ -262,6 +281,12 @@ def main(argv: list[str] | None = None) -> dict:
         root = make_folder(Path(tmp) / "images", n)
         meta = {"images": n, "folder_mb": sum(f.stat().st_size for f in root.rglob("*.jpg")) / 2**20,
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "argv": sys.argv[1:]}
+        if args.loaders:
+            with silenced(not args.verbose):
+                costs = loader_costs(root, args.crop)
+            print(f"ms per sample of the training loader alone (epoch {EPOCHS}): cache auto {costs['auto']:.3f}, "
+                  f"cache off {costs['off']:.3f} ({costs['off'] / costs['auto']:.0f}x)")
+            return costs
         loops = LOOPS[:-1] if args.crop else LOOPS
         meta.update(loops=loops, crop=args.crop)
         tensors = None if args.crop else in_memory_tensors(root)
