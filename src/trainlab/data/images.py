@@ -191,9 +191,9 @@ def _decode(split: _Split, mode: str, size: list[int] | None, skip_bad: bool, in
     """Decode a split of one image size (or resized to `size`) once into uint8 (N, C, H, W) in memory."""
     channels = 1 if mode == "L" else 3
     h, w = size if size is not None else (split.shapes[0] if split.shapes else (0, 0))
-    plan = Plan([], [(channels, h, w)] * len(split.files))
     if not split.files:
         return ArrayDataset(torch.empty(0, channels, h, w, dtype=torch.uint8), torch.empty(0, dtype=torch.long))
+    plan = Plan([], [(channels, h, w)] * len(split.files))  # no head: the files as they are (or at `size`)
     dataset, _ = decode_split(split.files, split.targets, mode, size, plan, split="", where="memory", folder=None,
                               skip_bad=skip_bad, info=info)
     return dataset
