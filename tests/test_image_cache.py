@@ -21,6 +21,7 @@ import trainlab
 from trainlab.data import build_data
 from trainlab.data.base import ArrayDataset
 from trainlab.data.image_cache import CACHE_VERSION, CachedImages
+from trainlab.data.images import ImageFileDataset
 from trainlab.data.loaders import ResumableDataLoader, TensorLoader, make_loader
 from trainlab.data.splits import targets_of
 from trainlab.errors import DataError
@@ -161,6 +162,11 @@ def test_images_of_several_sizes_after_the_head_are_cached_at_their_own_sizes(tm
     again = build_data(trainlab.load_config(None, args))  # read back from the disk cache
     assert again.info["notes"][-1].startswith("read 6 images at their own sizes")
     assert all(torch.equal(again.train.dataset[i][0], raw_off[i][0]) for i in range(6))
+    # auto, and too large for memory: only the stacked val split goes to disk; train is decoded per epoch
+    tight = build_data(trainlab.load_config(None, {**args, "data.cache": "auto", "data.cache_memory_mb": 0.001}))
+    assert isinstance(tight.train.dataset, ImageFileDataset) and isinstance(tight.val, ArrayDataset)
+    assert tight.info["cache"]["where"] == "disk"
+    assert any(n.startswith("not cached: the train images") for n in tight.info["notes"])
 
 
 def test_the_food11_example_runs_on_the_cached_fast_path(tmp_path):

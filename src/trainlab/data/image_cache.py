@@ -13,7 +13,8 @@ size an image already has returns it unchanged), so applying the whole list to a
 what applying it to the decoded file gives. A head that does not bring the files to one size (a
 list that starts with `RandomResizedCrop`, or `Resize: 256` on images of several aspect ratios)
 cannot be stacked: that split is decoded once all the same, each image at its own size in one flat
-buffer (`CachedImages`), and its transforms run per sample in the DataLoader (a note says so).
+buffer (`CachedImages`), and its transforms run per sample in the DataLoader (a note says so). Under
+`auto` such a split is cached only in memory: when it does not fit, it is decoded every epoch.
 
 Where the rows live (`data.cache`): `memory` (a tensor), `disk` (a memory-mapped .npy file in
 `data.cache_dir`, default `<data.root>/.trainlab-cache/`, or `~/.cache/trainlab/images/` when the
@@ -360,9 +361,22 @@ def cache_splits(splits: dict[str, tuple[list[Path], list[int], list[tuple[int, 
     if cfg.k_fold is not None and len({p.shapes[0] for p in plans.values()}) > 1:
         # k-fold pools the folders' samples, and rows of two sizes cannot share one tensor
         plans = {s: Plan(p.head, p.shapes, stack=False) for s, p in plans.items()}
-    for s, plan in plans.items():
-        if not plan.fixed:
-            names = ", ".join(parse_item(i, "")[0] for i in plan.head) or "none"
+    limit = memory_limit_mb(cfg.cache_memory_mb)
+    where = cfg.cache if cfg.cache in ("memory", "disk") else (
+        "memory" if sum(p.nbytes for p in plans.values()) / 2**20 <= limit else "disk")
+    for s, plan in list(plans.items()):
+        if plan.fixed:
+            continue
+        names = ", ".join(parse_item(i, "")[0] for i in plan.head) or "none"
+        if where == "disk" and cfg.cache == "auto":
+            # Pixels at the files' own sizes take 20x the bytes of their JPEGs (the benchmark's folder): too
+            # much to write beside the data unasked, and slower to read back from disk than to decode.
+            del plans[s]
+            notes.append(f"not cached: the {s} images keep several sizes through the transforms before the first "
+                         f"random item ({names}) and do not fit data.cache_memory_mb at those sizes, so they are "
+                         f"decoded every epoch (data.cache: disk caches them; a list that starts with "
+                         f"Resize: [H, W] caches them small)")
+        else:
             notes.append(f"the {s} images keep several sizes through the transforms before the first random item "
                          f"({names}): they are decoded once at their own sizes and transformed per sample in the "
                          f"DataLoader; a list that starts with Resize: [H, W] (or data.image_size) takes the batched "
@@ -371,8 +385,6 @@ def cache_splits(splits: dict[str, tuple[list[Path], list[int], list[tuple[int, 
         return {}
 
     total_mb = sum(p.nbytes for p in plans.values()) / 2**20
-    limit = memory_limit_mb(cfg.cache_memory_mb)
-    where = cfg.cache if cfg.cache in ("memory", "disk") else ("memory" if total_mb <= limit else "disk")
     folder = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(root)
     start = time.perf_counter()
     datasets: dict[str, Dataset] = {}
