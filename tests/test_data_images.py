@@ -128,14 +128,17 @@ def test_lazy_path_decodes_the_same_pixels(tmp_path):
     assert isinstance(lazy.train, ImageFileDataset) and lazy.info["in_memory"] is False
     x, y = lazy.train[4]
     assert torch.equal(x, eager.train.x[4]) and int(y) == 1
-    # A memory limit below the decoded size also chooses the lazy path.
-    assert isinstance(image_folder(cfg, memory_limit_mb=1e-6).train, ImageFileDataset)
+    # Without the cache (data.cache: off), a memory limit below the decoded size also chooses the lazy
+    # path; with it, such a folder goes to the disk cache (tests/test_image_cache.py).
+    off = cfg.model_copy(update={"cache": "off"})
+    assert isinstance(image_folder(off, memory_limit_mb=1e-6).train, ImageFileDataset)
 
 
 def test_lazy_varying_sizes_with_fixed_size_transforms(tmp_path):
     _save(tmp_path / "a" / "0.jpg", (20, 14))
     _save(tmp_path / "b" / "0.jpg", (12, 18))
-    cfg = DataConfig(source="image_folder", root=str(tmp_path), transforms=[{"RandomResizedCrop": 8}, "ToTensor"])
+    cfg = DataConfig(source="image_folder", root=str(tmp_path), transforms=[{"RandomResizedCrop": 8}, "ToTensor"],
+                     cache="off")  # decoded per epoch (with the cache: tests/test_image_cache.py)
     src = image_folder(cfg)
     assert isinstance(src.train, ImageFileDataset) and src.info["image_sizes_vary"]
     train, _, _, pre = attach_transforms(src.train, src.train, None, cfg, src.info)

@@ -98,6 +98,11 @@ class DataConfig(_Strict):
     in_memory: bool | Literal["auto"] = "auto"
     skip_bad_files: bool = False
     image_size: int | list[int] | None = None  # resize image-folder images (default: keep a common size)
+    # Image folders: decode once at the training size (data/image_cache.py). auto: in memory when the
+    # decoded split fits cache_memory_mb, else a memory-mapped file in cache_dir; off: decode per epoch.
+    cache: Literal["auto", "memory", "disk", "off"] = "auto"
+    cache_memory_mb: float | None = Field(default=None, gt=0)  # None: 25% of the physical memory
+    cache_dir: str | None = None  # None: <data.root>/.trainlab-cache, else ~/.cache/trainlab/images
 
 
 class EarlyStopping(_Strict):

@@ -226,6 +226,8 @@ def _open_run(run: RunDir | None, pipe: Pipeline, resume_state: dict[str, Any] |
     if not quiet:
         show_model_summary(pipe.summary)  # collapsed in a notebook
         print(data_line(pipe.bundle))
+        for note in pipe.bundle.info.get("notes", []):  # what the data layer did (e.g. the image cache)
+            print(f"data: {note}")
         print(f"monitor: {pipe.monitor.name} ({pipe.monitor.mode}) decides best.pt")
         if world_size > 1:
             accum = f" x grad_accum {cfg.train.grad_accum}" if cfg.train.grad_accum > 1 else ""

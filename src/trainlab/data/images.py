@@ -5,9 +5,15 @@
 
 Before training, every file is checked quickly (PIL header, `verify()`, and a JPEG's end-of-image
 marker), so a corrupt or truncated image is reported by name before the first step, or skipped
-with `data.skip_bad_files: true`. A small set (decoded size under `memory_limit_mb`) is decoded once
-into a uint8 (N, C, H, W) `ArrayDataset` for the fast in-memory loader; a larger one is an
-`ImageFileDataset` that decodes per sample in DataLoader workers.
+with `data.skip_bad_files: true`.
+
+Then, with `data.cache` on (the default, auto), every split is decoded once at the training size
+(`image_cache.py`): the transforms before the first random item run once per file, and the split
+becomes a uint8 (N, C, H, W) `ArrayDataset` for the fast in-memory loader, in memory or memory-mapped
+on disk (or `CachedImages` when the files keep several sizes). With `data.cache: off` (or
+`data.in_memory: false`) a folder of one image size whose decoded size is under `memory_limit_mb` is
+decoded once into memory as it is; anything else is an `ImageFileDataset` that decodes per sample in
+DataLoader workers.
 """
 from __future__ import annotations
 
@@ -20,10 +26,10 @@ from typing import Any
 import PIL.Image
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as F
 
 from trainlab.config import DataConfig
 from trainlab.data.base import ArrayDataset, SourceData
+from trainlab.data.image_cache import Plan, cache_splits, decode_file, decode_split
 from trainlab.data.transforms import resize_image
 from trainlab.errors import ConfigError, DataError, short
 from trainlab.registry import DATASETS
@@ -46,9 +52,7 @@ def _subfolders(folder: Path) -> list[Path]:
 
 def load_image(path: str | Path, mode: str, size: list[int] | None = None) -> torch.Tensor:
     """Decode one file to a uint8 (C, H, W) tensor in `mode` ('RGB' or 'L'), resized to `size` [H, W]."""
-    with PIL.Image.open(path) as img:
-        x = F.pil_to_tensor(img.convert(mode))
-    return resize_image(x, size)
+    return resize_image(decode_file(path, mode), size)
 
 
 def check_image(path: Path) -> tuple[int, int, str]:
@@ -188,22 +192,15 @@ def _scan(root: Path, splits: dict[str, Path], skip_bad: bool, info: dict[str, A
 
 
 def _decode(split: _Split, mode: str, size: list[int] | None, skip_bad: bool, info: dict[str, Any]) -> ArrayDataset:
-    """Decode a split once into uint8 (N, C, H, W)."""
-    images, targets = [], []
-    for path, target in zip(split.files, split.targets):
-        try:
-            images.append(load_image(path, mode, size))
-        except (OSError, SyntaxError, ValueError) as e:
-            if not skip_bad:
-                raise DataError(f"image {path}: cannot decode ({e}); replace or remove it, or set "
-                                f"data.skip_bad_files: true") from None
-            info["skipped_files"] += 1
-            continue
-        targets.append(target)
+    """Decode a split of one image size (or resized to `size`) once into uint8 (N, C, H, W) in memory."""
     channels = 1 if mode == "L" else 3
     h, w = size if size is not None else (split.shapes[0] if split.shapes else (0, 0))
-    x = torch.stack(images) if images else torch.empty(0, channels, h, w, dtype=torch.uint8)
-    return ArrayDataset(x, torch.tensor(targets, dtype=torch.long))
+    if not split.files:
+        return ArrayDataset(torch.empty(0, channels, h, w, dtype=torch.uint8), torch.empty(0, dtype=torch.long))
+    plan = Plan([], [(channels, h, w)] * len(split.files))  # no head: the files as they are (or at `size`)
+    dataset, _ = decode_split(split.files, split.targets, mode, size, plan, split="", where="memory", folder=None,
+                              skip_bad=skip_bad, info=info)
+    return dataset
 
 
 def _image_size(value: int | list[int] | None) -> list[int] | None:
@@ -252,10 +249,7 @@ def image_folder(cfg: DataConfig, memory_limit_mb: float = 512) -> SourceData:
     channels = 1 if mode == "L" else 3
     shapes = {hw for s in scanned.values() for hw in s.shapes}
     sizes_vary = size is None and len(shapes) > 1
-    pixels = sum(size[0] * size[1] if size else h * w for s in scanned.values() for h, w in s.shapes)
-    fits = pixels * channels <= memory_limit_mb * 2**20
-    in_memory = cfg.in_memory is True or (cfg.in_memory == "auto" and fits)
-    if sizes_vary and (cfg.in_memory is True or not (cfg.transforms or cfg.eval_transforms)):
+    if sizes_vary and not (cfg.transforms or cfg.eval_transforms):
         examples = {}
         for s in scanned.values():
             for path, hw in zip(s.files, s.shapes):
@@ -264,17 +258,33 @@ def image_folder(cfg: DataConfig, memory_limit_mb: float = 512) -> SourceData:
         raise DataError(f"image folder {root}: the images have {len(shapes)} different sizes (e.g. {shown}) and "
                         f"cannot be stacked into batches; set data.image_size: [H, W] (e.g. data.image_size=128) to "
                         f"resize them all, or give data.transforms that end at one size (e.g. RandomResizedCrop: 224)")
-    in_memory = in_memory and not sizes_vary
     _check_batch_memory(cfg, shapes, channels, root, len(scanned['train'].files))
     common = size or (list(next(iter(shapes))) if shapes and not sizes_vary else None)
-    info.update(image_mode=mode, image_size=common, image_sizes_vary=sizes_vary, in_memory=in_memory,
-                num_files={s: len(v.files) for s, v in scanned.items()})
 
     datasets: dict[str, Dataset] = {}
-    for s, split in scanned.items():
+    if cfg.cache != "off" and cfg.in_memory is not False:  # decode once at the training size (image_cache.py)
+        splits_files = {s: (v.files, v.targets, v.shapes) for s, v in scanned.items()}
+        datasets.update(cache_splits(splits_files, cfg, root, mode, size, info))
+    for note in info.get("notes", []):
+        log.info("data: %s", note)
+
+    # The rest (data.cache: off, data.in_memory: false, empty splits) is decoded per epoch, or when it
+    # has one size and is small, once into memory.
+    rest = {s: v for s, v in scanned.items() if s not in datasets}
+    if sizes_vary and cfg.in_memory is True and any(v.files for v in rest.values()):
+        raise DataError(f"image folder {root}: data.in_memory: true needs images of one size, but they have "
+                        f"{len(shapes)} sizes; set data.image_size: [H, W], or data.cache: auto to decode them once")
+    pixels = sum(size[0] * size[1] if size else h * w for s in rest.values() for h, w in s.shapes)
+    fits = pixels * channels <= memory_limit_mb * 2**20
+    in_memory = not sizes_vary and (cfg.in_memory is True or (cfg.in_memory == "auto" and fits))
+    for s, split in rest.items():
         if in_memory:
             datasets[s] = _decode(split, mode, size, cfg.skip_bad_files, info)
         else:
             datasets[s] = ImageFileDataset(split.files, split.targets, mode, size, classes)
+
+    info.update(image_mode=mode, image_size=common, image_sizes_vary=sizes_vary,
+                in_memory=all(not isinstance(d, ImageFileDataset) for d in datasets.values()),
+                num_files={s: len(v.files) for s, v in scanned.items()})
     return SourceData(train=datasets["train"], val=datasets.get("val"), test=datasets.get("test"),
                       task="classification", class_names=classes, info=info)

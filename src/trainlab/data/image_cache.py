@@ -1,0 +1,403 @@
+"""Decode an image folder once at the training size, and keep the result in memory or on disk.
+
+The transforms up to the first random or float item (`Resize`, `CenterCrop`, `ToImage`, ...: the
+*head*) give the same pixels for a file every epoch, so they run once per file, here:
+
+    file -> decode (torchvision.io for JPEG/PNG, PIL for the rest) -> RGB or L -> data.image_size
+         -> head -> one uint8 (C, H, W) row of an (N, C, H, W) tensor
+
+A split becomes an `ArrayDataset`, which the fast path (`TensorLoader`) batches by indexing; the
+random tail (flips, crops, ...) then runs per batch with per-sample randomness. The head items stay
+in the attached transform lists: every head item is idempotent (a `Resize` or `CenterCrop` to the
+size an image already has returns it unchanged), so applying the whole list to a cached row gives
+what applying it to the decoded file gives. A head that does not bring the files to one size (a
+list that starts with `RandomResizedCrop`, or `Resize: 256` on images of several aspect ratios)
+cannot be stacked: that split is decoded once all the same, each image at its own size in one flat
+buffer (`CachedImages`), and its transforms run per sample in the DataLoader (a note says so). Under
+`auto` such a split is cached only in memory: when it does not fit, it is decoded every epoch.
+
+Where the rows live (`data.cache`): `memory` (a tensor), `disk` (a memory-mapped .npy file in
+`data.cache_dir`, default `<data.root>/.trainlab-cache/`, or `~/.cache/trainlab/images/` when the
+root is not writable), `auto` (memory when every cached split fits `data.cache_memory_mb`, default
+25% of the physical memory, else disk). A disk cache is `<split>-<key>.npy` plus a JSON manifest;
+the key is a hash of the file list (paths, sizes, modification times), the image mode and size, the
+head, the decoded shapes and `CACHE_VERSION`. Both files are written under temporary names and
+renamed when complete, the manifest last, and checked (version, key, shape, exact file size) before
+use: a cache cut short by a kill, or written by another version, is rebuilt, never trusted. Memory
+mode reads a valid disk cache when there is one, and writes none. Caches of other keys are left in
+the folder (another config may use them): delete the folder to free the space.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from trainlab.components import build_list, parse_item
+from trainlab.data.base import ArrayDataset
+from trainlab.data.transforms import eval_items, normalize_items, resize_image
+from trainlab.errors import DataError
+
+CACHE_VERSION = 1  # bump when the decoded pixels or the file layout change
+# uint8 in, uint8 out, deterministic and idempotent: what a cached head may hold.
+HEAD_ITEMS = ("ToImage", "PILToTensor", "ToPureTensor", "Identity", "Resize", "CenterCrop")
+_TORCHVISION_SUFFIXES = (".jpg", ".jpeg", ".png")  # decoded by torchvision.io (2-3x PIL's speed here)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, RuntimeError, EOFError)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def decode_file(path: str | Path, mode: str) -> torch.Tensor:
+    """One image file as a uint8 (C, H, W) tensor in `mode` ('RGB' or 'L').
+
+    JPEG and PNG go through torchvision.io (libjpeg-turbo / libpng, the same pixels as PIL for RGB);
+    other formats, 16-bit PNGs and files torchvision rejects go through PIL, whose error is raised.
+    """
+    if str(path).lower().endswith(_TORCHVISION_SUFFIXES):
+        try:
+            x = decode_image(read_file(str(path)), ImageReadMode.GRAY if mode == "L" else ImageReadMode.RGB)
+            if x.dtype == torch.uint8 and x.ndim == 3:
+                return x
+        except RuntimeError:
+            pass  # PIL decides (and names the problem)
+    with PIL.Image.open(path) as img:
+        return F.pil_to_tensor(img.convert(mode))
+
+
+def cache_head(items: list[Any] | None, key: str = "data.transforms") -> list[Any]:
+    """The longest prefix of a (normalised) transform list made of HEAD_ITEMS."""
+    head = []
+    for i, item in enumerate(items or []):
+        if parse_item(item, f"{key}[{i}]")[0] not in HEAD_ITEMS:
+            break
+        head.append(item)
+    return head
+
+
+Shape = tuple[int, int, int]  # (C, H, W)
+
+
+def head_shapes(head: list[Any], channels: int, sizes: list[tuple[int, int]]) -> dict[tuple[int, int], Shape]:
+    """{(H, W) of a file: (C, H, W) after `head`}, computed on meta tensors (shapes only, no pixels)."""
+    compose = v2.Compose([v2.Identity(), *build_list(head, [v2], "data.transforms")])
+    return {(h, w): tuple(compose(torch.empty(channels, h, w, dtype=torch.uint8, device="meta")).shape)
+            for h, w in set(sizes)}
+
+
+class Plan:
+    """Where each file's decoded pixels go: rows of one (N, C, H, W) tensor when they all have one size,
+    else slices of one flat buffer at `offsets`."""
+
+    def __init__(self, head: list[Any], shapes: list[Shape], stack: bool = True):
+        self.head, self.shapes = head, shapes
+        self.fixed = stack and len(set(shapes)) <= 1
+        sizes = [c * h * w for c, h, w in shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.nbytes = int(self.offsets[-1])
+        self.storage_shape = (len(shapes), *shapes[0]) if self.fixed and shapes else (self.nbytes,)
+
+    def row(self, storage: torch.Tensor, i: int) -> torch.Tensor:
+        if self.fixed:
+            return storage[i]
+        return storage[int(self.offsets[i]): int(self.offsets[i + 1])].view(self.shapes[i])
+
+
+class CachedImages(Dataset):
+    """Images of several sizes decoded once: (uint8 (C, H, W), class index) items cut from one flat
+    uint8 buffer (in memory or memory-mapped), as ImageFileDataset gives them from the files."""
+
+    def __init__(self, flat: torch.Tensor, offsets: list[int], shapes: list[Shape], targets: torch.Tensor):
+        self.flat, self.offsets, self.shapes, self.targets = flat, offsets, shapes, targets
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c, h, w = self.shapes[i]
+        start = self.offsets[i]
+        return self.flat[start: start + c * h * w].view(c, h, w), self.targets[i]
+
+
+def _threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def decode_into(out: torch.Tensor, plan: Plan, files: list[Path], mode: str, size: list[int] | None,
+                desc: str) -> list[tuple[int, BaseException]]:
+    """Decode `files` (in a thread pool: decoding and resizing release the GIL) through `size` and the
+    plan's head into `out`; returns [(index, error)] for the files that failed."""
+    from tqdm.auto import tqdm
+
+    compose = v2.Compose(build_list(plan.head, [v2], "data.transforms")) if plan.head else None
+
+    def one(i: int) -> BaseException | None:
+        try:
+            x = resize_image(decode_file(files[i], mode), size)
+            x = compose(x) if compose is not None else x
+        except _DECODE_ERRORS as e:
+            return e
+        row = plan.row(out, i)
+        if x.shape != row.shape:  # the file's header told another size than its pixels have
+            return ValueError(f"decoded to {tuple(x.shape)}, not {tuple(row.shape)}")
+        row.copy_(x)
+        return None
+
+    failed = []
+    with ThreadPoolExecutor(_threads()) as pool, tqdm(total=len(files), desc=desc, unit="img", leave=False,
+                                                      mininterval=0.5) as bar:
+        for i, error in enumerate(pool.map(one, range(len(files)))):
+            bar.update()
+            if error is not None:
+                failed.append((i, error))
+    return failed
+
+
+# ----------------------------------------------------------------------------- the disk cache
+
+def default_cache_dir(root: Path) -> Path:
+    """<root>/.trainlab-cache when the data folder is writable, else the user's cache folder."""
+    if os.access(root, os.W_OK):
+        return root / ".trainlab-cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "trainlab" / "images"
+
+
+def cache_key(files: list[Path], mode: str, size: list[int] | None, plan: Plan) -> str:
+    """A hash of everything the cached pixels depend on."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"version": CACHE_VERSION, "mode": mode, "image_size": size, "head": plan.head,
+                         "shapes": plan.shapes, "n": len(files)}, sort_keys=True, default=str).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{Path(f).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _paths(folder: Path, split: str, key: str) -> tuple[Path, Path]:
+    return folder / f"{split}-{key}.npy", folder / f"{split}-{key}.json"
+
+
+def read_disk_cache(folder: Path, split: str, key: str) -> tuple[torch.Tensor, list[int]] | None:
+    """(memory-mapped rows, kept rows) of a complete cache with this key, else None."""
+    npy, manifest_path = _paths(folder, split, key)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("version") != CACHE_VERSION or manifest.get("key") != key:
+            return None
+        rows = np.load(npy, mmap_mode="c")  # copy-on-write: writable for torch, the file is never changed
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None
+    if (rows.dtype != np.uint8 or list(rows.shape) != manifest.get("shape")
+            or npy.stat().st_size != rows.offset + rows.nbytes):
+        return None
+    return torch.from_numpy(rows), list(manifest["kept"])
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)  # atomic on one file system: readers see the old file or the whole new one
+
+
+def write_disk_cache(folder: Path, split: str, key: str, shape: tuple[int, ...],
+                     fill: Callable[[torch.Tensor], list[int]]) -> tuple[torch.Tensor, list[int]]:
+    """Create `<split>-<key>.npy` of `shape` uint8, let `fill` write it (it returns the kept files), then
+    the manifest; both under temporary names first. Returns the mapped array and the kept files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    npy, manifest_path = _paths(folder, split, key)
+    tmp = folder / f".{npy.name}.{os.getpid()}.tmp"
+    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    try:
+        kept = fill(torch.from_numpy(rows))
+        rows.flush()
+        del rows
+        _replace(tmp, npy)
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest = {"version": CACHE_VERSION, "key": key, "shape": list(shape), "kept": kept,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tmp_manifest = folder / f".{manifest_path.name}.{os.getpid()}.tmp"
+    tmp_manifest.write_text(json.dumps(manifest))
+    _replace(tmp_manifest, manifest_path)
+    found = read_disk_cache(folder, split, key)
+    if found is None:
+        raise DataError(f"data.cache_dir: the image cache {npy} could not be read back after writing it; "
+                        f"check the disk (free space), or set data.cache: memory")
+    return found
+
+
+# ----------------------------------------------------------------------------- splits
+
+def split_heads(train_items: list[Any] | None, eval_list: list[Any] | None, k_fold: int | None,
+                ) -> tuple[list[Any], list[Any]]:
+    """(head of the training folder, head of the source's own val/test folders).
+
+    Validation and test splits cut from the training folder get the training folder's rows, so its
+    head is the part both lists share. The source's own val/test folders only meet the evaluation
+    list, unless k-fold pools them with the training data.
+    """
+    train_items = normalize_items(train_items, "data.transforms")
+    eval_list = (normalize_items(eval_list, "data.eval_transforms") if eval_list is not None
+                 else eval_items(train_items))
+    train_head, eval_head = cache_head(train_items), cache_head(eval_list, "data.eval_transforms")
+    shared = []
+    for a, b in zip(train_head, eval_head):
+        if a != b:
+            break
+        shared.append(a)
+    return shared, (shared if k_fold is not None else eval_head)
+
+
+def physical_memory_mb() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_limit_mb(setting: float | None) -> float:
+    """data.cache_memory_mb, by default 25% of the physical memory (4 GiB where that is unknown)."""
+    if setting is not None:
+        return setting
+    total = physical_memory_mb()
+    return 0.25 * total if total else 4096.0
+
+
+def decode_split(files: list[Path], targets: list[int], mode: str, size: list[int] | None, plan: Plan, *,
+                 split: str, where: str, folder: Path | None, skip_bad: bool,
+                 info: dict[str, Any]) -> tuple[ArrayDataset | CachedImages, bool]:
+    """One split decoded once, in memory or on disk: an ArrayDataset when the plan has one size, else
+    CachedImages. Returns (dataset, whether a cache of an earlier run was read)."""
+    n = len(files)
+    _, h, w = plan.shapes[0]
+    desc = f"caching {n:,} images at " + (f"{h}x{w}" if plan.fixed else "their own sizes")
+
+    def fill(out: torch.Tensor) -> list[int]:
+        failed = decode_into(out, plan, files, mode, size, desc)
+        if failed and not skip_bad:
+            i, e = failed[0]
+            raise DataError(f"image {files[i]}: cannot decode ({e}); replace or remove it, or set "
+                            f"data.skip_bad_files: true")
+        bad = {i for i, _ in failed}
+        return [i for i in range(n) if i not in bad]
+
+    key = cache_key(files, mode, size, plan) if folder is not None else ""
+    found = read_disk_cache(folder, split, key) if folder is not None else None
+    if found is not None:
+        storage, kept = found
+        if where == "memory":
+            storage = storage.clone()  # off the disk into memory
+    elif where == "disk":
+        storage, kept = write_disk_cache(folder, split, key, plan.storage_shape, fill)
+    else:
+        storage = torch.empty(plan.storage_shape, dtype=torch.uint8)
+        kept = fill(storage)
+    info["skipped_files"] = info.get("skipped_files", 0) + (n - len(kept))
+    y = torch.tensor(targets, dtype=torch.long)
+    index = torch.tensor(kept, dtype=torch.long)
+    if not plan.fixed:  # files that failed to decode leave a gap in the buffer
+        shapes = [plan.shapes[i] for i in kept]
+        return CachedImages(storage, plan.offsets[index].tolist(), shapes, y[index]), found is not None
+    if len(kept) < n:  # rows of files that failed to decode are dropped (a copy; rare after the scan's checks)
+        storage, y = storage[index], y[index]
+    return ArrayDataset(storage, y), found is not None
+
+
+def summary_line(done: list[tuple[int, Plan, bool]], where: str, folder: Path, seconds: float) -> str:
+    """E.g. 'decoded 990 images once at 64×64 into memory, 12 MB, 2.1 s'."""
+    def parts(group: list[tuple[int, Plan, bool]]) -> str:
+        counts: dict[str, int] = {}
+        for n, plan, _ in group:
+            if plan.fixed:
+                what = "at {}×{}".format(*plan.shapes[0][1:])
+            else:
+                what = "at their own sizes (up to {}×{})".format(*max(plan.shapes, key=lambda s: s[1] * s[2])[1:])
+            counts[what] = counts.get(what, 0) + n
+        return " and ".join(f"{n:,} images {what}" for what, n in counts.items())
+
+    total_mb = sum(plan.nbytes for _, plan, _ in done) / 2**20
+    decoded = [d for d in done if not d[2]]
+    read = [d for d in done if d[2]]
+    phrases = []
+    if decoded:
+        place = "into memory" if where == "memory" else f"into the disk cache {folder}"
+        phrases.append(f"decoded {parts(decoded).replace(' at ', ' once at ', 1)} {place}")
+    if read:
+        phrases.append(f"read {parts(read)} (decoded by an earlier run) from {folder}"
+                       + (" into memory" if where == "memory" else ""))
+    return f"{'; '.join(phrases)}, {total_mb:.0f} MB, {seconds:.1f} s"
+
+
+def cache_splits(splits: dict[str, tuple[list[Path], list[int], list[tuple[int, int]]]], cfg: Any, root: Path,
+                 mode: str, size: list[int] | None, info: dict[str, Any]) -> dict[str, Dataset]:
+    """Every split with files ({name: (files, targets, (H, W) per file)}) decoded once: an ArrayDataset
+    when its head brings the files to one size, else CachedImages (with a note in `info["notes"]`).
+    `cfg` is the DataConfig (transforms, eval_transforms, k_fold, cache, cache_memory_mb, cache_dir)."""
+    channels = 1 if mode == "L" else 3
+    train_head, eval_head = split_heads(cfg.transforms, cfg.eval_transforms, cfg.k_fold)
+    notes: list[str] = info.setdefault("notes", [])
+    plans: dict[str, Plan] = {}
+    for s, (files, _, shapes) in splits.items():
+        if not files:
+            continue
+        head = train_head if s == "train" else eval_head
+        sizes = [tuple(size)] * len(files) if size else [tuple(hw) for hw in shapes]
+        out = head_shapes(head, channels, sizes)
+        plans[s] = Plan(head, [out[hw] for hw in sizes])
+    if cfg.k_fold is not None and len({p.shapes[0] for p in plans.values()}) > 1:
+        # k-fold pools the folders' samples, and rows of two sizes cannot share one tensor
+        plans = {s: Plan(p.head, p.shapes, stack=False) for s, p in plans.items()}
+    limit = memory_limit_mb(cfg.cache_memory_mb)
+    where = cfg.cache if cfg.cache in ("memory", "disk") else (
+        "memory" if sum(p.nbytes for p in plans.values()) / 2**20 <= limit else "disk")
+    for s, plan in list(plans.items()):
+        if plan.fixed:
+            continue
+        names = ", ".join(parse_item(i, "")[0] for i in plan.head) or "none"
+        if where == "disk" and cfg.cache == "auto":
+            # Pixels at the files' own sizes take 20x the bytes of their JPEGs (the benchmark's folder): too
+            # much to write beside the data unasked, and slower to read back from disk than to decode.
+            del plans[s]
+            notes.append(f"not cached: the {s} images keep several sizes through the transforms before the first "
+                         f"random item ({names}) and do not fit data.cache_memory_mb at those sizes, so they are "
+                         f"decoded every epoch (data.cache: disk caches them; a list that starts with "
+                         f"Resize: [H, W] caches them small)")
+        else:
+            notes.append(f"the {s} images keep several sizes through the transforms before the first random item "
+                         f"({names}): they are decoded once at their own sizes and transformed per sample in the "
+                         f"DataLoader; a list that starts with Resize: [H, W] (or data.image_size) takes the batched "
+                         f"fast path")
+    if not plans:
+        return {}
+
+    total_mb = sum(p.nbytes for p in plans.values()) / 2**20
+    folder = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(root)
+    start = time.perf_counter()
+    datasets: dict[str, Dataset] = {}
+    done = []
+    for s, plan in plans.items():
+        files, targets, _ = splits[s]
+        datasets[s], was_cached = decode_split(files, targets, mode, size, plan, split=s, where=where,
+                                               folder=folder, skip_bad=cfg.skip_bad_files, info=info)
+        done.append((len(datasets[s]), plan, was_cached))
+    seconds = time.perf_counter() - start
+    info["cache"] = {"where": where, "dir": str(folder) if where == "disk" or any(d[2] for d in done) else None,
+                     "images": sum(d[0] for d in done), "mb": round(total_mb, 1), "seconds": round(seconds, 2),
+                     "memory_limit_mb": round(limit),
+                     "shapes": {s: list(p.shapes[0]) if p.fixed else "several" for s, p in plans.items()}}
+    notes.append(summary_line(done, where, folder, seconds))
+    return datasets

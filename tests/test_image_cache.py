@@ -1,0 +1,212 @@
+"""The image cache (data/image_cache.py): image folders decoded once at the training size, in memory or in
+a memory-mapped file on disk. Correctness only: the same samples as decoding per epoch, memory and disk
+give the same tensors, a changed file, a truncated cache file or another version's manifest rebuilds the
+cache, resume is exact, bad files are still skipped or reported. Tiny folders written by the tests."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import trainlab
+from trainlab.data import build_data
+from trainlab.data.base import ArrayDataset
+from trainlab.data.image_cache import CACHE_VERSION, CachedImages
+from trainlab.data.images import ImageFileDataset
+from trainlab.data.loaders import ResumableDataLoader, TensorLoader, make_loader
+from trainlab.data.splits import targets_of
+from trainlab.errors import DataError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TRANSFORMS = [{"Resize": [[8, 8]]}, "RandomHorizontalFlip", "ToTensor"]
+
+
+def make_folder(root, n=16, seed=0):
+    """n random images of 10-30 px a side (a third PNG, the rest JPEG) in cats/ and dogs/."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        folder = root / ("cats", "dogs")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        h, w = (int(v) for v in rng.integers(10, 31, 2))
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 3 == 0 else 'jpg'}")
+    return root
+
+
+def config(root, **data):
+    return trainlab.load_config(None, {"data.source": "image_folder", "data.root": str(root), "data.batch_size": 4,
+                                       "data.val_fraction": 0.25, "data.test_fraction": 0.0,
+                                       "data.transforms": TRANSFORMS, **{f"data.{k}": v for k, v in data.items()}})
+
+
+def cache_files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.suffix in (".npy", ".json") and not p.name.startswith("."))
+
+
+def test_cached_splits_hold_the_same_samples_as_decoding_per_epoch(tmp_path):
+    root = make_folder(tmp_path / "images")
+    cached, off = build_data(config(root, cache="memory")), build_data(config(root, cache="off"))
+    assert isinstance(cached.train, ArrayDataset) and cached.train.x.shape == (12, 3, 8, 8)
+    assert not isinstance(off.train, ArrayDataset)  # several sizes: decoded per sample, every epoch
+    assert cached.info["cache"]["where"] == "memory"
+    assert cached.info["notes"][-1].startswith("decoded 16 images once at 8×8 into memory")
+    for split in ("train", "val"):
+        assert torch.equal(targets_of(getattr(cached, split)), targets_of(getattr(off, split)))
+    # One epoch through each loader: the same samples in the same order (labels batch by batch), and
+    # without augmentation (validation) the same pixels.
+    fast = make_loader(cached.train, 4, shuffle=True, seed=3)
+    slow = make_loader(off.train, 4, shuffle=True, seed=3)
+    assert isinstance(fast, TensorLoader) and isinstance(slow, ResumableDataLoader)
+    assert [y.tolist() for _, y in fast] == [y.tolist() for _, y in slow]
+    for (xa, ya), (xb, yb) in zip(make_loader(cached.val, 4, shuffle=False), make_loader(off.val, 4, shuffle=False)):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    assert cached.input_shape == off.input_shape == (3, 8, 8)
+
+
+def test_memory_and_disk_give_identical_tensors_and_disk_is_reused(tmp_path):
+    root, folder = make_folder(tmp_path / "images"), tmp_path / "cache"
+    memory = build_data(config(root, cache="memory", cache_dir=str(folder)))
+    assert not folder.exists()  # memory mode writes nothing
+    disk = build_data(config(root, cache="disk", cache_dir=str(folder)))
+    assert disk.info["cache"]["where"] == "disk"
+    assert [p.rsplit(".", 1)[1] for p in cache_files(folder)] == ["json", "npy"]  # one folder: one cache
+    assert torch.equal(memory.train.x, disk.train.x) and torch.equal(memory.val.x, disk.val.x)
+    again = build_data(config(root, cache="disk", cache_dir=str(folder)))
+    assert again.info["notes"][-1].startswith("read 16 images")  # decoded by the earlier run
+    from_disk = build_data(config(root, cache="memory", cache_dir=str(folder)))  # memory mode reuses it
+    assert from_disk.info["notes"][-1].startswith("read 16 images") and torch.equal(from_disk.train.x, memory.train.x)
+
+
+def test_auto_goes_to_disk_when_the_memory_limit_is_exceeded(tmp_path):
+    root = make_folder(tmp_path / "images")
+    bundle = build_data(config(root, cache_memory_mb=0.001))
+    assert bundle.info["cache"]["where"] == "disk"
+    assert bundle.info["cache"]["dir"] == str(root / ".trainlab-cache")  # the default: beside the data
+    assert build_data(config(root)).info["cache"]["where"] == "memory"  # 3 KB fit the default share of RAM
+
+
+def test_a_changed_file_rebuilds_the_cache(tmp_path):
+    root, folder = make_folder(tmp_path / "images"), tmp_path / "cache"
+    first = build_data(config(root, cache="disk", cache_dir=str(folder), val_fraction=0.0))
+    target = root / "cats" / "0.png"  # lossless: its new pixels can be checked
+    stat = target.stat()
+    Image.fromarray(np.full((12, 12, 3), 200, dtype=np.uint8)).save(target)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    second = build_data(config(root, cache="disk", cache_dir=str(folder), val_fraction=0.0))
+    assert second.info["notes"][-1].startswith("decoded 16 images once")
+    row = second.train.x[0]  # cats/0.png is the first file
+    assert torch.equal(row, torch.full((3, 8, 8), 200, dtype=torch.uint8)) and not torch.equal(row, first.train.x[0])
+
+
+def _cache_of(folder, suffix):
+    (path,) = [p for p in folder.iterdir() if p.suffix == suffix]
+    return path
+
+
+def test_a_truncated_cache_file_or_another_versions_manifest_is_rebuilt(tmp_path):
+    root, folder = make_folder(tmp_path / "images"), tmp_path / "cache"
+    good = build_data(config(root, cache="disk", cache_dir=str(folder))).train.x.clone()
+    npy = _cache_of(folder, ".npy")
+    npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])  # cut short, as by a kill or a full disk
+    rebuilt = build_data(config(root, cache="disk", cache_dir=str(folder)))
+    assert rebuilt.info["notes"][-1].startswith("decoded 16 images once") and torch.equal(rebuilt.train.x, good)
+
+    manifest = _cache_of(folder, ".json")
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "version": CACHE_VERSION + 1}))
+    again = build_data(config(root, cache="disk", cache_dir=str(folder)))
+    assert again.info["notes"][-1].startswith("decoded 16 images once") and torch.equal(again.train.x, good)
+    assert json.loads(manifest.read_text())["version"] == CACHE_VERSION
+
+
+def test_bad_files_are_reported_or_skipped_with_the_cache(tmp_path):
+    root = make_folder(tmp_path / "images")
+    bad = root / "dogs" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"dogs/1\.jpg"):
+        build_data(config(root, cache="memory"))
+    bundle = build_data(config(root, cache="disk", cache_dir=str(tmp_path / "cache"), skip_bad_files=True))
+    assert bundle.info["skipped_files"] == 1 and len(bundle.train) + len(bundle.val) == 15
+    assert isinstance(bundle.train, ArrayDataset)
+
+
+def test_images_of_several_sizes_after_the_head_are_cached_at_their_own_sizes(tmp_path):
+    # The ants/bees shape: training starts with RandomResizedCrop (no fixed size before it): the train
+    # folder is decoded once at the files' own sizes and transformed per sample; evaluation is Resize +
+    # CenterCrop (a fixed size): the val folder is stacked for the batched fast path.
+    for split in ("train", "val"):
+        make_folder(tmp_path / "images" / split, n=6, seed=len(split))
+    args = {"data.source": "image_folder", "data.root": str(tmp_path / "images"), "data.batch_size": 4,
+            "data.transforms": [{"RandomResizedCrop": 8}, "ToTensor"],
+            "data.eval_transforms": [{"Resize": 10}, {"CenterCrop": 8}, "ToTensor"],
+            "data.cache": "disk", "data.cache_dir": str(tmp_path / "cache")}
+    bundle = build_data(trainlab.load_config(None, args))
+    assert isinstance(bundle.train.dataset, CachedImages) and isinstance(bundle.val, ArrayDataset)
+    assert bundle.val.x.shape == (6, 3, 8, 8)
+    assert any(n.startswith("the train images keep several sizes") for n in bundle.info["notes"])
+    assert bundle.info["notes"][-1].startswith("decoded 6 images once at their own sizes (up to")
+    off = build_data(trainlab.load_config(None, {**args, "data.cache": "off"}))
+    raw_cached, raw_off = bundle.train.dataset, off.train.dataset  # under the per-sample transforms
+    for i in range(6):
+        assert torch.equal(raw_cached[i][0], raw_off[i][0]) and raw_cached[i][1] == raw_off[i][1]
+    assert bundle.train[0][0].shape == bundle.val[0][0].shape == (3, 8, 8)
+    again = build_data(trainlab.load_config(None, args))  # read back from the disk cache
+    assert again.info["notes"][-1].startswith("read 6 images at their own sizes")
+    assert all(torch.equal(again.train.dataset[i][0], raw_off[i][0]) for i in range(6))
+    # auto, and too large for memory: only the stacked val split goes to disk; train is decoded per epoch
+    tight = build_data(trainlab.load_config(None, {**args, "data.cache": "auto", "data.cache_memory_mb": 0.001}))
+    assert isinstance(tight.train.dataset, ImageFileDataset) and isinstance(tight.val, ArrayDataset)
+    assert tight.info["cache"]["where"] == "disk"
+    assert any(n.startswith("not cached: the train images") for n in tight.info["notes"])
+
+
+def test_the_food11_example_runs_on_the_cached_fast_path(tmp_path):
+    for split in ("train", "val", "test"):
+        make_folder(tmp_path / "food-11" / split, n=4, seed=len(split))
+    cfg = trainlab.load_config(EXAMPLES / "food11.yaml", {"data.root": str(tmp_path / "food-11")})
+    bundle = build_data(cfg)
+    for split in (bundle.train, bundle.val, bundle.test):
+        assert isinstance(split, ArrayDataset) and split.x.shape[1:] == (3, 128, 128)
+    assert bundle.preprocessing["fast_path"] is True
+
+
+def test_resume_mid_epoch_with_the_disk_cache_is_exact(tmp_path):
+    """Killed inside a checkpoint save mid-run (the fault hook of tests/test_resume.py), resumed: the same
+    weights as an uninterrupted run."""
+    from trainlab.cli import main
+
+    root = make_folder(tmp_path / "images")
+    args = ["data.source=image_folder", f"data.root={root}", "data.batch_size=4", "data.val_fraction=0.25",
+            "data.test_fraction=0", "data.transforms=[{Resize: [[8, 8]]}, RandomHorizontalFlip, ToTensor]",
+            "data.cache=disk", f"data.cache_dir={tmp_path / 'cache'}", "model.name=mlp", "model.hidden=[16]",
+            "train.epochs=2", "train.checkpoint_every_n_steps=2", "--quiet"]
+    run, marker = tmp_path / "run", tmp_path / "in_save"
+    # 12 training images, batch 4: saves at step 2 (the first last.pt), then at the end of epoch 1
+    # (step 3), which pauses inside the save and is killed: last.pt stays at step 2, mid-epoch.
+    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *args, "--out", str(run)],
+                            env={**os.environ, "TQDM_DISABLE": "1", "TRAINLAB_FAULT_PAUSE_IN_SAVE": str(marker)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reference = tmp_path / "reference"
+    assert main(["train", *args, "--out", str(reference)]) == 0  # meanwhile, the uninterrupted run
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the paused save"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    last = run / "checkpoints" / "last.pt"
+    assert torch.load(last, weights_only=True)["loader"] == {"epoch": 0, "position": 2}
+    assert main(["train", *args, "--out", str(run), "--resume"]) == 0
+    got, ref = torch.load(last, weights_only=True), torch.load(reference / "checkpoints" / "last.pt", weights_only=True)
+    assert got["global_step"] == ref["global_step"] == 6
+    for k in ref["model"]:
+        assert torch.equal(got["model"][k], ref["model"][k]), k
