@@ -163,7 +163,7 @@ def test_cuda_rng_states_travel_through_a_checkpoint_as_plain_tensors(monkeypatc
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((device, s)))
     ckpt.save_checkpoint({"rng": ckpt.rng_state()}, tmp_path / "last.pt")
-    loaded = ckpt.load_checkpoint(tmp_path / "last.pt")["rng"]  # weights_only: plain types only
+    loaded = ckpt.load_checkpoint(tmp_path / "last.pt", need={})["rng"]  # weights_only: plain types only
     assert [s.dtype for s in loaded["cuda"]] == [torch.uint8] * 2
     ckpt.set_rng_state(loaded)
     assert [i for i, _ in restored] == [0, 1]

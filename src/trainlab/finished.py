@@ -63,7 +63,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = Tr
     path = checkpoint_file(run.path, checkpoint)
     if not path.exists():
         raise CheckpointError(f"--checkpoint {checkpoint}: {path} does not exist")
-    state = ckpt.load_checkpoint(path)
+    state = ckpt.load_checkpoint(path, need=ckpt.RUN_STATE)
     config = validate(state["config"])
     device = inference_device(config.train.device)  # a CUDA run is evaluated on the CPU where there is no GPU
     seed_everything(config.seed)

@@ -284,7 +284,7 @@ def _resume_state(out: Path, cfg: Config) -> tuple[dict[str, Any], Config]:
     last = out / "checkpoints" / "last.pt"
     if not last.exists():
         raise CheckpointError(f"--resume: no checkpoint to resume from at {last}")
-    state = ckpt.load_checkpoint(last)
+    state = ckpt.load_checkpoint(last, need=ckpt.RUN_STATE)
     saved = state.get("config") or {}
     diffs = _config_diffs(saved, cfg.to_dict())
     # A run saved by an earlier trainlab: keys it did not have, and defaults that changed since, keep

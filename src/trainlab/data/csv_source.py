@@ -12,7 +12,6 @@ import gzip
 import io
 import math
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 
 from trainlab.config import DataConfig
 from trainlab.data.base import ArrayDataset, SourceData
-from trainlab.errors import ConfigError, DataError, did_you_mean
+from trainlab.errors import ConfigError, DataError, did_you_mean, warn
 from trainlab.registry import DATASETS
 
 MISSING = {"", "na", "n/a", "nan", "null", "none", "?"}  # cells read as "no value" (case-insensitive)
@@ -207,9 +206,9 @@ def csv_source(cfg: DataConfig) -> SourceData:
     target = resolve_column(table, cfg.target if cfg.target is not None else -1, "data.target")
     if cfg.target is None and table.header:
         # a header names the columns: the last one is a guess worth saying out loud
-        warnings.warn(f"{table.path}: data.target is not set, so the last column {table.names[target]!r} is the "
-                      f"target; the header names the columns {', '.join(table.names)}: set data.target to the one to "
-                      "predict (this warning then goes away)", stacklevel=2)
+        warn(f"{table.path}: data.target is not set, so the last column {table.names[target]!r} is the "
+             f"target; the header names the columns {', '.join(table.names)}: set data.target to the one to "
+             "predict (this warning then goes away)")
     if cfg.features is not None:
         features = [resolve_column(table, f, "data.features") for f in cfg.features]
         if target in features:

@@ -106,8 +106,9 @@ def _no_unsafe_env():
 # the type of each: loading checks them, so that a foreign or damaged file is a CheckpointError naming
 # what is missing instead of a KeyError deep inside a resume.
 TRAINING_STATE: dict[str, type | tuple[type, ...]] = {
-    "model": dict, "optimizer": dict, "config": dict, "epoch": int, "global_step": int, "best": dict,
-    "history": list, "rng": dict}
+    "model": dict, "optimizer": dict, "epoch": int, "global_step": int, "best": dict, "history": list, "rng": dict}
+# A run directory's checkpoints also hold the resolved config (a Python `Trainer`'s need not).
+RUN_STATE: dict[str, type | tuple[type, ...]] = {**TRAINING_STATE, "config": dict}
 
 
 def check_structure(state: Any, path: Path, need: dict[str, type | tuple[type, ...]]) -> None:
