@@ -151,20 +151,30 @@ def check_kwargs(factory: Callable, kwargs: dict[str, Any], key: str, skip: tupl
         sig = _signature(factory)
     except (TypeError, ValueError):
         return dict(kwargs)
-    params = sig.parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        accepted = [n for n, p in params.items()
-                    if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-                    and n not in skip and n != "self"]
-        for name in kwargs:
-            if name not in accepted:
-                raise ConfigError(f"{key}.{name}: {getattr(factory, '__name__', factory)!s} takes no argument {name!r}"
-                                  f"{did_you_mean(name, accepted)}; it takes: {', '.join(accepted) or 'nothing'}")
+    check_kwarg_names(factory, list(kwargs), key, skip, sig)
     checked = dict(kwargs)
     for name, value in kwargs.items():
-        if name in params:
-            checked[name] = check_value(value, params[name], f"{key}.{name}")
+        if name in sig.parameters:
+            checked[name] = check_value(value, sig.parameters[name], f"{key}.{name}")
     return checked
+
+
+def check_kwarg_names(factory: Callable, names: list[str], key: str, skip: tuple[str, ...] = (),
+                      sig: inspect.Signature | None = None) -> None:
+    """A ConfigError naming `key.name` for a keyword `factory` does not take (any, with **kwargs)."""
+    try:
+        params = (sig or _signature(factory)).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items()
+                if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+                and n not in skip and n != "self"]
+    for name in names:
+        if name not in accepted:
+            raise ConfigError(f"{key}.{name}: {getattr(factory, '__name__', factory)!s} takes no argument {name!r}"
+                              f"{did_you_mean(name, accepted)}; it takes: {', '.join(accepted) or 'nothing'}")
 
 
 def _signature(factory: Callable) -> inspect.Signature:

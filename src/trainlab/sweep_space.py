@@ -112,13 +112,13 @@ def _component_factory(section: str, name: str) -> tuple[Any, tuple[str, ...]] |
 
 def _kwarg_error(section: str, name: str, kwarg: str) -> str | None:
     """Why `name` does not take `kwarg` (None: it does, or it is not known before building)."""
-    from trainlab.registry import check_kwargs
+    from trainlab.registry import check_kwarg_names
 
     found = _component_factory(section, name)
     if found is None:
         return None
     try:
-        check_kwargs(found[0], {kwarg: None}, section, skip=found[1])
+        check_kwarg_names(found[0], [kwarg], section, skip=found[1])
     except ConfigError as e:
         return str(e)
     return None
