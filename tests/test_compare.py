@@ -1,4 +1,5 @@
 """`compare_runs`: config differences, best/final metrics, overlaid loss curves, bad run directories."""
+
 from __future__ import annotations
 
 from html.parser import HTMLParser

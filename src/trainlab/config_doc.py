@@ -7,6 +7,7 @@ Keys, types and defaults come from the pydantic models themselves, so they canno
 meanings are the table below (tests/test_config_doc.py fails for a key of the schema without one, so
 a new key gets its line when it is added).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ MEANINGS: dict[str, str] = {
     "task": "classification, binary or regression; auto: from the data (integer labels: classes)",
     "metrics": "metric names (`trainlab list metrics`); default by task: accuracy+f1, accuracy+auroc, mse+mae+r2",
     "data": "where the samples come from and how they are split and batched",
-    "data.source": "a built-in (`trainlab list datasets`), csv, image_folder, a torchvision dataset name, or \"module:attr\"",
+    "data.source": 'a built-in (`trainlab list datasets`), csv, image_folder, a torchvision dataset name, or "module:attr"',
     "data.root": "folder of an image folder or of a torchvision dataset's files",
     "data.path": "the CSV file of the csv source (.csv or .csv.gz)",
     "data.target": "CSV target column, by name or index (negative counts from the end); default the last",
@@ -56,16 +57,16 @@ MEANINGS: dict[str, str] = {
     "data.skip_bad_files": "skip image files that cannot be decoded (listed) instead of stopping with an error",
     "data.image_size": "resize image-folder images to this size (int or [h, w]); default: keep a common size",
     "model": "the network: `name` plus the keyword arguments of what it names",
-    "model.name": "a zoo name (`trainlab list models`), `sequential`, `torchvision:<name>`, or \"module:attr\"; auto: by task and input",
+    "model.name": 'a zoo name (`trainlab list models`), `sequential`, `torchvision:<name>`, or "module:attr"; auto: by task and input',
     "model.layers": "the component list of `name: sequential` (torch.nn classes, e.g. `- Conv2d: [1, 10, 5]`)",
     "model.init": "torch.nn.init schemes: one name for all weights, or a mapping by layer type",
     "loss": "the loss: `name` (a torch.nn loss class) plus its keyword arguments",
-    "loss.name": "a torch.nn loss class or \"module:attr\"; auto: cross-entropy, BCE with logits or MSE by task",
+    "loss.name": 'a torch.nn loss class or "module:attr"; auto: cross-entropy, BCE with logits or MSE by task',
     "optimizer": "the optimizer: `name` (a torch.optim class) plus its keyword arguments",
-    "optimizer.name": "any torch.optim class name (SGD, Adam, AdamW, ...) or \"module:attr\"",
+    "optimizer.name": 'any torch.optim class name (SGD, Adam, AdamW, ...) or "module:attr"',
     "optimizer.lr": "learning rate (`trainlab lr-find CONFIG` suggests one)",
     "optimizer.param_groups": "per-parameter-group settings, each matched by name globs",
-    "optimizer.param_groups[].params": "glob(s) on parameter names, e.g. \"features.*\"",
+    "optimizer.param_groups[].params": 'glob(s) on parameter names, e.g. "features.*"',
     "optimizer.param_groups[].lr": "learning rate of this group; default optimizer.lr",
     "optimizer.param_groups[].weight_decay": "weight decay of this group; default the optimizer's",
     "optimizer.no_decay_bias_norm": "exempt biases and normalisation weights from weight decay",
@@ -147,7 +148,8 @@ def rows(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, s
         out.append((key, _type(field.annotation), _default(field)))
         if inner is not None:
             is_list = typing.get_origin(field.annotation) is list or any(
-                typing.get_origin(a) is list for a in typing.get_args(field.annotation))
+                typing.get_origin(a) is list for a in typing.get_args(field.annotation)
+            )
             out += rows(inner, f"{key}[]." if is_list else f"{key}.")
     return out
 

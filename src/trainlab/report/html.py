@@ -1,5 +1,6 @@
 """`write_report(run_dir)`: one self-contained report.html (inline CSS, PNGs embedded as base64, no
 script, nothing loaded from the network), so it can be mailed or opened years later as it is."""
+
 from __future__ import annotations
 
 import base64
@@ -46,22 +47,34 @@ def render(run: RunFiles, plots: dict[str, Path], skipped: dict[str, str]) -> st
     s = run.summary
     status = str(s.get("status", "unknown"))
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_e(run.name)} · trainlab report</title><style>{CSS}</style></head><body>",
         f"<h1>{_e(run.name)}</h1>",
         f'<p>Status: <span class="status status-{_e(status)}" id="status">{_e(status)}</span> · '
         f"task: {_e(run.task)} · epochs completed: {_e(s.get('epochs_completed', '?'))} · "
         f"steps: {_e(s.get('global_step', '?'))}"
-        + (f" · {float(s['samples_per_second']):,.0f} samples/s" if _is_num(s.get("samples_per_second")) else "")
+        + (
+            f" · {float(s['samples_per_second']):,.0f} samples/s"
+            if _is_num(s.get("samples_per_second"))
+            else ""
+        )
         + "</p>",
         _diagnosis(s.get("diagnosis")),
-        "<h2>Metrics</h2>", _metrics_tables(s),
-        "<h2>Plots</h2>", _plots(run, plots, skipped),
-        "<h2>Dataset</h2>", _dataset(s.get("data_info"), run.class_names),
+        "<h2>Metrics</h2>",
+        _metrics_tables(s),
+        "<h2>Plots</h2>",
+        _plots(run, plots, skipped),
+        "<h2>Dataset</h2>",
+        _dataset(s.get("data_info"), run.class_names),
         "<h2>Model</h2>",
-        f"<pre>{_e(run.model_summary)}</pre>" if run.model_summary else '<p class="muted">No model_summary.txt.</p>',
+        f"<pre>{_e(run.model_summary)}</pre>"
+        if run.model_summary
+        else '<p class="muted">No model_summary.txt.</p>',
         "<h2>Config</h2>",
-        f"<pre>{_e(yaml.safe_dump(run.config, sort_keys=False))}</pre>" if run.config else '<p class="muted">No config.yaml.</p>',
+        f"<pre>{_e(yaml.safe_dump(run.config, sort_keys=False))}</pre>"
+        if run.config
+        else '<p class="muted">No config.yaml.</p>',
         f'<p class="muted">Run directory: {_e(run.path.resolve())}</p>',
         "</body></html>",
     ]
@@ -79,7 +92,10 @@ def _metrics_tables(summary: dict[str, Any]) -> str:
     best = summary.get("best")
     if isinstance(best, dict) and best:
         out.append("<h3>Best</h3>" + _best(best))
-    return "\n".join(out) or '<p class="muted">No summary.json metrics (the run may not have finished an epoch).</p>'
+    return (
+        "\n".join(out)
+        or '<p class="muted">No summary.json metrics (the run may not have finished an epoch).</p>'
+    )
 
 
 def _best(best: dict[str, Any]) -> str:
@@ -101,8 +117,13 @@ def _best(best: dict[str, Any]) -> str:
     out = [f"<p>Best checkpoint: {', '.join(said)}.</p>"] if said else []
     if splits:
         cols = list(dict.fromkeys(k for m in splits.values() for k in m))
-        out.append(table(["split", *cols], [[split] + [m.get(c) for c in cols] for split, m in splits.items()],
-                         table_id="best-metrics"))
+        out.append(
+            table(
+                ["split", *cols],
+                [[split] + [m.get(c) for c in cols] for split, m in splits.items()],
+                table_id="best-metrics",
+            )
+        )
     if other:
         out.append(table(["", "value"], [[k, v] for k, v in other.items()]))
     return "\n".join(out)
@@ -113,12 +134,16 @@ def _plots(run: RunFiles, plots: dict[str, Path], skipped: dict[str, str]) -> st
     for name in CAPTIONS:  # the report's order
         if name in plots:
             data = base64.b64encode(plots[name].read_bytes()).decode("ascii")
-            out.append(f'<figure id="plot-{name}"><img alt="{_e(name)}" src="data:image/png;base64,{data}">'
-                       f"<figcaption>{_e(caption(name, run))}</figcaption></figure>")
+            out.append(
+                f'<figure id="plot-{name}"><img alt="{_e(name)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{_e(caption(name, run))}</figcaption></figure>"
+            )
     if skipped:
-        out.append('<p class="muted">Not drawn for this run:</p><ul class="skipped">'
-                   + "".join(f"<li>{_e(name.replace('_', ' '))}: {_e(why)}</li>" for name, why in skipped.items())
-                   + "</ul>")
+        out.append(
+            '<p class="muted">Not drawn for this run:</p><ul class="skipped">'
+            + "".join(f"<li>{_e(name.replace('_', ' '))}: {_e(why)}</li>" for name, why in skipped.items())
+            + "</ul>"
+        )
     return "\n".join(out)
 
 
@@ -146,7 +171,12 @@ def _dataset(info: Any, class_names: list[str]) -> str:
         out.append("<h3>Class balance</h3>" + table(["class", *per_split], rows, table_id="class-balance"))
     rest = {k: v for k, v in info.items() if k not in ("sizes", "class_counts")}
     if rest:
-        out.append(table(["", "value"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in rest.items()]))
+        out.append(
+            table(
+                ["", "value"],
+                [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in rest.items()],
+            )
+        )
     return "\n".join(out)
 
 
@@ -164,8 +194,10 @@ def _diagnosis(diag: Any) -> str:
         out.append("<h3>Next steps</h3><ol>" + "".join(f"<li>{_e(s)}</li>" for s in steps) + "</ol>")
     for key in diag:
         if key not in ("verdict", "explanation", "next_steps") and diag[key] is not None:
-            out.append(f"<h3>{_e(key.replace('_', ' ').capitalize())}</h3>"
-                       f"<pre>{_e(json.dumps(diag[key], indent=2, default=str))}</pre>")
+            out.append(
+                f"<h3>{_e(key.replace('_', ' ').capitalize())}</h3>"
+                f"<pre>{_e(json.dumps(diag[key], indent=2, default=str))}</pre>"
+            )
     return "\n".join(out)
 
 

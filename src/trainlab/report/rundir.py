@@ -3,6 +3,7 @@
 A missing or unreadable file reads as empty (None, {} or []), so a half-written run (interrupted,
 failed, or from an older trainlab) still gets every plot its files allow.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,21 @@ import numpy as np
 import yaml
 
 # keys of metrics.jsonl rows that are bookkeeping, not metrics
-NOT_METRICS = {"epoch", "step", "split", "kind", "loss", "lr", "time", "elapsed", "seconds",
-               "samples_per_second", "data_wait_fraction", "grad_norm", "fold"}
+NOT_METRICS = {
+    "epoch",
+    "step",
+    "split",
+    "kind",
+    "loss",
+    "lr",
+    "time",
+    "elapsed",
+    "seconds",
+    "samples_per_second",
+    "data_wait_fraction",
+    "grad_norm",
+    "fold",
+}
 
 
 @dataclass
@@ -58,7 +72,11 @@ class RunFiles:
             return [str(n) for n in names]
         if self.task == "binary":
             return ["0", "1"]
-        n = self.predictions["output"].shape[1] if self.predictions is not None and self.predictions["output"].ndim == 2 else 0
+        n = (
+            self.predictions["output"].shape[1]
+            if self.predictions is not None and self.predictions["output"].ndim == 2
+            else 0
+        )
         return [str(i) for i in range(n)]
 
     def predicted_classes(self) -> np.ndarray:
