@@ -41,9 +41,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loops import DATA, MEAN, STD, ensure_mnist_files, make_model, silenced  # noqa: E402
-
 import trainlab  # noqa: E402
+from bench_loops import DATA, MEAN, STD, ensure_mnist_files, make_model, silenced  # noqa: E402
 from trainlab.engine.perf import flops_per_sample, peak_flops  # noqa: E402
 
 LR, MOMENTUM, EPOCHS = 0.01, 0.9, 2

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_in_process
 from PIL import Image
 
+from conftest import cli_in_process
 from trainlab.engine import checkpoint as ckpt
 
 FAST = ["train.epochs=1", "train.max_steps=2", "train.device=cpu"]

@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 import trainlab
+from conftest import cli_in_process, tiny_config
 from trainlab.engine.device import resolve_channels_last
 from trainlab.errors import ConfigError
-
-from conftest import cli_in_process, tiny_config
 
 CPU = torch.device("cpu")
 

@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import cli_in_process
 
+from conftest import cli_in_process
 from trainlab.claim import LOCK_NAME, claim_run_dir
 from trainlab.errors import CheckpointError, TrainlabError
 

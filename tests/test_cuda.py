@@ -179,9 +179,8 @@ def test_an_interrupted_cuda_run_resumes_bit_identically_under_deterministic(tmp
 
 def test_out_of_memory_guard_turns_a_real_cuda_oom_into_the_message():
     before = torch.cuda.memory_allocated()
-    with pytest.raises(OutOfMemory, match="batch size 4096"):
-        with out_of_memory_guard(4096, device=CUDA):
-            torch.empty(1 << 50, dtype=torch.uint8, device=CUDA)  # a petabyte
+    with pytest.raises(OutOfMemory, match="batch size 4096"), out_of_memory_guard(4096, device=CUDA):
+        torch.empty(1 << 50, dtype=torch.uint8, device=CUDA)  # a petabyte
     assert torch.cuda.memory_allocated() == before
 
 

@@ -138,7 +138,7 @@ def test_any_torchvision_class_by_name_with_options():
     assert len(src.train) == 3 and src.test is None
     train, _, _, pre = attach_transforms(src.train, None, None, cfg, src.info)
     x, _ = train[0]
-    assert x.dtype == torch.float32 and x.shape == (3, 6, 5) and 0 <= x.min() and x.max() <= 1
+    assert x.dtype == torch.float32 and x.shape == (3, 6, 5) and x.min() >= 0 and x.max() <= 1
     assert pre["fast_path"] is False and pre["image_mode"] == "RGB"
 
 

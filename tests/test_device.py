@@ -342,9 +342,8 @@ def test_out_of_memory_in_a_step_becomes_a_message_naming_the_batch_size():
         activations.append(weakref.ref(hidden))
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    with pytest.raises(OutOfMemory) as e:
-        with out_of_memory_guard(256, 1, device=CPU):
-            step()
+    with pytest.raises(OutOfMemory) as e, out_of_memory_guard(256, 1, device=CPU):
+        step()
     assert activations[0]() is None  # freed at once, though the error object lives on
     message = str(e.value)
     assert "batch size 256" in message and "data.batch_size=128 train.grad_accum=2" in message
@@ -357,9 +356,8 @@ def test_out_of_memory_in_a_step_becomes_a_message_naming_the_batch_size():
 
 
 def test_other_errors_pass_through_the_out_of_memory_guard():
-    with pytest.raises(ValueError, match="shape"):
-        with out_of_memory_guard(8):
-            raise ValueError("shape mismatch")
+    with pytest.raises(ValueError, match="shape"), out_of_memory_guard(8):
+        raise ValueError("shape mismatch")
     assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 

@@ -37,6 +37,7 @@ def test_train_prints_the_busy_machine_note_once_on_stderr(tmp_path, capsys, mon
     import os
 
     import yaml
+
     from conftest import cli_in_process, tiny_config
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -5,7 +5,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from trainlab.diagnose.doctor import doctor, format_diagnosis, format_lr_find, lr_find, shallower_model
 from trainlab.errors import ConfigError

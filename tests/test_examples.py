@@ -25,11 +25,10 @@ from PIL import Image
 from torch import nn
 
 import trainlab
+from conftest import load_run_dir_checker
 from trainlab.config import load_config
 from trainlab.engine.callbacks import Callback
 from trainlab.errors import ConfigError
-
-from conftest import load_run_dir_checker
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 

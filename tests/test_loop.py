@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_in_process, tiny_config
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import trainlab
+from conftest import cli_in_process, tiny_config
 from trainlab.data.loaders import TensorLoader
 from trainlab.engine.callbacks import Callback
 

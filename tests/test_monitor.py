@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
 
 import trainlab
+from conftest import tiny_config
 from trainlab.config import SchedulerConfig
 from trainlab.engine.callbacks import EarlyStopping
 from trainlab.engine.monitor import Monitor, resolve_name

@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
-from conftest import cli_in_process, tiny_config
 from torch import nn
 from torch.utils.data import TensorDataset, random_split
 
 import trainlab
+from conftest import cli_in_process, tiny_config
 from trainlab.data.loaders import TensorLoader
 
 

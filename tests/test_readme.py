@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_in_process
 from sklearn import datasets, metrics
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 import trainlab
+from conftest import cli_in_process
 from trainlab.config import LossConfig
 from trainlab.losses import build_loss
 

@@ -7,8 +7,8 @@ import subprocess
 
 import matplotlib.image as mpimg
 import pytest
-from test_report import make_regression_run
 
+from test_report import make_regression_run
 from trainlab.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -21,8 +21,8 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from conftest import cli_in_process, run_cli, tiny_config
 
+from conftest import cli_in_process, run_cli, tiny_config
 from trainlab.config import load_config
 from trainlab.sweep import Objective, make_plan
 

@@ -368,8 +368,8 @@ def test_bf16_trainer_on_cpu_computes_under_autocast():
 def test_compile_falls_back_to_eager_with_a_warning_when_the_backend_fails(monkeypatch):
     import torch
 
-    from trainlab.data import build_data
     from trainlab.config import load_config
+    from trainlab.data import build_data
     from trainlab.pipeline import compile_model
 
     def broken(model, *a, **k):

@@ -329,7 +329,8 @@ def compare(run_dirs: tuple[Path, ...], out: Path | None) -> None:
 @click.option("--batch-sizes", is_flag=True, help="also time updates for batch sizes 1, 2, 4, ...")
 def doctor(run_dir: Path, compare_shallow: bool | None, batch_sizes: bool) -> None:
     """Why is training not good? Loss flowchart, critical point, gradient health."""
-    from trainlab.diagnose.doctor import doctor as run_doctor, format_diagnosis
+    from trainlab.diagnose.doctor import doctor as run_doctor
+    from trainlab.diagnose.doctor import format_diagnosis
 
     click.echo(
         format_diagnosis(run_doctor(run_dir, compare_shallow=compare_shallow, batch_sizes=batch_sizes))
@@ -341,7 +342,8 @@ def doctor(run_dir: Path, compare_shallow: bool | None, batch_sizes: bool) -> No
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="where to save lr_find.png")
 def lr_find(args: tuple[str, ...], out: Path | None) -> None:
     """LR range test on CONFIG.yaml: prints the suggested learning rate and saves the plot."""
-    from trainlab.diagnose.doctor import format_lr_find, lr_find as run_lr_find
+    from trainlab.diagnose.doctor import format_lr_find
+    from trainlab.diagnose.doctor import lr_find as run_lr_find
 
     overrides = list(args)
     config = overrides.pop(0) if overrides and "=" not in overrides[0] else None

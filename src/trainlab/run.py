@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainlab.claim import claim_run_dir, release_all
 from trainlab import outputs
+from trainlab.claim import claim_run_dir, release_all
 from trainlab.config import Config, apply_overrides, load_config, validate
 from trainlab.data.peek import sample_batch
 from trainlab.engine import checkpoint as ckpt
@@ -33,7 +33,6 @@ from trainlab.errors import CheckpointError, ConfigError, Interrupted, RunFailed
 from trainlab.logging import ConsoleProgress, MetricsFile, RunDir, TensorBoardScalars, show_model_summary
 from trainlab.metrics import TaskMetrics
 from trainlab.pipeline import Pipeline, build_pipeline, data_line, measure_flops, prepare_model
-
 
 # ----------------------------------------------------------------------------- the run
 

@@ -202,8 +202,8 @@ def doctor(
 
     compare_shallow: True trains a shallower model on the same data and budget, False never does,
     None (the default) does when it is cheap and would change the answer (see `_auto_shallow`)."""
-    from trainlab.logging import RunDir
     from trainlab.finished import load_run
+    from trainlab.logging import RunDir
 
     loaded = load_run(run_dir)
     bundle, summary = loaded.bundle, loaded.summary

@@ -165,9 +165,8 @@ class Trainer:
         the fast path), cross-entropy and Adam(lr=1e-3) unless given, the task from the loss, a progress
         bar and one line per epoch unless `quiet`. Other keyword arguments go to `Trainer(...)`, or to
         `TrainConfig` (epochs=3, device="cpu", ...)."""
-        from trainlab.logging import ConsoleProgress
-
         from trainlab.data.loaders import as_loader, default_eval_batch_size
+        from trainlab.logging import ConsoleProgress
 
         own = {
             k: kwargs.pop(k)

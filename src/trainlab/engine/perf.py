@@ -5,7 +5,7 @@ for model FLOP utilisation (MFU). A bf16 run's MFU is against the bf16 peak; the
 from __future__ import annotations
 
 import time
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import nn
@@ -50,7 +50,7 @@ def format_mfu(mfu: float, peak: float, label: str) -> str:
     return f"MFU {100 * mfu:.1f}% of the measured {label} peak ({peak / 1e12:.1f} TFLOP/s)"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _peak_flops(
     device: torch.device, dtype: torch.dtype, n: int, repeats: int, matmul_precision: str
 ) -> float:
