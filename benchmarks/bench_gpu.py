@@ -66,7 +66,7 @@ def ensure_cifar_files(n_train: int, n_test: int) -> Path:
     protos = np.random.default_rng(1234).integers(0, 256, (10, 3 * 32 * 32))
     rng = np.random.default_rng(0)
     per = -(-n_train // 5)
-    sizes = [("data_batch_%d" % (i + 1), min(per, n_train - i * per)) for i in range(5)] + [
+    sizes = [(f"data_batch_{i + 1}", min(per, n_train - i * per)) for i in range(5)] + [
         ("test_batch", n_test)
     ]
     for name, n in sizes:

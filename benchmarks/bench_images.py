@@ -180,7 +180,7 @@ def run_pil(root: Path, seed: int, crop: bool) -> float:
     model, ds = make_model(seed), PILFolder(root, crop)
     opt = _sgd(model)
     loader = DataLoader(ds, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    for epoch in range(EPOCHS):
+    for _epoch in range(EPOCHS):
         start = time.perf_counter()
         for x, y in loader:
             _step(model, opt, x, y)
@@ -219,7 +219,7 @@ def run_tensor(x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
     model = make_model(seed)
     opt = _sgd(model)
     g = torch.Generator().manual_seed(seed)
-    for epoch in range(EPOCHS):
+    for _epoch in range(EPOCHS):
         start = time.perf_counter()
         order = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), BATCH):

@@ -184,7 +184,7 @@ CASES = [
             _write(
                 t / "c.yaml",
                 "anchors:\n"
-                + "".join("  " + l + "\n" for l in _laughs().splitlines())
+                + "".join("  " + line + "\n" for line in _laughs().splitlines())
                 + "train:\n  epochs: *l8\n",
             ),
             "--out",

@@ -276,7 +276,7 @@ def test_list_prints_every_kind_with_names_and_descriptions(capsys):
     for kind, registry in KINDS.items():
         assert f"{kind}:" in out
         for entry in registry.entries():
-            line = next((l for l in out.splitlines() if l.split()[:1] == [entry.name]), None)
+            line = next((ln for ln in out.splitlines() if ln.split()[:1] == [entry.name]), None)
             assert line is not None, f"{kind}: {entry.name} not listed"
             assert len(line.split(None, 1)) == 2, f"{entry.name} has no description"
 

@@ -37,13 +37,13 @@ ARGS = [
 
 
 def start(out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    log = open(out.parent / f"{out.name}.log", "a")
-    return subprocess.Popen(
-        [str(TRAINLAB), "train", *ARGS, *extra, "--out", str(out), "--quiet"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
+    with open(out.parent / f"{out.name}.log", "a") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen(
+            [str(TRAINLAB), "train", *ARGS, *extra, "--out", str(out), "--quiet"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
 
 
 def wait_until(condition, proc: subprocess.Popen, what: str) -> None:

@@ -79,12 +79,13 @@ def wait_until(condition, proc: subprocess.Popen, what: str) -> None:
 
 def start(out: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
     log = out.parent / f"{out.name}.log"
-    proc = subprocess.Popen(
-        [str(TRAINLAB), "train", *DIGITS, "--out", str(out), "--quiet"],
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-    )
+    with open(log, "w") as stdout:  # the child keeps its own copy of the handle
+        proc = subprocess.Popen(
+            [str(TRAINLAB), "train", *DIGITS, "--out", str(out), "--quiet"],
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     return proc, log
 
 

@@ -40,10 +40,10 @@ def test_random_crop_with_padding_draws_one_offset_per_sample_and_matches_v2():
     offsets = []
     for b in range(16):
         found = [
-            (t, l)
-            for t in range(5)
-            for l in range(5)
-            if torch.equal(F.to_dtype(F.crop(padded, t, l, 6, 6), torch.float32, scale=True), out[b])
+            (top, left)
+            for top in range(5)
+            for left in range(5)
+            if torch.equal(F.to_dtype(F.crop(padded, top, left, 6, 6), torch.float32, scale=True), out[b])
         ]
         assert len(found) == 1  # exactly v2's crop of the padded image at some offset
         offsets.append(found[0])

@@ -7,6 +7,7 @@ types and out-of-range values become a `ConfigError` naming the key and the bad 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import types
@@ -451,10 +452,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = value
     if isinstance(parsed, str) or parsed is None:
         # YAML reads 1e-3 as a string (no dot); be kind and accept it as a float.
-        try:
+        with contextlib.suppress(ValueError):
             parsed = float(value) if parsed is not None and any(c in value.lower() for c in "e.") else parsed
-        except ValueError:
-            pass
     return key.split("."), parsed
 
 

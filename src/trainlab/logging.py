@@ -152,8 +152,9 @@ class MetricsFile(Callback):
                     and not unfinished
                 ):
                     keep.append(line)
-            path.write_text("".join(l + "\n" for l in keep))
-        self.file = open(path, "a")
+            path.write_text("".join(kept + "\n" for kept in keep))
+        # stays open for the whole run (rows are appended as they come); on_train_end closes it
+        self.file = open(path, "a")  # noqa: SIM115
 
     def write(self, row: dict[str, Any]) -> None:
         self.file.write(json.dumps(_plain(row)) + "\n")

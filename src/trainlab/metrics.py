@@ -4,12 +4,15 @@ and reduced across processes by torchmetrics when torch.distributed is initialis
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from trainlab.errors import ConfigError, did_you_mean
 from trainlab.registry import METRICS
+
+if TYPE_CHECKING:
+    import torchmetrics
 
 DEFAULTS = {
     "classification": ["accuracy", "f1"],

@@ -257,14 +257,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         warnings.warn(
             f"the checkpoint holds the random state of {len(cuda)} CUDA device(s) and this machine has "
             f"none: CUDA random streams not restored (dropout and augmentation on the CPU draw from the "
-            f"CPU stream, which is restored)"
+            f"CPU stream, which is restored)",
+            stacklevel=2,
         )
         return
     n_here = torch.cuda.device_count()
     if len(cuda) != n_here:
         warnings.warn(
             f"the checkpoint holds the random state of {len(cuda)} CUDA device(s), this machine has "
-            f"{n_here}: restored for the first {min(len(cuda), n_here)}"
+            f"{n_here}: restored for the first {min(len(cuda), n_here)}",
+            stacklevel=2,
         )
     for index, device_state in enumerate(cuda[:n_here]):
         torch.cuda.set_rng_state(torch.as_tensor(device_state, dtype=torch.uint8), index)

@@ -18,7 +18,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,7 +83,7 @@ class Precision:
     needs_scaler: bool  # fp16: the loss is scaled by a torch.amp.GradScaler (fp16's range is narrow)
     tf32: bool  # float32 matmuls and cuDNN convolutions may use TF32 (CUDA only)
 
-    def autocast(self, device: torch.device) -> Callable[[], ContextManager]:
+    def autocast(self, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
         """A factory of the context the forward and the loss run in."""
         if self.dtype is None:
             return contextlib.nullcontext

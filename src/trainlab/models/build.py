@@ -39,7 +39,7 @@ def build_model(
     """
     if hasattr(input_shape, "input_shape"):  # a DataBundle
         bundle = input_shape
-        input_shape, output_dim, task = bundle.input_shape, bundle.output_dim, bundle.task
+        input_shape, output_dim = bundle.input_shape, bundle.output_dim
     if output_dim is None:
         raise TypeError("build_model needs output_dim (or a DataBundle)")
     input_shape = tuple(int(s) for s in input_shape)

@@ -118,7 +118,8 @@ def first_conv_from_safetensors(path: Path) -> np.ndarray | None:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            shapes = {k: f.get_slice(k).get_shape() for k in f.keys() if k.endswith("weight")}
+            # safe_open has keys() but is not iterable
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys() if k.endswith("weight")}  # noqa: SIM118
             convs = [k for k, s in shapes.items() if len(s) == 4]
             if not convs:
                 return None
