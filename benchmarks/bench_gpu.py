@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
 def report(results, flops, peak, label, loops, models, trainlab_info) -> dict:
     table: dict[str, dict[str, dict]] = {}
     print(
-        f"\n| model | loop | samples/s (median) | trainlab / this | MFU ({label} peak) |\n|---|---|---|---|---|"
+        f"\n| model | loop | samples/s (median) | trainlab / this | MFU ({label} peak) |\n"
+        "|---|---|---|---|---|"
     )
     for m in models:
         table[m] = {}
@@ -344,8 +345,9 @@ def report(results, flops, peak, label, loops, models, trainlab_info) -> dict:
     for m, info in trainlab_info.items():  # what trainlab's own summary.json says
         if info.get("mfu"):
             print(
-                f"trainlab {m}: precision {info.get('precision') or '?'}, its summary's MFU {100 * info['mfu']:.2f}% "
-                f"of the {info.get('peak_flops_precision') or '?'} peak it measured"
+                f"trainlab {m}: precision {info.get('precision') or '?'}, "
+                f"its summary's MFU {100 * info['mfu']:.2f}% of the "
+                f"{info.get('peak_flops_precision') or '?'} peak it measured"
             )
     for (lp, m), want in TARGETS.items():
         if m in table and lp in table[m] and table[m][lp]["trainlab_ratio"] is not None:

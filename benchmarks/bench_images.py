@@ -188,7 +188,8 @@ def run_pil(root: Path, seed: int, crop: bool) -> float:
 
 
 def loader_costs(root: Path, crop: bool) -> dict[str, float]:
-    """Milliseconds per sample of trainlab's training loader alone (no model), second epoch, per cache mode."""
+    """Milliseconds per sample of trainlab's training loader alone (no model),
+    second epoch, per cache mode."""
     from trainlab.data import build_data
     from trainlab.data.loaders import make_loader
 
@@ -263,8 +264,9 @@ def report(results: list[dict[str, dict]], meta: dict) -> dict:
     rounds = len(results)
     recipe = "RandomResizedCrop: 64" if meta.get("crop") else "Resize [[64, 64]]"
     print(
-        f"\n{meta['images']} JPEGs ({meta['folder_mb']:.0f} MB), {recipe} + flip, resnet_small, batch {BATCH}, "
-        f"{rounds} rounds, samples/s of epoch {EPOCHS}; torch {meta['torch']}, {meta['threads']} threads\n"
+        f"\n{meta['images']} JPEGs ({meta['folder_mb']:.0f} MB), {recipe} + flip, resnet_small, "
+        f"batch {BATCH}, {rounds} rounds, samples/s of epoch {EPOCHS}; "
+        f"torch {meta['torch']}, {meta['threads']} threads\n"
     )
     print(
         "| loop | samples/s (median) | best round | data_wait_fraction (epoch 2) "
@@ -284,7 +286,8 @@ def report(results: list[dict[str, dict]], meta: dict) -> dict:
         ratio = "1" if loop == "cache" else f"{geomean(ratios):.2f}x"
         per_round = "" if loop == "cache" else ", ".join(f"{r:.2f}" for r in ratios)
         print(
-            f"| {LABELS[loop]} | {statistics.median(sps):.0f} | {max(sps):.0f} | {wait} | {ratio} | {per_round} |"
+            f"| {LABELS[loop]} | {statistics.median(sps):.0f} | {max(sps):.0f} | "
+            f"{wait} | {ratio} | {per_round} |"
         )
         table[loop] = {
             "median_samples_per_second": statistics.median(sps),
@@ -333,7 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
             with silenced(not args.verbose):
                 costs = loader_costs(root, args.crop)
             print(
-                f"ms per sample of the training loader alone (epoch {EPOCHS}): cache auto {costs['auto']:.3f}, "
+                f"ms per sample of the training loader alone (epoch {EPOCHS}): "
+                f"cache auto {costs['auto']:.3f}, "
                 f"cache off {costs['off']:.3f} ({costs['off'] / costs['auto']:.0f}x)"
             )
             return costs

@@ -1,8 +1,10 @@
 """The measurements behind three of trainlab's speed choices (BENCHMARKS.md, "Where the speed comes from").
 
-    python benchmarks/bench_kernels.py layout    # contiguous vs channels-last training step, each zoo conv net
+    python benchmarks/bench_kernels.py layout    # contiguous vs channels-last training step,
+                                                 # each zoo conv net
     python benchmarks/bench_kernels.py gather    # x[idx] vs torch.index_select for a batch of 64 MNIST rows
-    python benchmarks/bench_kernels.py omp       # the MLP step under each OMP_WAIT_POLICY, idle and beside a busy process
+    python benchmarks/bench_kernels.py omp       # the MLP step under each OMP_WAIT_POLICY, idle and
+                                                 # beside a busy process
 
 Each prints medians over interleaved repeats; `omp` runs one child process per setting (the policy is
 read when torch loads its OpenMP runtime, so it cannot change within a process).
@@ -64,7 +66,8 @@ def layout(repeats: int) -> None:
         "cnn_classifier 3x64x64": (zoo.CNNClassifier((3, 64, 64), 11), (3, 64, 64), 5),
     }
     print(
-        f"training step, batch {BATCH}, SGD; median of {repeats} interleaved repeats; {torch.get_num_threads()} threads"
+        f"training step, batch {BATCH}, SGD; median of {repeats} interleaved repeats; "
+        f"{torch.get_num_threads()} threads"
     )
     for name, (model, shape, steps) in cases.items():
         x, y = torch.randn(BATCH, *shape), torch.randint(0, 10, (BATCH,))

@@ -73,7 +73,8 @@ LABELS = {
 
 
 def synthetic_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n uint8 (28, 28) images of 10 classes: a per-class blurred pattern plus noise (learnable, not MNIST)."""
+    """n uint8 (28, 28) images of 10 classes: a per-class blurred pattern plus noise
+    (learnable, not MNIST)."""
     protos = torch.rand(
         10, 1, 28, 28, generator=torch.Generator().manual_seed(1234)
     )  # shared by train and test
@@ -139,7 +140,8 @@ def make_model(name: str) -> nn.Module:
 
 
 class NotesCNN(nn.Module):
-    """The notes' CNN (trainlab's `lenet`): relu(pool(conv k5 1->10)), relu(pool(conv k5 10->20)), fc 320->10."""
+    """The notes' CNN (trainlab's `lenet`): relu(pool(conv k5 1->10)),
+    relu(pool(conv k5 10->20)), fc 320->10."""
 
     def __init__(self):
         super().__init__()
@@ -381,8 +383,9 @@ def main(argv: list[str] | None = None) -> dict:
     peak = peak_flops(torch.device("cpu"), n=2048, repeats=10)
     flops = {m: model_flops(m, *tensors) for m in models}
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.samples:,} samples, batch {BATCH}, "
-        f"{args.rounds} round(s); OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.samples:,} samples, "
+        f"batch {BATCH}, {args.rounds} round(s); "
+        f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
         f"peak fp32 matmul probe {peak / 1e9:.1f} GFLOP/s; load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
@@ -463,7 +466,8 @@ def report(results, flops, peak, loops, models) -> dict:
             )
             best_ratio = f"{t['trainlab_best_ratio']:.2f}x" if t["trainlab_best_ratio"] is not None else "-"
             print(
-                f"| {LABELS[lp]} | {t['samples_per_second']:,.0f} | {ratio} | {median_ratio} | {t['best_samples_per_second']:,.0f} | "
+                f"| {LABELS[lp]} | {t['samples_per_second']:,.0f} | {ratio} | {median_ratio} | "
+                f"{t['best_samples_per_second']:,.0f} | "
                 f"{best_ratio} | " + (f"{100 * t['mfu']:.1f}%" if t["mfu"] else "-") + " |"
             )
     print("\nratios: trainlab's samples/s over the row's; 'of rounds' pairs the two loops within each round")

@@ -20,7 +20,8 @@ TINY = ["model.name=mlp", "model.hidden=[8]", "train.epochs=1", "train.max_steps
 
 
 def _killed_run(folder) -> None:
-    """A process that claims `folder`, writes what a run writes before its first checkpoint, then dies by SIGKILL."""
+    """A process that claims `folder`, writes what a run writes before its first
+    checkpoint, then dies by SIGKILL."""
     code = (
         "import os, signal, sys\n"
         "from trainlab.claim import claim_run_dir\n"
@@ -90,7 +91,10 @@ def test_a_run_killed_before_its_first_checkpoint_is_moved_aside_by_a_fresh_star
 
 
 def test_a_users_config_file_is_never_written_over(tmp_path, capsys):
-    own = "# my commented config\nname: mine\nmodel: {name: mlp, hidden: [8]}\ntrain: {epochs: 1, device: cpu}\n"
+    own = (
+        "# my commented config\nname: mine\nmodel: {name: mlp, hidden: [8]}\n"
+        "train: {epochs: 1, device: cpu}\n"
+    )
     (tmp_path / "config.yaml").write_text(own)
     status, _, err = cli_in_process(
         capsys, "train", str(tmp_path / "config.yaml"), "--out", str(tmp_path), "--quiet"

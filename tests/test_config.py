@@ -27,7 +27,8 @@ def test_overrides_are_parsed_as_yaml():
 def test_defaults_live_in_one_place_and_components_keep_their_kwargs(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(
-        "data: {source: iris}\nmodel: {name: mlp, hidden: [6, 4]}\noptimizer: {name: SGD, lr: 0.01, momentum: 0.5}\n"
+        "data: {source: iris}\nmodel: {name: mlp, hidden: [6, 4]}\n"
+        "optimizer: {name: SGD, lr: 0.01, momentum: 0.5}\n"
     )
     cfg = load_config(path, ["train.epochs=3"])
     assert cfg.name == "cfg"  # from the file name

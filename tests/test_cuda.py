@@ -226,7 +226,8 @@ def test_ddp_with_one_process_on_nccl_trains_and_gathers_its_state(tmp_path):
         before = model.module.weight.detach().clone()
         for _ in range(3):
             opt.zero_grad()
-            model(torch.randn(16, 8, device=device)).square().mean().backward()  # gradients all-reduced by nccl
+            # gradients all-reduced by nccl
+            model(torch.randn(16, 8, device=device)).square().mean().backward()
             opt.step()
         assert not torch.equal(before, model.module.weight)
         loss_sum, n = distributed.all_reduce_sums(torch.tensor(2.5, device=device), 4)

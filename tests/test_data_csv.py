@@ -197,7 +197,8 @@ def test_binary_labels_outside_0_1_name_the_value(tmp_path):
 
 
 def test_a_header_without_data_target_warns_and_the_target_name_is_in_the_info(tmp_path):
-    """A header and the target in the middle: unset data.target trains on the last column; say which, and warn."""
+    """A header and the target in the middle: unset data.target trains on the last
+    column; say which, and warn."""
     lines = ["age,outcome,weight"] + [f"{20 + i},{i % 2},{60.5 + 3.1 * i}" for i in range(12)]
     path = write(tmp_path / "people.csv", lines)
     with pytest.warns(UserWarning, match="data.target is not set, so the last column 'weight' is the target"):

@@ -227,7 +227,7 @@ def test_cuda_rng_entries_on_a_machine_without_cuda_restore_the_rest_with_a_note
     assert torch.equal(torch.rand(3), expected)  # the CPU stream was restored
 
 
-# ----------------------------------------------------------------------------- a CUDA run's checkpoint on the CPU
+# ------------------------------------------------------------------------- a CUDA run's checkpoint on the CPU
 
 
 def as_if_written_on_cuda(path: Path) -> None:

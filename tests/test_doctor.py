@@ -28,8 +28,8 @@ def curve(fn="sin3x", n=128, low=-3.0, high=3.0, val_low=None, val_high=None, se
     if val_low is None:
         return SourceData(train=draw(n, low, high), task="regression")
     # validation from another range; the test split is held out from the training range
-    return SourceData(train=draw(n, low, high), val=draw(n // 2, val_low, val_high), test=draw(n // 2, low, high),
-                      task="regression", info={"holdout_split": "test"})
+    return SourceData(train=draw(n, low, high), val=draw(n // 2, val_low, val_high),
+                      test=draw(n // 2, low, high), task="regression", info={"holdout_split": "test"})
 """
 
 

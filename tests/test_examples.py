@@ -223,7 +223,7 @@ def test_user_model_example_uses_my_net(tmp_path, fast_runs):
     assert run.model.features[0].out_channels == 32  # `width: 32` from the YAML
 
 
-# ----------------------------------------------------------------------------- MNIST / FashionMNIST (IDX files)
+# --------------------------------------------------------------------------- MNIST / FashionMNIST (IDX files)
 
 IDX_EXAMPLES = {
     "mnist_mlp": "MNIST",

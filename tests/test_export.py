@@ -146,13 +146,15 @@ def test_exported_files_run_without_trainlab_with_any_batch_size(cnn_run, tmp_pa
         import sys; sys.modules["trainlab"] = None  # any import of trainlab now raises
         import numpy as np, onnxruntime as ort, torch
         x = np.load({str(tmp_path / "x.npy")!r})
-        session = ort.InferenceSession({str(cnn_run / "export" / "model.onnx")!r}, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession({str(cnn_run / "export" / "model.onnx")!r},
+                                       providers=["CPUExecutionProvider"])
         program = torch.export.load({str(cnn_run / "export" / "model.pt2")!r}).module()
         for n in (1, 5):
             a = session.run(["logits"], {{"input": x[:n]}})[0]
             b = program(torch.from_numpy(x[:n])).detach().numpy()
             assert a.shape == b.shape == (n, 10), (a.shape, b.shape)
-            np.save({str(tmp_path)!r} + f"/onnx{{n}}.npy", a); np.save({str(tmp_path)!r} + f"/pt2{{n}}.npy", b)
+            np.save({str(tmp_path)!r} + f"/onnx{{n}}.npy", a)
+            np.save({str(tmp_path)!r} + f"/pt2{{n}}.npy", b)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

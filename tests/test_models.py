@@ -243,8 +243,8 @@ def test_the_notes_cifar_sequential_on_32x32_names_the_layer_and_both_shapes():
         check_shapes(model, torch.zeros(4, 3, 32, 32))
     msg = str(err.value)
     assert (
-        "model.layers.5 (Linear) expects 800 input features, got 1250 from input of shape (4, 50, 5, 5) flattened"
-        in msg
+        "model.layers.5 (Linear) expects 800 input features, "
+        "got 1250 from input of shape (4, 50, 5, 5) flattened" in msg
     )
     assert "\n" not in msg
     assert model.training  # the mode is restored after the dry run
@@ -338,7 +338,8 @@ def test_user_module_gets_sizes_from_the_data(tmp_path):
         "class Net(nn.Module):\n"
         "    def __init__(self, in_features, num_classes, width=8):\n"
         "        super().__init__()\n"
-        "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, num_classes))\n"
+        "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(), "
+        "nn.Linear(width, num_classes))\n"
         "    def forward(self, x):\n"
         "        return self.body(x)\n"
     )

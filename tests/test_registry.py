@@ -224,7 +224,9 @@ class Net(nn.Module):
     def __init__(self, in_features, num_classes, width=8):
         super().__init__()
         self.width = width
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, num_classes))
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, num_classes)
+        )
 
     def forward(self, x):
         return self.body(x)

@@ -95,7 +95,8 @@ def _write_common(
 
 
 def make_classification_run(run: Path, name: str = "digits-cnn", lr: float = 0.01) -> Path:
-    """Digits-like: 10 classes of 1x8x8 images, conv weights in model.safetensors, layer stats, a diagnosis."""
+    """Digits-like: 10 classes of 1x8x8 images, conv weights in model.safetensors,
+    layer stats, a diagnosis."""
     from safetensors.numpy import save_file
     from sklearn.datasets import load_digits
 

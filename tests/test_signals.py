@@ -44,7 +44,9 @@ class Net(nn.Module):
 
     def __init__(self, input_shape, output_dim):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(input_shape[0], 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, output_dim))
+        self.net = nn.Sequential(
+            nn.Linear(input_shape[0], 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, output_dim)
+        )
         self.calls = 0
 
     def forward(self, x):

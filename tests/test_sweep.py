@@ -30,7 +30,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def sweep_config(epochs: int = 1, **sweep: Any) -> dict[str, Any]:
-    """digits, mlp [16], val_accuracy monitored; `sweep` keys replace the defaults (4 TPE trials, no pruning)."""
+    """digits, mlp [16], val_accuracy monitored; `sweep` keys replace the defaults (4
+    TPE trials, no pruning)."""
     config = tiny_config(model={"hidden": [16]}, train={"epochs": epochs, "monitor": "val_accuracy"})
     config["sweep"] = {
         "trials": 4,

@@ -351,12 +351,15 @@ def lr_find(args: tuple[str, ...], out: Path | None) -> None:
 
 
 _ALSO = {
-    "datasets": 'any torchvision.datasets class by name (its arguments in data.options); "module:attr" for your own Dataset',
-    "models": "sequential (model.layers: a list of torch.nn layers); torchvision:<name> (any torchvision.models "
+    "datasets": "any torchvision.datasets class by name (its arguments in data.options); "
+    '"module:attr" for your own Dataset',
+    "models": "sequential (model.layers: a list of torch.nn layers); "
+    "torchvision:<name> (any torchvision.models "
     'builder); "module:attr" for your own nn.Module',
     "losses": 'any torch.nn loss class by name, with its keyword arguments; "module:attr"',
     "optimizers": 'any torch.optim class by name, with its keyword arguments; "module:attr"',
-    "schedulers": "any torch.optim.lr_scheduler class by name; warmup_steps/warmup_epochs in front of any of them",
+    "schedulers": "any torch.optim.lr_scheduler class by name; "
+    "warmup_steps/warmup_epochs in front of any of them",
 }
 
 

@@ -98,8 +98,6 @@ def build_list(items: list[Any] | None, namespaces: list[ModuleType], key: str) 
         try:
             built.append(cls(*args, **kwargs))
         except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: a size torch refuses (-5)
-            raise ConfigError(
-                f"{where}: {name}({', '.join([*map(short, args), *(f'{k}={short(v)}' for k, v in kwargs.items())])}) "
-                f"failed: {str(e).splitlines()[0][:300]}"
-            ) from None
+            call = ", ".join([*map(short, args), *(f"{k}={short(v)}" for k, v in kwargs.items())])
+            raise ConfigError(f"{where}: {name}({call}) failed: {str(e).splitlines()[0][:300]}") from None
     return built

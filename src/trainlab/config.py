@@ -237,7 +237,8 @@ class SweepConfig(_Strict):
     def _sampler(cls, v: SweepComponent) -> SweepComponent:
         if v.name not in SAMPLERS:
             raise ValueError(
-                f"unknown sampler {v.name!r}{did_you_mean(v.name, SAMPLERS)}; use one of {', '.join(SAMPLERS)}"
+                f"unknown sampler {v.name!r}{did_you_mean(v.name, SAMPLERS)}; "
+                f"use one of {', '.join(SAMPLERS)}"
             )
         return v
 

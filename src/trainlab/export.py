@@ -3,9 +3,10 @@
     RUN_DIR/export/model.onnx          torch.onnx.export (the dynamo exporter); input `input` (batch, ...),
                                        output `logits` (classification: one score per class; binary: the logit
                                        of class 1, before the sigmoid) or `prediction` (regression)
-    RUN_DIR/export/model.pt2           torch.export.export + torch.export.save: torch.export.load(f).module()(x)
-    RUN_DIR/export/preprocessing.json  how to prepare an input (shape, dtype, eval transforms, CSV features and
-                                       scaler statistics) and read the output (task, class names)
+    RUN_DIR/export/model.pt2           torch.export.export + torch.export.save:
+                                       torch.export.load(f).module()(x)
+    RUN_DIR/export/preprocessing.json  how to prepare an input (shape, dtype, eval transforms, CSV features
+                                       and scaler statistics) and read the output (task, class names)
     RUN_DIR/export/verification.json   the check below, per format
 
 Both programs have a dynamic batch dimension. Verification runs each written file (ONNX Runtime's CPU
@@ -219,7 +220,8 @@ def _model_name(config: Any, model: nn.Module) -> str:
 
 
 def _verification_inputs(loaded: Any, samples: int) -> tuple[str, torch.Tensor]:
-    """(split, up to `samples` model inputs of the test split, else val, else train), as evaluation loads them."""
+    """(split, up to `samples` model inputs of the test split, else val, else train),
+    as evaluation loads them."""
     from trainlab.data.loaders import make_loader
 
     bundle = loaded.bundle
@@ -395,7 +397,8 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
 
 
 def compare_outputs(outputs: torch.Tensor, reference: torch.Tensor, task: str, rtol: float) -> dict[str, Any]:
-    """Max abs difference against the tolerance rtol * max(1, max|reference|), and predicted-class agreement."""
+    """Max abs difference against the tolerance rtol * max(1, max|reference|),
+    and predicted-class agreement."""
     outputs, reference = outputs.reshape(reference.shape).double(), reference.double()
     diff = float((outputs - reference).abs().max()) if reference.numel() else 0.0
     tolerance = rtol * max(1.0, float(reference.abs().max()) if reference.numel() else 1.0)
@@ -422,8 +425,8 @@ def compare_outputs(outputs: torch.Tensor, reference: torch.Tensor, task: str, r
 
 def format_verification(verification: dict[str, Any]) -> str:
     lines = [
-        f"verification on {verification['samples']} {verification['split']} samples against the PyTorch model "
-        f"(eval, fp32): passes when max|diff| <= {verification['rtol']:g} * max(1, max|torch output|)"
+        f"verification on {verification['samples']} {verification['split']} samples against the PyTorch "
+        f"model (eval, fp32): passes when max|diff| <= {verification['rtol']:g} * max(1, max|torch output|)"
     ]
     for fmt, v in verification["formats"].items():
         agree = ""
@@ -445,8 +448,8 @@ def format_verification(verification: dict[str, Any]) -> str:
 def consumer_preprocessing(
     prep: dict[str, Any], x: torch.Tensor, task: str, checkpoint: dict[str, str]
 ) -> dict[str, Any]:
-    """The checkpoint's preprocessing as a consumer needs it: every value plain JSON, plus the input and output
-    tensors and the steps from a raw input to the model's input, in words."""
+    """The checkpoint's preprocessing as a consumer needs it: every value plain JSON, plus the input and
+    output tensors and the steps from a raw input to the model's input, in words."""
     shape = list(prep.get("input_shape") or x.shape[1:])
     dtype = str(x.dtype).removeprefix("torch.")
     doc = {
@@ -469,7 +472,10 @@ def _output_meaning(task: str, class_names: list[str] | None) -> str:
         )
     if task == "binary":
         second = class_names[1] if class_names else "1"
-        return f"(batch, 1) the logit of class {second!r}: sigmoid(logit) is its probability, logit > 0 predicts it"
+        return (
+            f"(batch, 1) the logit of class {second!r}: sigmoid(logit) is its probability, "
+            "logit > 0 predicts it"
+        )
     return "(batch, targets) the predicted values, in the target's units"
 
 
@@ -491,7 +497,8 @@ def _steps(prep: dict[str, Any], shape: list[int], dtype: str) -> list[str]:
         steps.append("if still uint8: float32 / 255")
     elif prep.get("feature_names"):
         steps = [
-            f"take the columns {prep['feature_names']} in this order as float32 (N, {len(prep['feature_names'])})"
+            f"take the columns {prep['feature_names']} in this order as float32 "
+            f"(N, {len(prep['feature_names'])})"
         ]
         if prep.get("scaler"):
             steps.append("standardise each feature: (x - scaler.mean) / scaler.std")
@@ -499,7 +506,8 @@ def _steps(prep: dict[str, Any], shape: list[int], dtype: str) -> list[str]:
             steps.append(f"reshape to (N, {', '.join(map(str, shape))})")
     else:
         steps = [
-            f"the input is a {dtype} tensor of shape (N, {', '.join(map(str, shape))}), as the dataset's samples"
+            f"the input is a {dtype} tensor of shape (N, "
+            f"{', '.join(map(str, shape))}), as the dataset's samples"
         ]
     return [
         *steps,
@@ -522,7 +530,8 @@ def onnx_for_predict(run_dir: str | Path) -> Path:
         if not source.exists():
             raise TrainlabError(f"{run_dir} has no checkpoint to export (looked for {source})")
         print(
-            f"note: {path} is missing; exporting it (trainlab export {run_dir} --format onnx also verifies it)",
+            f"note: {path} is missing; exporting it (trainlab export {run_dir} "
+            "--format onnx also verifies it)",
             file=sys.stderr,
         )
         export_run(run_dir, ["onnx"], verify=False, quiet=True)

@@ -76,16 +76,18 @@ REFUSED = {
     "HingeEmbeddingLoss": "distances between pairs of inputs (e.g. |x1 - x2|) and targets of ±1",
     "CTCLoss": "log-probabilities (T, B, C), target sequences, and the input and target lengths",
     "GaussianNLLLoss": "a predicted mean, a target and a predicted variance",
-    "AdaptiveLogSoftmaxWithLoss": "hidden features and targets; it is a layer with its own weights, not a loss",
-    "LinearCrossEntropyLoss": "hidden features and targets; it holds the classifier's Linear weights itself (a layer "
-    "fused with the loss), which the optimizer of the model would not train",
+    "AdaptiveLogSoftmaxWithLoss": "hidden features and targets; "
+    "it is a layer with its own weights, not a loss",
+    "LinearCrossEntropyLoss": "hidden features and targets; it holds the classifier's Linear weights itself "
+    "(a layer fused with the loss), which the optimizer of the model would not train",
 }
 
 _DESCRIPTIONS = {
     "CrossEntropyLoss": "classification: logits (B, C) vs class indices (log-softmax inside)",
     "NLLLoss": "classification: log-probabilities (B, C) (end the model with LogSoftmax) vs class indices",
     "MultiMarginLoss": "classification: multi-class hinge loss on scores (B, C) vs class indices",
-    "MultiLabelMarginLoss": "classification: multi-label hinge loss; class indices become (class, -1, ...) rows",
+    "MultiLabelMarginLoss": "classification: multi-label hinge loss; "
+    "class indices become (class, -1, ...) rows",
     "BCEWithLogitsLoss": "binary: one logit vs 0/1 (sigmoid inside); one-hot rows for C classes",
     "BCELoss": "binary: a probability (end the model with Sigmoid) vs 0/1",
     "MultiLabelSoftMarginLoss": "multi-label: logits (B, C) vs 0/1 rows (one-hot from class indices)",
@@ -241,8 +243,8 @@ def build_loss(cfg: LossConfig, task: str) -> nn.Module:
     if task not in TASKS[adapt]:
         hint = (
             {
-                "binary": "a binary task has one output (a logit); use BCEWithLogitsLoss (the default) or set "
-                "`task: classification` for one output per class",
+                "binary": "a binary task has one output (a logit); use BCEWithLogitsLoss (the default) "
+                "or set `task: classification` for one output per class",
                 "regression": "a regression task has real-valued targets; use MSELoss, L1Loss or HuberLoss",
             }[task]
             if task in ("binary", "regression")

@@ -198,7 +198,8 @@ def prepare_model(pipe: Pipeline, rank: int, world_size: int) -> bool:
 
 
 def compile_model(model: nn.Module, bundle: DataBundle, device: torch.device) -> nn.Module:
-    """torch.compile, tried on one batch; where the backend is missing or fails, the eager model with a warning."""
+    """torch.compile, tried on one batch; where the backend is missing or fails,
+    the eager model with a warning."""
     try:
         compiled = torch.compile(model)
         x, _ = sample_batch(bundle.train)

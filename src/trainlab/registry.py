@@ -44,8 +44,9 @@ def import_object(spec: str, key: str = "name") -> Any:
     except ModuleNotFoundError as e:
         if e.name and module_name.startswith(e.name):
             raise ConfigError(
-                f"{key}: cannot import module {module_name!r} for {spec!r}: no file {module_name.replace('.', '/')}.py "
-                f"in the config's folder, the working directory or the Python path"
+                f"{key}: cannot import module {module_name!r} for {spec!r}: "
+                f"no file {module_name.replace('.', '/')}.py in the config's folder, "
+                "the working directory or the Python path"
             ) from None
         raise ConfigError(
             f"{key}: importing module {module_name!r} ({_where(e)}) failed: it imports {e.name!r}, "

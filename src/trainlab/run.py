@@ -351,7 +351,8 @@ def _write_outputs(
 
 
 RUN_SHAPED = ("cosine", "linear", "polynomial", "onecycle", "cosineannealinglr", "onecyclelr")
-# Defaults that changed after runs were saved with the old ones (train.monitor was val_loss, precision fp32, ...)
+# Defaults that changed after runs were saved with the old ones (train.monitor was
+# val_loss, precision fp32, ...)
 CHANGED_DEFAULTS = {"train.monitor", "train.precision", "train.compile", "scheduler.monitor"}
 
 
@@ -380,8 +381,8 @@ def _resume_state(out: Path, cfg: Config) -> tuple[dict[str, Any], Config]:
         k, a, b = longer[0]
         warn(
             f"{k}: {a} -> {b}, but the {cfg.scheduler.name} schedule was planned for the first run and has "
-            f"ended: the extra training runs at its final learning rate (about 0 for cosine and linear). Start "
-            f"a new run with --out for a schedule over the longer run."
+            "ended: the extra training runs at its final learning rate (about 0 for cosine and linear). "
+            "Start a new run with --out for a schedule over the longer run."
         )
     if refused:
         lines = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, a, b in refused)

@@ -86,7 +86,8 @@ def run_sweep(
     grid: list[str] | None = None,
     quiet: bool = False,
 ) -> SweepResult:
-    """Run (or with `resume`, continue) the sweep of a config; write sweep_summary.json and sweep_report.html."""
+    """Run (or with `resume`, continue) the sweep of a config;
+    write sweep_summary.json and sweep_report.html."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -184,7 +185,8 @@ def make_plan(
 
 
 def default_sweep_dir(cfg: Config, existing: bool = False) -> Path:
-    """runs/<name>-sweep; when that already holds a sweep, runs/<name>-sweep-2, -3, ... (`existing`: the latest)."""
+    """runs/<name>-sweep; when that already holds a sweep,
+    runs/<name>-sweep-2, -3, ... (`existing`: the latest)."""
     base = Path("runs") / f"{cfg.name}-sweep"
     latest = base
     for path in [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 10_000)]:

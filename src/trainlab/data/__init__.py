@@ -137,8 +137,9 @@ def _standardize(train: Dataset, others: list[Dataset | None]) -> tuple[list[Dat
         column = int((~torch.isfinite(mean) | ~torch.isfinite(std)).reshape(-1).nonzero()[0])
         raise DataError(
             f"data.standardize: feature {column} (counted from 0) holds values too large to standardise "
-            f"in float32 (largest magnitude {float(train.x.reshape(len(train.x), -1)[:, column].abs().max()):.3g}); "
-            f"rescale that column, or drop data.standardize"
+            "in float32 (largest magnitude "
+            f"{float(train.x.reshape(len(train.x), -1)[:, column].abs().max()):.3g}); "
+            "rescale that column, or drop data.standardize"
         )
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature stays as it is, centred
     scaled = [
@@ -158,7 +159,8 @@ def check_same_data(bundle: DataBundle, trained: dict[str, Any], checkpoint: Any
         old, new = before_csv["columns"], now_csv.get("columns") or []
         added, gone = [c for c in new if c not in old], [c for c in old if c not in new]
         changes.append(
-            f"the CSV's columns changed ({', '.join([*(f'new {c!r}' for c in added), *(f'gone {c!r}' for c in gone)]) or 'reordered'})"
+            "the CSV's columns changed "
+            f"({', '.join([*(f'new {c!r}' for c in added), *(f'gone {c!r}' for c in gone)]) or 'reordered'})"
         )
     for key, what in (("class_names", "classes"), ("input_shape", "input shape")):
         if trained.get(key) is not None and now.get(key) is not None and list(trained[key]) != list(now[key]):

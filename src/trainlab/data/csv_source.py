@@ -298,7 +298,8 @@ def csv_source(cfg: DataConfig) -> SourceData:
 
 
 def read_features(path: str | Path, csv_info: dict) -> torch.Tensor:
-    """(N, F) float32 features of a CSV for `predict`, picked like the training file's (`preprocessing["csv"]`).
+    """(N, F) float32 features of a CSV for `predict`, picked like the training file's
+    (`preprocessing["csv"]`).
 
     A file with a header is matched by column names (the target column may be absent); one without a
     header must have either the training file's columns or just the feature columns, in order.

@@ -3,7 +3,8 @@
 doctor loads the run (config, data, best weights), walks the loss flowchart on its metrics, finds
 what kind of point the best weights sit at, reads the gradient health from layer_stats.jsonl (or
 takes one snapshot), trains a shallower model (--compare-shallow, or unasked when the training loss
-is large and the run was cheap) and optionally times batch sizes (--batch-sizes), then writes everything into summary.json["diagnosis"] and re-renders report.html.
+is large and the run was cheap) and optionally times batch sizes (--batch-sizes), then writes
+everything into summary.json["diagnosis"] and re-renders report.html.
 """
 
 from __future__ import annotations
@@ -276,16 +277,16 @@ def format_diagnosis(d: dict[str, Any]) -> str:
             lines.append(f"  ({cp['error']})")
         else:
             lines.append(
-                f"  loss {cp['loss']:.4g}, gradient norm {cp['grad_norm']:.3g} ({cp['grad_norm_relative']:.3g} × loss), "
-                f"Hessian eigenvalues from {cp['lambda_min']:.4g} to {cp['lambda_max']:.4g} "
-                f"({cp['hvps']} Hessian-vector products, batch of {cp.get('batch_size', '?')}, "
-                f"{cp.get('weights', 'best')} weights)"
+                f"  loss {cp['loss']:.4g}, gradient norm {cp['grad_norm']:.3g} "
+                f"({cp['grad_norm_relative']:.3g} × loss), Hessian eigenvalues from {cp['lambda_min']:.4g} "
+                f"to {cp['lambda_max']:.4g} ({cp['hvps']} Hessian-vector products, "
+                f"batch of {cp.get('batch_size', '?')}, {cp.get('weights', 'best')} weights)"
             )
             esc = cp.get("escape")
             if esc:
                 lines.append(
-                    f"  a step of {esc['step']:.3g} along the negative-curvature direction takes the loss from "
-                    f"{esc['loss_before']:.6g} to {esc['loss_after']:.6g}"
+                    f"  a step of {esc['step']:.3g} along the negative-curvature direction takes the loss "
+                    f"from {esc['loss_before']:.6g} to {esc['loss_after']:.6g}"
                 )
     gh = d.get("gradient_health") or {}
     if gh:
@@ -300,8 +301,8 @@ def format_diagnosis(d: dict[str, Any]) -> str:
     if bs:
         lines += ["", "batch size   time/update   samples/s   time/epoch"]
         lines += [
-            f"  {r['batch_size']:>9}   {r['time_per_update'] * 1e3:>8.3f} ms   {r['samples_per_second']:>9.0f}   "
-            f"{r['time_per_epoch']:>8.3f} s"
+            f"  {r['batch_size']:>9}   {r['time_per_update'] * 1e3:>8.3f} ms   "
+            f"{r['samples_per_second']:>9.0f}   {r['time_per_epoch']:>8.3f} s"
             for r in bs["rows"]
         ]
         if bs.get("largest_free_batch"):

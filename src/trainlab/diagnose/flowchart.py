@@ -159,7 +159,8 @@ def verdict(
     if diverged or not all(math.isfinite(x) for x in losses):
         return out(
             "numerical_failure",
-            "The loss became NaN or infinite: the run diverged numerically, so the curves say nothing about the model.",
+            "The loss became NaN or infinite: the run diverged numerically, "
+            "so the curves say nothing about the model.",
         )
     if not train:
         raise ValueError("the history has no training loss rows (split 'train')")
@@ -172,8 +173,8 @@ def verdict(
 
     if train_loss > large * base:
         head = (
-            f"The training loss ({_fmt(train_loss)}) is large: {_times(numbers['train_ratio'])} what predicting "
-            f"a constant achieves ({_fmt(baseline_loss)}). "
+            f"The training loss ({_fmt(train_loss)}) is large: {_times(numbers['train_ratio'])} what "
+            f"predicting a constant achieves ({_fmt(baseline_loss)}). "
         )
         flags = (gradient_health or {}).get("flags", {})
         bad_gradients = (
@@ -198,10 +199,11 @@ def verdict(
                 "optimization",
                 head
                 + (
-                    "Any model with an output bias can predict that constant, so the model is not too simple: "
+                    "Any model with an output bias can predict that constant, "
+                    "so the model is not too simple: "
                     + (
-                        "the optimizer made the loss far worse than not training at all (an optimization failure; most often "
-                        "too large a learning rate)."
+                        "the optimizer made the loss far worse than not training at all (an optimization "
+                        "failure; most often too large a learning rate)."
                         if far
                         else "training got nowhere (an optimization failure)."
                     )
@@ -221,8 +223,9 @@ def verdict(
                 head
                 + evidence.lstrip()
                 + (
-                    " The deeper model can represent everything the shallower one can, so it is not too simple: "
-                    "the optimizer failed to find its good weights (an optimization issue)."
+                    " The deeper model can represent everything the shallower one can, "
+                    "so it is not too simple: the optimizer failed to find its good "
+                    "weights (an optimization issue)."
                 ),
             )
         if shallow is None and bad_gradients:
@@ -233,15 +236,16 @@ def verdict(
                     "Its gradients are unhealthy: "
                     + " ".join(bad_gradients)
                     + " Layers that barely receive (or are swamped by) "
-                    "gradient do not train, so the model's capacity is not used: most likely an optimization issue, not a "
-                    "model that is too simple (--compare-shallow trains a shallower model to confirm)."
+                    "gradient do not train, so the model's capacity is not used: "
+                    "most likely an optimization issue, not a model that is too simple (--compare-shallow "
+                    "trains a shallower model to confirm)."
                 ),
             )
         tail = (
             "A shallower model did no better, so "
             if shallow is not None
-            else "The gradients look healthy and no shallower model was compared (--compare-shallow), so an optimization "
-            "issue is not ruled out, but most likely "
+            else "The gradients look healthy and no shallower model was compared (--compare-shallow), "
+            "so an optimization issue is not ruled out, but most likely "
         )
         return out(
             "model_bias",
@@ -250,7 +254,10 @@ def verdict(
             + "the model is too simple to fit the data (model bias): no setting of its weights fits well.",
         )
 
-    ok_head = f"The training loss is small ({_fmt(train_loss)}, {numbers['train_ratio']:.0%} of the constant-prediction baseline {_fmt(baseline_loss)}). "
+    ok_head = (
+        f"The training loss is small ({_fmt(train_loss)}, {numbers['train_ratio']:.0%} of the "
+        f"constant-prediction baseline {_fmt(baseline_loss)}). "
+    )
     if not val:
         return out("ok", ok_head + "There is no validation loss to check generalisation against.")
     val_loss = numbers["val_loss_best"]
@@ -273,16 +280,17 @@ def verdict(
                 "overfitting",
                 head
                 + (
-                    f"Held-out data from the training distribution is also poorly predicted ({_fmt(numbers['holdout_loss'])}): "
-                    "the model memorised its training samples instead of learning the pattern (overfitting)."
+                    "Held-out data from the training distribution is also poorly predicted "
+                    f"({_fmt(numbers['holdout_loss'])}): the model memorised its training samples instead of "
+                    "learning the pattern (overfitting)."
                 ),
             )
         return out(
             "mismatch",
             head
             + (
-                f"Yet held-out data from the training distribution is predicted about as well as the training data "
-                f"({_fmt(h)}): the validation data follow a different distribution (mismatch)."
+                "Yet held-out data from the training distribution is predicted about as well as the "
+                f"training data ({_fmt(h)}): the validation data follow a different distribution (mismatch)."
                 + (" Part of the gap is overfitting too." if is_gap(h) else "")
             ),
         )
@@ -298,15 +306,16 @@ def verdict(
             "overfitting",
             head
             + (
-                f"The validation loss was lowest at epoch {numbers['val_best_epoch']} and rose afterwards while the training loss "
-                "kept falling: the model started memorising the training samples (overfitting)."
+                f"The validation loss was lowest at epoch {numbers['val_best_epoch']} and rose afterwards "
+                "while the training loss kept falling: the model started memorising the "
+                "training samples (overfitting)."
             ),
         )
     return out(
         "overfitting_or_mismatch",
         head
         + (
-            "This is overfitting or a mismatch between training and validation data; a held-out set drawn from the "
-            "training data would tell them apart."
+            "This is overfitting or a mismatch between training and validation data; "
+            "a held-out set drawn from the training data would tell them apart."
         ),
     )

@@ -109,7 +109,8 @@ def lr_range_test(
     skip_end: int = 5,
     device: torch.device | str | None = None,
 ) -> dict[str, Any]:
-    """Run the range test; returns {suggestion (= suggestion_steepest), lrs, losses (smoothed, trimmed), all_lrs, all_losses, raw_losses,
+    """Run the range test; returns {suggestion (= suggestion_steepest), lrs, losses (smoothed, trimmed),
+    all_lrs, all_losses, raw_losses,
     suggestion_steepest, suggestion_valley, stopped_early, stop_lr (where it stopped), divergence_lr
     (where the loss began to blow up)}.
 

@@ -72,7 +72,8 @@ class CallbackList:
 
 
 class EarlyStopping(Callback):
-    """Stops when the monitored value has not improved (by the monitor's `min_delta`) for `patience` epochs."""
+    """Stops when the monitored value has not improved (by the monitor's `min_delta`)
+    for `patience` epochs."""
 
     def __init__(self, monitor: Monitor, patience: int):
         self.monitor, self.patience = monitor, patience

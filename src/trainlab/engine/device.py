@@ -233,10 +233,11 @@ def check_resume_device(state: dict[str, Any], setting: str, path: Any = "last.p
     explicit = setting != "auto"
     if saved == "cuda" and not torch.cuda.is_available() and setting.split(":")[0] in ("auto", "cuda"):
         raise CheckpointError(
-            f"{path} was written by a run on CUDA ({state.get('device_name', 'a GPU')}) and this machine has no "
-            f"CUDA device. To continue it on the CPU, resume with train.device=cpu: it continues from the same "
-            f"weights, optimizer state and data order, but not bit-identically to an uninterrupted GPU run "
-            f"(CPU and CUDA kernels round differently; the CUDA random streams do not carry over)."
+            f"{path} was written by a run on CUDA ({state.get('device_name', 'a GPU')}) "
+            "and this machine has no CUDA device. To continue it on the CPU, resume with train.device=cpu: "
+            "it continues from the same weights, optimizer state and data order, "
+            "but not bit-identically to an uninterrupted GPU run (CPU and CUDA kernels round differently; "
+            "the CUDA random streams do not carry over)."
         )
     now = resolve_device(setting).type
     if now == saved:
@@ -292,9 +293,9 @@ def busy_machine_note(
     if threads <= 1 or load < 0.75 * cores:
         return None
     return (
-        f"note: this machine is busy (load average {load:.1f} on {cores} cores) and torch would run {threads} "
-        "threads that wait for each other, which can make training many times slower; set OMP_NUM_THREADS=1 "
-        "(e.g. `OMP_NUM_THREADS=1 trainlab train ...`) while the other work runs"
+        f"note: this machine is busy (load average {load:.1f} on {cores} cores) and torch would run "
+        f"{threads} threads that wait for each other, which can make training many times slower; "
+        "set OMP_NUM_THREADS=1 (e.g. `OMP_NUM_THREADS=1 trainlab train ...`) while the other work runs"
     )
 
 

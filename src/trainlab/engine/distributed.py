@@ -223,10 +223,10 @@ def world_size_change(saved_world_size: int, world_size: int, batch_size: int) -
         return None
     return (
         f"resuming a run trained with {saved_world_size} process(es) on {world_size}: data.batch_size "
-        f"{batch_size} is per process, so the effective batch size changes from {saved_world_size * batch_size} "
-        f"to {world_size * batch_size} (scale optimizer.lr yourself if you want the same step size); each "
-        f"process restarts its own random stream, and a partly done epoch continues at the same fraction "
-        f"of its batches on the new shards."
+        f"{batch_size} is per process, so the effective batch size changes from "
+        f"{saved_world_size * batch_size} to {world_size * batch_size} (scale optimizer.lr yourself if you "
+        "want the same step size); each process restarts its own random stream, "
+        "and a partly done epoch continues at the same fraction of its batches on the new shards."
     )
 
 

@@ -58,8 +58,8 @@ class NonFiniteGuard:
             _, step, epoch, batch = self._watched[int(bad.nonzero()[0])]
             self._watched.clear()
             raise TrainingDiverged(
-                f"the loss or a gradient became NaN/Inf at epoch {epoch}, step {step + 1} (batch {batch} of the "
-                f"epoch); {self.advice()}"
+                f"the loss or a gradient became NaN/Inf at epoch {epoch}, step {step + 1} (batch {batch} of "
+                f"the epoch); {self.advice()}"
             )
         self._watched.clear()
 

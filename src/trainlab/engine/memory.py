@@ -46,7 +46,10 @@ def oom_message(
     if device.type == "cuda" and torch.cuda.is_available():
         with contextlib.suppress(Exception):
             free, total = torch.cuda.mem_get_info(device)
-            where += f" on {torch.cuda.get_device_name(device)} ({total / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free now)"
+            where += (
+                f" on {torch.cuda.get_device_name(device)} "
+                f"({total / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free now)"
+            )
     smaller = max(1, batch_size // 2)
     if evaluating:
         return (
@@ -63,8 +66,9 @@ def oom_message(
     return (
         f"{where} in a training step at batch size {batch_size} (data.batch_size"
         f"{f', x train.grad_accum {grad_accum}' if grad_accum > 1 else ''}): try a smaller data.batch_size "
-        f"or more train.grad_accum ({keep}), or train.precision=auto for half-size activations. No checkpoint was "
-        f"written from the failed step: those written before it are intact (--resume continues from last.pt)."
+        f"or more train.grad_accum ({keep}), or train.precision=auto for half-size activations. "
+        "No checkpoint was written from the failed step: those written before it are intact "
+        "(--resume continues from last.pt)."
     )
 
 

@@ -261,7 +261,8 @@ class LRSchedule:
         if self.interval == "step" and self.scheduler is not None:
             s = self.scheduler
             if isinstance(s, lrs.OneCycleLR) and s.last_epoch + 1 >= s.total_steps:
-                return  # past the planned run (e.g. more epochs on resume): keep the final LR, torch would raise
+                # past the planned run (e.g. more epochs on resume): keep the final LR, torch would raise
+                return
             self.scheduler.step()
 
     def step_epoch(self, logs: dict[str, Any] | None = None) -> None:
@@ -479,5 +480,6 @@ def _warn_past_the_end(name: str, kwargs: dict[str, Any], length: int, interval:
     late = [m for m in kwargs.get("milestones") or [] if isinstance(m, int) and m >= length]
     if late:
         warn(
-            f"scheduler.milestones: {late} at or past the end of this run ({length} {interval}s) are never reached"
+            f"scheduler.milestones: {late} at or past the end of this run ({length} "
+            f"{interval}s) are never reached"
         )

@@ -100,8 +100,9 @@ def _layer_class(name: str) -> type:
         return cls
     known = [n for n in dir(nn) if inspect.isclass(getattr(nn, n)) and issubclass(getattr(nn, n), nn.Module)]
     raise ConfigError(
-        f"{KEY}.{name}: unknown layer type {name!r}{did_you_mean(name, [*known, *_GROUPS, 'bias', 'default'])}; "
-        f"keys are torch.nn class names (Linear, Conv2d, ...), Conv, BatchNorm, 'default' or 'bias'"
+        f"{KEY}.{name}: "
+        f"unknown layer type {name!r}{did_you_mean(name, [*known, *_GROUPS, 'bias', 'default'])}; "
+        "keys are torch.nn class names (Linear, Conv2d, ...), Conv, BatchNorm, 'default' or 'bias'"
     )
 
 

@@ -49,7 +49,8 @@ def _mismatch(
             origin = f"from input of shape {previous[1][0]} flattened"
         return (
             f"expects {module.in_features} input features, got {shape[-1]} {origin}",
-            f"set its in_features to {shape[-1]} (or use LazyLinear), or resize the input to the size it was made for",
+            f"set its in_features to {shape[-1]} (or use LazyLinear), "
+            "or resize the input to the size it was made for",
         )
     if isinstance(module, _ConvNd) and len(shape) >= 2 and shape[1] != module.in_channels:
         return (

@@ -153,7 +153,8 @@ def _html(header: list[str], rows: list[list[Any]], n_config: int, png: Path) ->
             else '<p class="muted">The configs are the same.</p>',
             "<h2>Metrics</h2>",
             table(header, rows[n_config:], table_id="metrics"),
-            f'<h2>Loss curves</h2><figure><img alt="loss curves" src="data:image/png;base64,{data}"></figure>',
+            '<h2>Loss curves</h2><figure><img alt="loss curves" '
+            f'src="data:image/png;base64,{data}"></figure>',
             "</body></html>",
         ]
     )

@@ -15,16 +15,20 @@ from trainlab.report.plots import CAPTIONS, caption, write_plots
 from trainlab.report.rundir import RunFiles, read_run
 
 CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1100px;
-       padding: 1.5em; color: #1d1d1f; background: #fff; line-height: 1.45; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
+       max-width: 1100px; padding: 1.5em; color: #1d1d1f; background: #fff; line-height: 1.45; }
 h1 { margin-bottom: .2em; } h2 { border-bottom: 2px solid #e3e3e8; padding-bottom: .2em; margin-top: 1.8em; }
-.status { display: inline-block; padding: .15em .6em; border-radius: .8em; font-weight: 600; color: #fff; background: #888; }
-.status-completed { background: #2e7d32; } .status-interrupted { background: #ef6c00; } .status-failed { background: #c62828; }
+.status { display: inline-block; padding: .15em .6em; border-radius: .8em; font-weight: 600; color: #fff;
+          background: #888; }
+.status-completed { background: #2e7d32; } .status-interrupted { background: #ef6c00; }
+.status-failed { background: #c62828; }
 .status-pruned { background: #6d4c41; }
-table { border-collapse: collapse; margin: .6em 0; font-size: .92em; display: block; max-width: 100%; overflow-x: auto; }
+table { border-collapse: collapse; margin: .6em 0; font-size: .92em; display: block; max-width: 100%;
+        overflow-x: auto; }
 th, td { border: 1px solid #d8d8de; padding: .3em .7em; text-align: right; }
 th { background: #f3f3f6; } td:first-child, th:first-child { text-align: left; }
-pre { background: #f6f6f8; border: 1px solid #e3e3e8; padding: .8em; overflow-x: auto; font-size: .82em; max-height: 32em; }
+pre { background: #f6f6f8; border: 1px solid #e3e3e8; padding: .8em; overflow-x: auto; font-size: .82em;
+      max-height: 32em; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #e3e3e8; }
 figcaption { color: #555; font-size: .9em; margin-top: .3em; }
 .muted { color: #777; } .verdict { font-size: 1.1em; font-weight: 600; }

@@ -33,7 +33,8 @@ CAPTIONS = {
     "Val loss rising while train loss falls is overfitting.",
     "metrics": "Each metric per epoch, train vs val.",
     "lr": "Learning rate over the optimizer steps (the schedule).",
-    "confusion_matrix": "Confusion matrix on the {split} split: counts, and normalised by true class (rows sum to 1).",
+    "confusion_matrix": "Confusion matrix on the {split} split: counts, "
+    "and normalised by true class (rows sum to 1).",
     "roc": "ROC curves with AUC on the {split} split (one-vs-rest for more than two classes).",
     "precision_recall": "Precision and recall of each class on the {split} split.",
     "misclassified": "Misclassified {split} images: true and predicted labels.",
@@ -208,7 +209,8 @@ def confusion_matrix_figure(target: np.ndarray, pred: np.ndarray, class_names: S
 def plot_roc(
     target: np.ndarray, output: np.ndarray, class_names: Sequence[str], path: Path, max_curves: int = 10
 ) -> Path:
-    """Binary: one curve of P(class 1). Multi-class: one-vs-rest per class (first `max_curves`) plus micro-average."""
+    """Binary: one curve of P(class 1). Multi-class:
+    one-vs-rest per class (first `max_curves`) plus micro-average."""
     fig = Figure(figsize=(6, 5))
     ax = fig.subplots()
     if output.ndim == 1:  # binary: output is P(class 1), shape (N,)
@@ -283,7 +285,10 @@ def plot_conv_kernels(weights: np.ndarray, path: Path, max_kernels: int = 64) ->
     else:
         k = w.mean(axis=1)  # (out, kh, kw)
         tiles = k / np.maximum(np.abs(k).max(axis=(1, 2), keepdims=True), 1e-12)  # in [-1, 1], sign kept
-    title = f"first conv layer: {weights.shape[0]} kernels of {weights.shape[1]}x{weights.shape[2]}x{weights.shape[3]}"
+    title = (
+        f"first conv layer: {weights.shape[0]} kernels of "
+        f"{weights.shape[1]}x{weights.shape[2]}x{weights.shape[3]}"
+    )
     fig = _image_grid(
         tiles, [str(i) for i in range(len(w))], cmap="RdBu_r", vmin=-1, vmax=1, tile_inches=0.9, title=title
     )
@@ -345,11 +350,12 @@ def _image_grid(
     return fig
 
 
-# ----------------------------------------------------------------------------- regression and one-feature data
+# ---------------------------------------------------------------------------- regression and one-feature data
 
 
 def plot_regression(target: np.ndarray, output: np.ndarray, path: Path) -> Path:
-    """Predicted against true (the diagonal is perfect) and residuals against predicted (should be flat noise).
+    """Predicted against true (the diagonal is perfect)
+    and residuals against predicted (should be flat noise).
     With k outputs per sample all k are drawn together."""
     y, yhat = target.reshape(len(target), -1).ravel(), output.reshape(len(output), -1).ravel()
     fig = Figure(figsize=(11, 4.5), layout="constrained")
@@ -449,7 +455,8 @@ def _plan(run: RunFiles) -> dict[str, tuple[str | None, Any]]:
         if images is not None
         else no_preds
         if preds is None
-        else f"the {split} predictions hold no misclassified images (not image data, or nothing misclassified)",
+        else f"the {split} predictions hold no misclassified images (not image "
+        "data, or nothing misclassified)",
         lambda p: plot_misclassified(*images, run.class_names, p),
     )
     plan["regression"] = (

@@ -52,7 +52,8 @@ class RunFiles:
 
     @cached_property
     def task(self) -> str:
-        """classification | binary | regression: summary.json, else config.yaml, else the prediction shapes."""
+        """classification | binary | regression: summary.json, else config.yaml,
+        else the prediction shapes."""
         for task in (self.summary.get("task"), self.config.get("task")):
             if task in ("classification", "binary", "regression"):
                 return task
@@ -98,7 +99,8 @@ class RunFiles:
         return None
 
     def conv_kernels(self) -> np.ndarray | None:
-        """(out, in, kh, kw) weights of the first conv layer: first_conv_weights.npy, else model.safetensors."""
+        """(out, in, kh, kw) weights of the first conv layer: first_conv_weights.npy,
+        else model.safetensors."""
         npy = self.path / "first_conv_weights.npy"
         if npy.is_file():
             return np.load(npy, allow_pickle=False)
