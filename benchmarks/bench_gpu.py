@@ -20,6 +20,7 @@ Rounds alternate the order of the loops (ABBA); the ratios are geometric means o
 MFU = samples/s x FLOPs per training sample (torch.utils.flop_counter) / the measured matmul peak of
 the precision the loops train in (bf16 on CUDA, fp32 on the CPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loops import DATA, MEAN, STD, ensure_mnist_files, make_model, silenced  # noqa: E402
-
 import trainlab  # noqa: E402
+from bench_loops import DATA, MEAN, STD, ensure_mnist_files, make_model, silenced  # noqa: E402
 from trainlab.engine.perf import flops_per_sample, peak_flops  # noqa: E402
 
 LR, MOMENTUM, EPOCHS = 0.01, 0.9, 2
@@ -53,6 +53,7 @@ TARGETS = {("hand", "mlp"): 0.9, ("hand", "cnn"): 0.9, ("lightning", "mlp"): 1.5
 
 
 # ----------------------------------------------------------------------------- data in the real formats
+
 
 def ensure_cifar_files(n_train: int, n_test: int) -> Path:
     """CIFAR-10 python batches (data_batch_1..5, test_batch, batches.meta) of synthetic class patterns."""
@@ -65,15 +66,32 @@ def ensure_cifar_files(n_train: int, n_test: int) -> Path:
     protos = np.random.default_rng(1234).integers(0, 256, (10, 3 * 32 * 32))
     rng = np.random.default_rng(0)
     per = -(-n_train // 5)
-    sizes = [("data_batch_%d" % (i + 1), min(per, n_train - i * per)) for i in range(5)] + [("test_batch", n_test)]
+    sizes = [(f"data_batch_{i + 1}", min(per, n_train - i * per)) for i in range(5)] + [
+        ("test_batch", n_test)
+    ]
     for name, n in sizes:
         labels = rng.integers(0, 10, n)
         data = (0.6 * protos[labels] + 0.4 * rng.integers(0, 256, (n, 3 * 32 * 32))).astype(np.uint8)
         with open(folder / name, "wb") as f:
             pickle.dump({"data": data, "labels": labels.tolist()}, f)
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                     "ship", "truck"]}, f)
+        pickle.dump(
+            {
+                "label_names": [
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ]
+            },
+            f,
+        )
     stamp.write_text(json.dumps(want))
     return DATA
 
@@ -108,18 +126,26 @@ def build(model_name: str) -> nn.Module:
 
 def trainlab_config(model_name: str, device: str, seed: int) -> dict:
     if model_name == "resnet":
-        data = {"source": "cifar10", "transforms": ["ToTensor", {"Normalize": {"mean": CIFAR_MEAN, "std": CIFAR_STD}}]}
+        data = {
+            "source": "cifar10",
+            "transforms": ["ToTensor", {"Normalize": {"mean": CIFAR_MEAN, "std": CIFAR_STD}}],
+        }
         model = {"name": "torchvision:resnet18"}
     else:
         data = {"source": "mnist", "transforms": ["ToTensor", {"Normalize": {"mean": [MEAN], "std": [STD]}}]}
         model = {"name": "mlp", "hidden": [512, 256, 128, 64]} if model_name == "mlp" else {"name": "lenet"}
-    return {"name": f"bench_gpu_{model_name}", "seed": seed,
-            "data": {**data, "root": str(DATA), "batch_size": BATCH[model_name], "val_fraction": 0.0},
-            "model": model, "optimizer": {"name": "SGD", "lr": LR, "momentum": MOMENTUM},
-            "train": {"epochs": EPOCHS, "device": device}}
+    return {
+        "name": f"bench_gpu_{model_name}",
+        "seed": seed,
+        "data": {**data, "root": str(DATA), "batch_size": BATCH[model_name], "val_fraction": 0.0},
+        "model": model,
+        "optimizer": {"name": "SGD", "lr": LR, "momentum": MOMENTUM},
+        "train": {"epochs": EPOCHS, "device": device},
+    }
 
 
 # ----------------------------------------------------------------------------- the loops
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -149,7 +175,9 @@ def run_hand(model_name: str, x: torch.Tensor, y: torch.Tensor, device: torch.de
     return len(x) / seconds
 
 
-def run_lightning(model_name: str, x: torch.Tensor, y: torch.Tensor, device: torch.device, seed: int) -> float:
+def run_lightning(
+    model_name: str, x: torch.Tensor, y: torch.Tensor, device: torch.device, seed: int
+) -> float:
     import lightning as L
 
     class Module(L.LightningModule):
@@ -177,9 +205,15 @@ def run_lightning(model_name: str, x: torch.Tensor, y: torch.Tensor, device: tor
     timer = EpochTimer()
     cuda = device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(max_epochs=EPOCHS, accelerator="gpu" if cuda else "cpu", devices=1,
-                            precision="bf16-mixed" if cuda else "32-true", enable_checkpointing=False,
-                            default_root_dir=tmp, callbacks=[timer])
+        trainer = L.Trainer(
+            max_epochs=EPOCHS,
+            accelerator="gpu" if cuda else "cpu",
+            devices=1,
+            precision="bf16-mixed" if cuda else "32-true",
+            enable_checkpointing=False,
+            default_root_dir=tmp,
+            callbacks=[timer],
+        )
         loader = DataLoader(TensorDataset(x, y), batch_size=BATCH[model_name], shuffle=True, pin_memory=cuda)
         trainer.fit(Module(), loader)
     return len(x) / timer.seconds
@@ -196,6 +230,7 @@ def run_trainlab(model_name: str, device: torch.device, seed: int, n: int) -> tu
 
 # ----------------------------------------------------------------------------- driver
 
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
@@ -204,7 +239,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=2, help="rounds of every loop, alternating their order")
     p.add_argument("--mnist-samples", type=int, default=60_000)
     p.add_argument("--cifar-samples", type=int, default=50_000)
-    p.add_argument("--quick", action="store_true", help="a smoke run: 2,048 MNIST / 1,024 CIFAR samples, 1 round")
+    p.add_argument(
+        "--quick", action="store_true", help="a smoke run: 2,048 MNIST / 1,024 CIFAR samples, 1 round"
+    )
     p.add_argument("--json", type=Path, help="also write the numbers here")
     p.add_argument("--verbose", action="store_true", help="show the loops' own progress bars and logs")
     args = p.parse_args(argv)
@@ -228,17 +265,26 @@ def main(argv: list[str] | None = None) -> dict:
     label = "bf16" if device.type == "cuda" else "fp32"
     peak_flops(device, dtype, n=512)  # warm-up of the probe
     peak = peak_flops(device, dtype)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{datetime.date.today()} {name}; torch {torch.__version__}; measured {label} matmul peak "
-          f"{peak / 1e12:.2f} TFLOP/s; {EPOCHS} epochs per loop, samples/s of the last", flush=True)
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{datetime.date.today()} {name}; torch {torch.__version__}; measured {label} matmul peak "
+        f"{peak / 1e12:.2f} TFLOP/s; {EPOCHS} epochs per loop, samples/s of the last",
+        flush=True,
+    )
     data = {m: tensors(m) for m in models}
-    flops = {m: flops_per_sample(build(m), nn.CrossEntropyLoss(), data[m][0][:8], data[m][1][:8]) for m in models}
+    flops = {
+        m: flops_per_sample(build(m), nn.CrossEntropyLoss(), data[m][0][:8], data[m][1][:8]) for m in models
+    }
     results: dict[str, dict[str, list[float]]] = {m: {lp: [] for lp in loops} for m in models}
     trainlab_info: dict[str, dict] = {}
     for r in range(args.rounds):
         for m in models:
             x, y = data[m]
-            for lp in (loops if r % 2 == 0 else loops[::-1]):
+            for lp in loops if r % 2 == 0 else loops[::-1]:
                 with silenced(not args.verbose):
                     if lp == "hand":
                         sps = run_hand(m, x, y, device, r)
@@ -247,14 +293,29 @@ def main(argv: list[str] | None = None) -> dict:
                     else:
                         sps, trainlab_info[m] = run_trainlab(m, device, r, len(x))
                 results[m][lp].append(sps)
-            print(f"round {r + 1} {m}: " + ", ".join(f"{lp} {results[m][lp][-1]:,.0f}" for lp in loops), flush=True)
+            print(
+                f"round {r + 1} {m}: " + ", ".join(f"{lp} {results[m][lp][-1]:,.0f}" for lp in loops),
+                flush=True,
+            )
             if args.json:  # partial numbers, in case a time limit stops the run before the table
                 args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps({"partial": True, "device": name, "samples_per_second": results}))
+                args.json.write_text(
+                    json.dumps({"partial": True, "device": name, "samples_per_second": results})
+                )
     table = report(results, flops, peak, label, loops, models, trainlab_info)
-    out = {"date": str(datetime.date.today()), "device": name, "torch": torch.__version__, "peak_flops": peak,
-           "peak_precision": label, "flops_per_sample": flops, "samples_per_second": results, "table": table,
-           "trainlab": trainlab_info, "rounds": args.rounds, "quick": args.quick}
+    out = {
+        "date": str(datetime.date.today()),
+        "device": name,
+        "torch": torch.__version__,
+        "peak_flops": peak,
+        "peak_precision": label,
+        "flops_per_sample": flops,
+        "samples_per_second": results,
+        "table": table,
+        "trainlab": trainlab_info,
+        "rounds": args.rounds,
+        "quick": args.quick,
+    }
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return out
@@ -262,7 +323,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def report(results, flops, peak, label, loops, models, trainlab_info) -> dict:
     table: dict[str, dict[str, dict]] = {}
-    print(f"\n| model | loop | samples/s (median) | trainlab / this | MFU ({label} peak) |\n|---|---|---|---|---|")
+    print(
+        f"\n| model | loop | samples/s (median) | trainlab / this | MFU ({label} peak) |\n"
+        "|---|---|---|---|---|"
+    )
     for m in models:
         table[m] = {}
         mine = results[m].get("trainlab", [])
@@ -270,16 +334,21 @@ def report(results, flops, peak, label, loops, models, trainlab_info) -> dict:
             runs = results[m][lp]
             ratios = [a / b for a, b in zip(mine, runs)]
             med = statistics.median(runs)
-            t = table[m][lp] = {"samples_per_second": med,
-                                "trainlab_ratio": statistics.geometric_mean(ratios) if ratios else None,
-                                "mfu": med * flops[m] / peak if flops[m] else None}
+            t = table[m][lp] = {
+                "samples_per_second": med,
+                "trainlab_ratio": statistics.geometric_mean(ratios) if ratios else None,
+                "mfu": med * flops[m] / peak if flops[m] else None,
+            }
             ratio = f"{t['trainlab_ratio']:.2f}x" if t["trainlab_ratio"] is not None else "-"
             mfu = f"{100 * t['mfu']:.2f}%" if t["mfu"] is not None else "-"
             print(f"| {m} | {lp} | {med:,.0f} | {ratio} | {mfu} |")
     for m, info in trainlab_info.items():  # what trainlab's own summary.json says
         if info.get("mfu"):
-            print(f"trainlab {m}: precision {info.get('precision') or '?'}, its summary's MFU {100 * info['mfu']:.2f}% "
-                  f"of the {info.get('peak_flops_precision') or '?'} peak it measured")
+            print(
+                f"trainlab {m}: precision {info.get('precision') or '?'}, "
+                f"its summary's MFU {100 * info['mfu']:.2f}% of the "
+                f"{info.get('peak_flops_precision') or '?'} peak it measured"
+            )
     for (lp, m), want in TARGETS.items():
         if m in table and lp in table[m] and table[m][lp]["trainlab_ratio"] is not None:
             got = table[m][lp]["trainlab_ratio"]

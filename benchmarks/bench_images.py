@@ -30,6 +30,7 @@ the second epoch's wall time); `data_wait_fraction` is trainlab's, of epoch 2. T
 are taken within each round; odd rounds run the loops in the reverse order, and the headline is the
 geometric mean of the per-round ratios over an even number of rounds (as in bench_loops.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,13 +59,16 @@ from trainlab.config import Config
 SIZE, BATCH, EPOCHS, LR, MOMENTUM = 64, 32, 2, 0.01, 0.9
 CLASSES = 11
 LOOPS = ("cache", "off", "pil", "tensor")
-LABELS = {"cache": "trainlab, data.cache: auto (decoded once into memory)",
-          "off": "trainlab, data.cache: off (decoded per epoch)",
-          "pil": "hand-written: PIL per sample in a DataLoader (the notes' way)",
-          "tensor": "hand-written: the same model on in-memory uint8 tensors"}
+LABELS = {
+    "cache": "trainlab, data.cache: auto (decoded once into memory)",
+    "off": "trainlab, data.cache: off (decoded per epoch)",
+    "pil": "hand-written: PIL per sample in a DataLoader (the notes' way)",
+    "tensor": "hand-written: the same model on in-memory uint8 tensors",
+}
 
 
 # ----------------------------------------------------------------------------- the folder
+
 
 def make_folder(root: Path, n: int = 990, classes: int = CLASSES, seed: int = 0) -> Path:
     """n JPEGs of 240-520 px a side in `classes` class folders; the same files for the same seed."""
@@ -73,9 +77,13 @@ def make_folder(root: Path, n: int = 990, classes: int = CLASSES, seed: int = 0)
         c = i % classes
         h, w = (int(v) for v in rng.integers(240, 521, size=2))
         base = np.array([(37 * c) % 256, (91 * c + 60) % 256, (53 * c + 120) % 256], dtype=np.float32)
-        coarse = np.clip(base + rng.normal(0, 40, (6, 8, 3)), 0, 255).astype(np.uint8)  # a smooth colour field
+        coarse = np.clip(base + rng.normal(0, 40, (6, 8, 3)), 0, 255).astype(
+            np.uint8
+        )  # a smooth colour field
         img = PIL.Image.fromarray(coarse).resize((w, h), PIL.Image.BICUBIC)
-        grain = rng.integers(-6, 7, (h // 4, w // 4, 1), dtype=np.int16).repeat(4, 0).repeat(4, 1)  # some texture
+        grain = (
+            rng.integers(-6, 7, (h // 4, w // 4, 1), dtype=np.int16).repeat(4, 0).repeat(4, 1)
+        )  # some texture
         pixels = np.asarray(img, dtype=np.int16)
         pixels[: grain.shape[0], : grain.shape[1]] += grain
         img = PIL.Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
@@ -93,16 +101,28 @@ def make_folder(root: Path, n: int = 990, classes: int = CLASSES, seed: int = 0)
 
 # ----------------------------------------------------------------------------- the loops
 
+
 def train_items(crop: bool) -> list:
-    return [{"RandomResizedCrop": SIZE} if crop else {"Resize": [[SIZE, SIZE]]}, "RandomHorizontalFlip", "ToTensor"]
+    return [
+        {"RandomResizedCrop": SIZE} if crop else {"Resize": [[SIZE, SIZE]]},
+        "RandomHorizontalFlip",
+        "ToTensor",
+    ]
 
 
 def trainlab_config(root: Path, cache: str, seed: int, crop: bool = False) -> dict:
     return {
-        "name": f"bench_images_{cache}", "seed": seed,
-        "data": {"source": "image_folder", "root": str(root), "cache": cache, "batch_size": BATCH,
-                 "val_fraction": 0.0, "test_fraction": 0.0,
-                 "transforms": train_items(crop)},
+        "name": f"bench_images_{cache}",
+        "seed": seed,
+        "data": {
+            "source": "image_folder",
+            "root": str(root),
+            "cache": cache,
+            "batch_size": BATCH,
+            "val_fraction": 0.0,
+            "test_fraction": 0.0,
+            "transforms": train_items(crop),
+        },
         "model": {"name": "resnet_small"},
         "optimizer": {"name": "SGD", "lr": LR, "momentum": MOMENTUM},
         "train": {"epochs": EPOCHS, "device": "cpu"},
@@ -144,8 +164,9 @@ class PILFolder(Dataset):
         classes = sorted({f.parent.name for f in self.files})
         self.targets = [classes.index(f.parent.name) for f in self.files]
         first = v2.RandomResizedCrop(SIZE) if crop else v2.Resize((SIZE, SIZE))
-        self.transform = v2.Compose([first, v2.RandomHorizontalFlip(), v2.ToImage(),
-                                     v2.ToDtype(torch.float32, scale=True)])
+        self.transform = v2.Compose(
+            [first, v2.RandomHorizontalFlip(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+        )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -159,7 +180,7 @@ def run_pil(root: Path, seed: int, crop: bool) -> float:
     model, ds = make_model(seed), PILFolder(root, crop)
     opt = _sgd(model)
     loader = DataLoader(ds, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    for epoch in range(EPOCHS):
+    for _epoch in range(EPOCHS):
         start = time.perf_counter()
         for x, y in loader:
             _step(model, opt, x, y)
@@ -167,7 +188,8 @@ def run_pil(root: Path, seed: int, crop: bool) -> float:
 
 
 def loader_costs(root: Path, crop: bool) -> dict[str, float]:
-    """Milliseconds per sample of trainlab's training loader alone (no model), second epoch, per cache mode."""
+    """Milliseconds per sample of trainlab's training loader alone (no model),
+    second epoch, per cache mode."""
     from trainlab.data import build_data
     from trainlab.data.loaders import make_loader
 
@@ -198,7 +220,7 @@ def run_tensor(x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
     model = make_model(seed)
     opt = _sgd(model)
     g = torch.Generator().manual_seed(seed)
-    for epoch in range(EPOCHS):
+    for _epoch in range(EPOCHS):
         start = time.perf_counter()
         order = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), BATCH):
@@ -211,6 +233,7 @@ def run_tensor(x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
 
 
 # ----------------------------------------------------------------------------- driver
+
 
 @contextlib.contextmanager
 def silenced(enabled: bool):
@@ -240,33 +263,56 @@ def geomean(values: list[float]) -> float:
 def report(results: list[dict[str, dict]], meta: dict) -> dict:
     rounds = len(results)
     recipe = "RandomResizedCrop: 64" if meta.get("crop") else "Resize [[64, 64]]"
-    print(f"\n{meta['images']} JPEGs ({meta['folder_mb']:.0f} MB), {recipe} + flip, resnet_small, batch {BATCH}, "
-          f"{rounds} rounds, samples/s of epoch {EPOCHS}; torch {meta['torch']}, {meta['threads']} threads\n")
-    print("| loop | samples/s (median) | best round | data_wait_fraction (epoch 2) "
-          "| cache / loop (geomean of rounds) | per round |")
+    print(
+        f"\n{meta['images']} JPEGs ({meta['folder_mb']:.0f} MB), {recipe} + flip, resnet_small, "
+        f"batch {BATCH}, {rounds} rounds, samples/s of epoch {EPOCHS}; "
+        f"torch {meta['torch']}, {meta['threads']} threads\n"
+    )
+    print(
+        "| loop | samples/s (median) | best round | data_wait_fraction (epoch 2) "
+        "| cache / loop (geomean of rounds) | per round |"
+    )
     print("|---|---|---|---|---|---|")
     table = {}
     for loop in meta.get("loops", LOOPS):
         sps = [r[loop]["samples_per_second"] for r in results]
-        waits = [r[loop].get("data_wait_fraction") for r in results if r[loop].get("data_wait_fraction") is not None]
+        waits = [
+            r[loop].get("data_wait_fraction")
+            for r in results
+            if r[loop].get("data_wait_fraction") is not None
+        ]
         ratios = [r["cache"]["samples_per_second"] / r[loop]["samples_per_second"] for r in results]
         wait = f"{statistics.median(waits):.3f} ({min(waits):.3f}-{max(waits):.3f})" if waits else "-"
         ratio = "1" if loop == "cache" else f"{geomean(ratios):.2f}x"
         per_round = "" if loop == "cache" else ", ".join(f"{r:.2f}" for r in ratios)
-        print(f"| {LABELS[loop]} | {statistics.median(sps):.0f} | {max(sps):.0f} | {wait} | {ratio} | {per_round} |")
-        table[loop] = {"median_samples_per_second": statistics.median(sps), "best": max(sps),
-                       "ratio_geomean": geomean(ratios), "ratios": ratios, "data_wait_fractions": waits}
+        print(
+            f"| {LABELS[loop]} | {statistics.median(sps):.0f} | {max(sps):.0f} | "
+            f"{wait} | {ratio} | {per_round} |"
+        )
+        table[loop] = {
+            "median_samples_per_second": statistics.median(sps),
+            "best": max(sps),
+            "ratio_geomean": geomean(ratios),
+            "ratios": ratios,
+            "data_wait_fractions": waits,
+        }
     print(f"\ncache note: {meta.get('cache_note')}")
     return table
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=990)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="110 images, 2 rounds")
-    parser.add_argument("--loaders", action="store_true", help="time trainlab's loaders alone (no model) and exit")
-    parser.add_argument("--crop", action="store_true", help="RandomResizedCrop: 64 instead of Resize [[64, 64]]")
+    parser.add_argument(
+        "--loaders", action="store_true", help="time trainlab's loaders alone (no model) and exit"
+    )
+    parser.add_argument(
+        "--crop", action="store_true", help="RandomResizedCrop: 64 instead of Resize [[64, 64]]"
+    )
     parser.add_argument("--json", type=Path, help="save the measurements here")
     parser.add_argument("--report", type=Path, help="print the tables of a saved --json file and exit")
     parser.add_argument("--verbose", action="store_true", help="show trainlab's output")
@@ -279,13 +325,21 @@ def main(argv: list[str] | None = None) -> dict:
         rounds += 1  # an even number: each loop equally often early and late in a round
     with tempfile.TemporaryDirectory() as tmp:
         root = make_folder(Path(tmp) / "images", n)
-        meta = {"images": n, "folder_mb": sum(f.stat().st_size for f in root.rglob("*.jpg")) / 2**20,
-                "torch": torch.__version__, "threads": torch.get_num_threads(), "argv": sys.argv[1:]}
+        meta = {
+            "images": n,
+            "folder_mb": sum(f.stat().st_size for f in root.rglob("*.jpg")) / 2**20,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "argv": sys.argv[1:],
+        }
         if args.loaders:
             with silenced(not args.verbose):
                 costs = loader_costs(root, args.crop)
-            print(f"ms per sample of the training loader alone (epoch {EPOCHS}): cache auto {costs['auto']:.3f}, "
-                  f"cache off {costs['off']:.3f} ({costs['off'] / costs['auto']:.0f}x)")
+            print(
+                f"ms per sample of the training loader alone (epoch {EPOCHS}): "
+                f"cache auto {costs['auto']:.3f}, "
+                f"cache off {costs['off']:.3f} ({costs['off'] / costs['auto']:.0f}x)"
+            )
             return costs
         loops = LOOPS[:-1] if args.crop else LOOPS
         meta.update(loops=loops, crop=args.crop)

@@ -1,12 +1,15 @@
 """The measurements behind three of trainlab's speed choices (BENCHMARKS.md, "Where the speed comes from").
 
-    python benchmarks/bench_kernels.py layout    # contiguous vs channels-last training step, each zoo conv net
+    python benchmarks/bench_kernels.py layout    # contiguous vs channels-last training step,
+                                                 # each zoo conv net
     python benchmarks/bench_kernels.py gather    # x[idx] vs torch.index_select for a batch of 64 MNIST rows
-    python benchmarks/bench_kernels.py omp       # the MLP step under each OMP_WAIT_POLICY, idle and beside a busy process
+    python benchmarks/bench_kernels.py omp       # the MLP step under each OMP_WAIT_POLICY, idle and
+                                                 # beside a busy process
 
 Each prints medians over interleaved repeats; `omp` runs one child process per setting (the policy is
 read when torch loads its OpenMP runtime, so it cannot change within a process).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,14 +48,27 @@ def layout(repeats: int) -> None:
     cases = {  # name: (model, sample shape, steps per repeat)
         "lenet 1x28x28": (zoo.LeNet((1, 28, 28), 10), (1, 28, 28), 30),
         "small_cnn 1x8x8": (zoo.SmallCNN((1, 8, 8), 10), (1, 8, 8), 30),
-        "notes' CIFAR Sequential 3x28x28": (nn.Sequential(
-            nn.Conv2d(3, 20, 5), nn.MaxPool2d(2), nn.Conv2d(20, 50, 5), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(800, 500), nn.Linear(500, 10)), (3, 28, 28), 30),
+        "notes' CIFAR Sequential 3x28x28": (
+            nn.Sequential(
+                nn.Conv2d(3, 20, 5),
+                nn.MaxPool2d(2),
+                nn.Conv2d(20, 50, 5),
+                nn.MaxPool2d(2),
+                nn.Flatten(),
+                nn.Linear(800, 500),
+                nn.Linear(500, 10),
+            ),
+            (3, 28, 28),
+            30,
+        ),
         "resnet_small 1x28x28": (zoo.ResNetSmall((1, 28, 28), 10), (1, 28, 28), 5),
         "inception 1x28x28": (zoo.InceptionNet((1, 28, 28), 10), (1, 28, 28), 5),
         "cnn_classifier 3x64x64": (zoo.CNNClassifier((3, 64, 64), 11), (3, 64, 64), 5),
     }
-    print(f"training step, batch {BATCH}, SGD; median of {repeats} interleaved repeats; {torch.get_num_threads()} threads")
+    print(
+        f"training step, batch {BATCH}, SGD; median of {repeats} interleaved repeats; "
+        f"{torch.get_num_threads()} threads"
+    )
     for name, (model, shape, steps) in cases.items():
         x, y = torch.randn(BATCH, *shape), torch.randint(0, 10, (BATCH,))
         plain, nhwc = [], []
@@ -78,8 +94,11 @@ def gather(repeats: int) -> None:
             for i in perm:
                 torch.index_select(x, 0, i), torch.index_select(y, 0, i)
             select.append((time.perf_counter() - t) / len(perm) * 1e6)
-        print(f"{threads} thread(s), a batch of {BATCH} random rows (inputs and targets): x[idx] "
-              f"{statistics.median(index):.1f} us, index_select {statistics.median(select):.1f} us", flush=True)
+        print(
+            f"{threads} thread(s), a batch of {BATCH} random rows (inputs and targets): x[idx] "
+            f"{statistics.median(index):.1f} us, index_select {statistics.median(select):.1f} us",
+            flush=True,
+        )
 
 
 def omp_child(repeats: int) -> None:
@@ -92,16 +111,26 @@ def omp_child(repeats: int) -> None:
 
 
 def omp(repeats: int) -> None:
-    settings = [("default policy, 2 threads", {}), ("PASSIVE, 2 threads", {"OMP_WAIT_POLICY": "PASSIVE"}),
-                ("default policy, 1 thread", {"OMP_NUM_THREADS": "1"})]
+    settings = [
+        ("default policy, 2 threads", {}),
+        ("PASSIVE, 2 threads", {"OMP_WAIT_POLICY": "PASSIVE"}),
+        ("default policy, 1 thread", {"OMP_NUM_THREADS": "1"}),
+    ]
     for busy in (False, True):
         other = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
         try:
             print("beside one busy process:" if busy else "idle machine:", flush=True)
             for label, env in settings:
-                env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")} | env
-                out = subprocess.run([sys.executable, __file__, "omp-child", "--repeats", str(repeats)], env=env,
-                                     capture_output=True, text=True, check=True).stdout.strip()
+                env = {
+                    k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")
+                } | env
+                out = subprocess.run(
+                    [sys.executable, __file__, "omp-child", "--repeats", str(repeats)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
                 print(f"  {label}: MLP samples/s {out}", flush=True)
         finally:
             if other is not None:

@@ -28,6 +28,7 @@ of a 2048^3 fp32 matmul probe on this machine.
 
 Lightning is a benchmark-only dependency (`pip install -e ".[bench]"`, which `make bench` runs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,9 +71,13 @@ LABELS = {
 
 # ----------------------------------------------------------------------------- data
 
+
 def synthetic_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n uint8 (28, 28) images of 10 classes: a per-class blurred pattern plus noise (learnable, not MNIST)."""
-    protos = torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(1234))  # shared by train and test
+    """n uint8 (28, 28) images of 10 classes: a per-class blurred pattern plus noise
+    (learnable, not MNIST)."""
+    protos = torch.rand(
+        10, 1, 28, 28, generator=torch.Generator().manual_seed(1234)
+    )  # shared by train and test
     protos = F.avg_pool2d(protos, 5, stride=1, padding=2)[:, 0]  # (10, 28, 28) smooth class patterns
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 10, (n,), generator=g)
@@ -123,6 +128,7 @@ def in_memory_tensors() -> tuple[torch.Tensor, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- models
 
+
 def make_model(name: str) -> nn.Module:
     if name == "mlp":  # trainlab's `mlp` with hidden [512, 256, 128, 64] builds the same layers
         dims = [784, 512, 256, 128, 64]
@@ -134,7 +140,8 @@ def make_model(name: str) -> nn.Module:
 
 
 class NotesCNN(nn.Module):
-    """The notes' CNN (trainlab's `lenet`): relu(pool(conv k5 1->10)), relu(pool(conv k5 10->20)), fc 320->10."""
+    """The notes' CNN (trainlab's `lenet`): relu(pool(conv k5 1->10)),
+    relu(pool(conv k5 10->20)), fc 320->10."""
 
     def __init__(self):
         super().__init__()
@@ -155,6 +162,7 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
 
 
 # ----------------------------------------------------------------------------- the loops (samples/s)
+
 
 def run_notes(model_name: str, n: int, seed: int) -> float:
     torch.manual_seed(seed)
@@ -250,17 +258,29 @@ def run_lightning(model_name: str, x: torch.Tensor, y: torch.Tensor, seed: int, 
     torch.manual_seed(seed)
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, enable_checkpointing=False,
-                            default_root_dir=tmp, callbacks=[timer])  # logger, progress bar: defaults
+        trainer = L.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            devices=1,
+            enable_checkpointing=False,
+            default_root_dir=tmp,
+            callbacks=[timer],
+        )  # logger, progress bar: defaults
         trainer.fit(Module(), DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True))
     return len(x) / timer.seconds
 
 
 def trainlab_config(model_name: str, seed: int) -> dict:
     return {
-        "name": f"bench_{model_name}", "seed": seed,
-        "data": {"source": "mnist", "root": str(DATA), "batch_size": BATCH, "val_fraction": 0.0,
-                 "transforms": ["ToTensor", {"Normalize": {"mean": [MEAN], "std": [STD]}}]},
+        "name": f"bench_{model_name}",
+        "seed": seed,
+        "data": {
+            "source": "mnist",
+            "root": str(DATA),
+            "batch_size": BATCH,
+            "val_fraction": 0.0,
+            "transforms": ["ToTensor", {"Normalize": {"mean": [MEAN], "std": [STD]}}],
+        },
         "model": TRAINLAB_MODEL[model_name],
         "optimizer": {"name": "SGD", "lr": LR, "momentum": MOMENTUM},
         "train": {"epochs": 1, "device": "cpu"},
@@ -276,6 +296,7 @@ def run_trainlab(model_name: str, seed: int, n: int) -> float:
 
 
 # ----------------------------------------------------------------------------- driver
+
 
 @contextlib.contextmanager
 def silenced(enabled: bool):
@@ -322,7 +343,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds of every loop, even (default 6)")
     p.add_argument("--samples", type=int, default=60_000, help="training samples (default 60,000)")
-    p.add_argument("--test-samples", type=int, default=1_000, help="test-file samples (trainlab evaluates them)")
+    p.add_argument(
+        "--test-samples", type=int, default=1_000, help="test-file samples (trainlab evaluates them)"
+    )
     p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
     p.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated subset of {','.join(LOOPS)}")
     p.add_argument("--quick", action="store_true", help="a smoke run: 2,048 samples, 1 round")
@@ -334,7 +357,9 @@ def main(argv: list[str] | None = None) -> dict:
         saved = json.loads(args.report.read_text())
         results = saved["samples_per_second"]
         models = list(results)
-        table = report(results, saved["flops_per_sample"], saved["peak_flops"], list(results[models[0]]), models)
+        table = report(
+            results, saved["flops_per_sample"], saved["peak_flops"], list(results[models[0]]), models
+        )
         return {**saved, "table": table}
     if args.rounds > 1 and args.rounds % 2:
         p.error("--rounds must be even (as many rounds in each order)")
@@ -357,26 +382,40 @@ def main(argv: list[str] | None = None) -> dict:
     peak_flops(torch.device("cpu"), n=512)  # warm-up of the probe (threads, allocator)
     peak = peak_flops(torch.device("cpu"), n=2048, repeats=10)
     flops = {m: model_flops(m, *tensors) for m in models}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.samples:,} samples, batch {BATCH}, "
-          f"{args.rounds} round(s); OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
-          f"peak fp32 matmul probe {peak / 1e9:.1f} GFLOP/s; load {os.getloadavg()[0]:.2f}",
-          flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.samples:,} samples, "
+        f"batch {BATCH}, {args.rounds} round(s); "
+        f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+        f"peak fp32 matmul probe {peak / 1e9:.1f} GFLOP/s; load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     for m in models:  # warm-up: one-off costs (allocator, oneDNN primitives, imports) stay out of round 1
         for lp in loops:
             one(lp, m, min(args.samples, 1024), 0, (tensors[0][:1024], tensors[1][:1024]), not args.verbose)
     results: dict[str, dict[str, list[float]]] = {m: {lp: [] for lp in loops} for m in models}
     for r in range(args.rounds):
         for m in models:
-            for lp in (loops if r % 2 == 0 else loops[::-1]):
+            for lp in loops if r % 2 == 0 else loops[::-1]:
                 sps = one(lp, m, args.samples, r, tensors, not args.verbose)
                 results[m][lp].append(sps)
-            print(f"round {r + 1} {m}: " + ", ".join(f"{lp} {results[m][lp][-1]:,.0f}" for lp in loops)
-                  + f"  (load {os.getloadavg()[0]:.2f})", flush=True)
+            print(
+                f"round {r + 1} {m}: "
+                + ", ".join(f"{lp} {results[m][lp][-1]:,.0f}" for lp in loops)
+                + f"  (load {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
 
     table = report(results, flops, peak, loops, models)
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "samples": args.samples,
-           "rounds": args.rounds, "peak_flops": peak, "flops_per_sample": flops, "samples_per_second": results,
-           "table": table}
+    out = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "samples": args.samples,
+        "rounds": args.rounds,
+        "peak_flops": peak,
+        "flops_per_sample": flops,
+        "samples_per_second": results,
+        "table": table,
+    }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
@@ -384,8 +423,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 # The issue's targets: trainlab (e) over the row, per model.
-TARGETS = {("c", "mlp"): 0.95, ("c", "cnn"): 0.95, ("a", "mlp"): 3.0, ("a", "cnn"): 2.0,
-           ("d", "mlp"): 1.4, ("d", "cnn"): 1.0}
+TARGETS = {
+    ("c", "mlp"): 0.95,
+    ("c", "cnn"): 0.95,
+    ("a", "mlp"): 3.0,
+    ("a", "cnn"): 2.0,
+    ("d", "mlp"): 1.4,
+    ("d", "cnn"): 1.0,
+}
 
 
 def report(results, flops, peak, loops, models) -> dict:
@@ -399,31 +444,46 @@ def report(results, flops, peak, loops, models) -> dict:
             runs = results[m][lp]
             ratios = [e / v for e, v in zip(e_runs, runs)]
             med, best = statistics.median(runs), max(runs)
-            table[m][lp] = {"samples_per_second": med, "best_samples_per_second": best,
-                            "trainlab_ratio": statistics.geometric_mean(ratios) if ratios else None,
-                            "trainlab_median_ratio": statistics.median(ratios) if ratios else None,
-                            "trainlab_best_ratio": max(e_runs) / best if e_runs else None,
-                            "mfu": med * flops[m] / peak if flops[m] else None}
+            table[m][lp] = {
+                "samples_per_second": med,
+                "best_samples_per_second": best,
+                "trainlab_ratio": statistics.geometric_mean(ratios) if ratios else None,
+                "trainlab_median_ratio": statistics.median(ratios) if ratios else None,
+                "trainlab_best_ratio": max(e_runs) / best if e_runs else None,
+                "mfu": med * flops[m] / peak if flops[m] else None,
+            }
     for m in models:
-        print(f"\n{m.upper()} (FLOPs per training sample {flops[m] / 1e6:.2f} M)\n"
-              "| loop | samples/s (median) | e / this (geometric mean of rounds) | e / this (median of rounds) "
-              "| samples/s (best) | e / this (bests) | MFU |\n|---|---|---|---|---|---|---|")
+        print(
+            f"\n{m.upper()} (FLOPs per training sample {flops[m] / 1e6:.2f} M)\n"
+            "| loop | samples/s (median) | e / this (geometric mean of rounds) | e / this (median of rounds) "
+            "| samples/s (best) | e / this (bests) | MFU |\n|---|---|---|---|---|---|---|"
+        )
         for lp in loops:
             t = table[m][lp]
             ratio = f"{t['trainlab_ratio']:.2f}x" if t["trainlab_ratio"] is not None else "-"
-            median_ratio = f"{t['trainlab_median_ratio']:.2f}x" if t["trainlab_median_ratio"] is not None else "-"
+            median_ratio = (
+                f"{t['trainlab_median_ratio']:.2f}x" if t["trainlab_median_ratio"] is not None else "-"
+            )
             best_ratio = f"{t['trainlab_best_ratio']:.2f}x" if t["trainlab_best_ratio"] is not None else "-"
-            print(f"| {LABELS[lp]} | {t['samples_per_second']:,.0f} | {ratio} | {median_ratio} | {t['best_samples_per_second']:,.0f} | "
-                  f"{best_ratio} | " + (f"{100 * t['mfu']:.1f}%" if t["mfu"] else "-") + " |")
+            print(
+                f"| {LABELS[lp]} | {t['samples_per_second']:,.0f} | {ratio} | {median_ratio} | "
+                f"{t['best_samples_per_second']:,.0f} | "
+                f"{best_ratio} | " + (f"{100 * t['mfu']:.1f}%" if t["mfu"] else "-") + " |"
+            )
     print("\nratios: trainlab's samples/s over the row's; 'of rounds' pairs the two loops within each round")
-    checks = [(lp, m, want) for (lp, m), want in TARGETS.items() if m in table and lp in table[m] and "e" in table[m]]
+    checks = [
+        (lp, m, want)
+        for (lp, m), want in TARGETS.items()
+        if m in table and lp in table[m] and "e" in table[m]
+    ]
     if checks:
         print("\ntargets (e / row: geometric mean of rounds, the headline | median of rounds | bests):")
         for lp, m, want in checks:
             t = table[m][lp]
             got, others = t["trainlab_ratio"], (t["trainlab_median_ratio"], t["trainlab_best_ratio"])
-            verdict = ("met" if got >= want else "NOT met") + ("" if all(o >= want for o in others) == (got >= want)
-                                                               else " (not by every statistic)")
+            verdict = ("met" if got >= want else "NOT met") + (
+                "" if all(o >= want for o in others) == (got >= want) else " (not by every statistic)"
+            )
             print(f"  {m} e/{lp} >= {want:.2f}x: {got:.2f}x | {others[0]:.2f}x | {others[1]:.2f}x  {verdict}")
     return table
 

@@ -6,6 +6,7 @@ over the same tensors (shuffled index batches, the same model, optimizer and bat
 Rounds alternate the order (ABBA); each figure is one epoch's wall time after a warm-up epoch; the
 headline is the geometric mean over rounds of trainer time / plain time (target: at most 1.2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,16 @@ def trainer_epoch(model: nn.Module, data: TensorDataset, batch_size: int, seed: 
     import trainlab
 
     trainer = trainlab.Trainer.from_datasets(
-        model, data, optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5), batch_size=batch_size,
-        seed=seed, epochs=1, device="cpu", quiet=True, channels_last=False)
+        model,
+        data,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5),
+        batch_size=batch_size,
+        seed=seed,
+        epochs=1,
+        device="cpu",
+        quiet=True,
+        channels_last=False,
+    )
     start = time.perf_counter()
     trainer.fit()
     return time.perf_counter() - start
@@ -65,18 +74,30 @@ def main() -> None:
         for name in order:
             torch.manual_seed(r)
             model = make_model()
-            times[name] = plain_epoch(model, x, y, args.batch_size, r) if name == "plain" else \
-                trainer_epoch(model, data, args.batch_size, r)
+            times[name] = (
+                plain_epoch(model, x, y, args.batch_size, r)
+                if name == "plain"
+                else trainer_epoch(model, data, args.batch_size, r)
+            )
         plain.append(times["plain"])
         ours.append(times["trainer"])
         ratios.append(times["trainer"] / times["plain"])
-        print(f"round {r + 1}: plain {times['plain']:.3f} s, Trainer.from_datasets {times['trainer']:.3f} s, "
-              f"ratio {ratios[-1]:.2f}", flush=True)
+        print(
+            f"round {r + 1}: plain {times['plain']:.3f} s, Trainer.from_datasets {times['trainer']:.3f} s, "
+            f"ratio {ratios[-1]:.2f}",
+            flush=True,
+        )
     geo = math.exp(statistics.fmean(math.log(v) for v in ratios))
-    print(f"\n{args.samples} samples of 1x28x28, MLP 784-256-10, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"epoch seconds, median: plain {statistics.median(plain):.3f}, Trainer {statistics.median(ours):.3f}")
-    print(f"Trainer / plain: geometric mean {geo:.2f}, median {statistics.median(ratios):.2f} (target <= 1.2)")
+    print(
+        f"\n{args.samples} samples of 1x28x28, MLP 784-256-10, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"epoch seconds, median: plain {statistics.median(plain):.3f}, Trainer {statistics.median(ours):.3f}"
+    )
+    print(
+        f"Trainer / plain: geometric mean {geo:.2f}, median {statistics.median(ratios):.2f} (target <= 1.2)"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ digits run that the end-to-end tests share, and a small fast config.
 The digits run is the built-in default example trained once per session with the default config
 (all 12 epochs), so the accuracy and run-directory assertions test the real thing.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,12 +23,19 @@ import pytest
 CHECK_RUN_DIR = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_run_dir.py"
 
 
-def run_cli(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 240) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess:
     """`python -m trainlab ARGS` as a separate process, progress bars off (TQDM_DISABLE=1)."""
     full_env = {**os.environ, "TQDM_DISABLE": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "trainlab", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "trainlab", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def cli_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -56,7 +64,8 @@ def tiny_config(**sections: Any) -> dict[str, Any]:
     """A fast config: digits with a small MLP, batch 64 (1257 training images -> 20 batches per epoch).
     Keyword arguments replace or extend whole sections, e.g. `train={"epochs": 2}`."""
     config: dict[str, Any] = {
-        "name": "tiny", "seed": 0,
+        "name": "tiny",
+        "seed": 0,
         "data": {"source": "digits", "batch_size": 64},
         "model": {"name": "mlp", "hidden": [32]},
         "optimizer": {"name": "Adam", "lr": 0.01},

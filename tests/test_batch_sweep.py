@@ -1,4 +1,5 @@
 """The batch-size sweep's arithmetic and flags, timed with a fake clock."""
+
 import math
 
 import pytest
@@ -24,7 +25,9 @@ class FakeDevice:
 
 def test_flags_where_a_larger_batch_stops_being_free_and_computes_epoch_times():
     dev = FakeDevice(parallel=16)
-    rows = batch_size_sweep(dev.step, dataset_size=1000, sizes=[1, 2, 4, 8, 16, 32, 64], clock=dev.clock, time_limit=1e9)
+    rows = batch_size_sweep(
+        dev.step, dataset_size=1000, sizes=[1, 2, 4, 8, 16, 32, 64], clock=dev.clock, time_limit=1e9
+    )
     assert [r["batch_size"] for r in rows] == [1, 2, 4, 8, 16, 32, 64]
     assert [r["free"] for r in rows] == [True] * 5 + [False] * 2
     assert largest_free_batch(rows) == 16

@@ -1,6 +1,7 @@
 """`train.channels_last`: auto turns the channels-last layout on for 2-d conv nets on the CPU when the
 model's forward allows it, keeps contiguous tensors otherwise; `true` on a model that cannot take it
 is a config error; training in either layout gives the same numbers up to float rounding."""
+
 from __future__ import annotations
 
 import json
@@ -10,16 +11,17 @@ import torch
 from torch import nn
 
 import trainlab
+from conftest import cli_in_process, tiny_config
 from trainlab.engine.device import resolve_channels_last
 from trainlab.errors import ConfigError
-
-from conftest import cli_in_process, tiny_config
 
 CPU = torch.device("cpu")
 
 
 def conv_net(channels: int = 1) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(channels, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 10))
+    return nn.Sequential(
+        nn.Conv2d(channels, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 10)
+    )
 
 
 class ViewNet(nn.Module):
@@ -100,7 +102,9 @@ def test_the_trial_moves_no_random_stream():
 
 
 def test_a_lazy_model_not_yet_built_is_trainable_after_the_trial():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(10))  # uninitialised until a forward
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(10)
+    )  # uninitialised until a forward
     assert resolve_channels_last(model, images(channels=3), "auto", CPU)  # the trial forward builds it
     model(images(channels=3)).sum().backward()  # no inference tensors left behind by the trial
     assert model[2].weight.grad is not None
@@ -125,7 +129,9 @@ def test_both_layouts_train_to_the_same_numbers(tmp_path):
 
 
 def test_the_default_example_trains_channels_last_and_says_so(tmp_path, capsys):
-    code, _, err = cli_in_process(capsys, "train", "--out", str(tmp_path / "run"), "--quiet", "train.epochs=1")
+    code, _, err = cli_in_process(
+        capsys, "train", "--out", str(tmp_path / "run"), "--quiet", "train.epochs=1"
+    )
     assert code == 0, err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["channels_last"] is True and summary["threads"] >= 1
@@ -139,15 +145,19 @@ def test_cli_refuses_channels_last_true_for_a_view_model_with_exit_2(tmp_path, c
         "        super().__init__()\n"
         "        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 6 * 6, num_classes)\n\n"
         "    def forward(self, x):\n"
-        "        return self.fc(torch.relu(self.conv(x)).view(x.size(0), -1))\n")
+        "        return self.fc(torch.relu(self.conv(x)).view(x.size(0), -1))\n"
+    )
     config = tmp_path / "view.yaml"
-    config.write_text("name: view\ndata: {source: digits}\nmodel: {name: 'view_net:Net'}\n"
-                      "train: {epochs: 1, device: cpu, channels_last: true}\n")
+    config.write_text(
+        "name: view\ndata: {source: digits}\nmodel: {name: 'view_net:Net'}\n"
+        "train: {epochs: 1, device: cpu, channels_last: true}\n"
+    )
     code, out, err = cli_in_process(capsys, "train", str(config), "--out", str(tmp_path / "run"), "--quiet")
     assert code == 2
     assert "train.channels_last" in err and "Traceback" not in err + out
     # auto: the same model trains, in the contiguous layout
-    code, _, err = cli_in_process(capsys, "train", str(config), "--out", str(tmp_path / "run2"), "--quiet",
-                                  "train.channels_last=auto")
+    code, _, err = cli_in_process(
+        capsys, "train", str(config), "--out", str(tmp_path / "run2"), "--quiet", "train.channels_last=auto"
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "run2" / "summary.json").read_text())["channels_last"] is False

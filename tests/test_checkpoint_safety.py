@@ -2,6 +2,7 @@
 YAML are clean errors. Most cases call the CLI in-process (`trainlab.cli.main`: the same parsing,
 error mapping and exit codes, without paying the import of torch per case); one case runs the real
 `trainlab` executable with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 in its environment."""
+
 from __future__ import annotations
 
 import errno
@@ -20,8 +21,14 @@ from trainlab.engine import checkpoint as ckpt
 from trainlab.errors import CheckpointError
 
 TRAINLAB = Path(sys.executable).with_name("trainlab")
-TINY = ["data.source=iris", "model.name=mlp", "model.hidden=[8]", "train.epochs=2", "data.batch_size=32",
-        "scheduler.name=none"]
+TINY = [
+    "data.source=iris",
+    "model.name=mlp",
+    "model.hidden=[8]",
+    "train.epochs=2",
+    "data.batch_size=32",
+    "scheduler.name=none",
+]
 
 
 def run_cli(capsys, *args) -> tuple[int, str]:
@@ -68,7 +75,11 @@ def test_malicious_checkpoint_refused_by_eval_predict_and_resume(poisoned, tmp_p
     run, marker = poisoned
     rows = tmp_path / "rows.csv"
     rows.write_text("0,1,2,3\n5.1,3.5,1.4,0.2\n")
-    for args in (["eval", run], ["predict", run, rows], ["train", *TINY, "--out", run, "--resume", "--quiet"]):
+    for args in (
+        ["eval", run],
+        ["predict", run, rows],
+        ["train", *TINY, "--out", run, "--resume", "--quiet"],
+    ):
         code, text = run_cli(capsys, *args)
         assert code == 2, (args, text)
         assert "unsafe checkpoint refused" in text and "Traceback" not in text
@@ -144,8 +155,10 @@ def test_run_directory_that_cannot_be_created_is_a_clean_error(tmp_path, capsys)
     assert code == 2 and "not writable" in text and str(blocker / "run") in text and "Traceback" not in text
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="running as root: chmod does not stop root from writing, so a read-only folder is writable")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="running as root: chmod does not stop root from writing, so a read-only folder is writable",
+)
 def test_read_only_run_directory_is_a_clean_error(tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()

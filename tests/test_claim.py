@@ -1,6 +1,7 @@
 """A run directory has one owner: the lock (a second writer exits 2 at once, a dead owner's lock is taken
 over), a used --out is refused without --resume, a run killed before its first checkpoint is moved aside
 by the next fresh start, and a user's own config.yaml is never written over."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import cli_in_process
 
+from conftest import cli_in_process
 from trainlab.claim import LOCK_NAME, claim_run_dir
 from trainlab.errors import CheckpointError, TrainlabError
 
@@ -19,22 +20,33 @@ TINY = ["model.name=mlp", "model.hidden=[8]", "train.epochs=1", "train.max_steps
 
 
 def _killed_run(folder) -> None:
-    """A process that claims `folder`, writes what a run writes before its first checkpoint, then dies by SIGKILL."""
-    code = ("import os, signal, sys\n"
-            "from trainlab.claim import claim_run_dir\n"
-            "run = claim_run_dir(sys.argv[1])\n"
-            "run.write_config({'name': 'killed'}); run.update_summary(status='running')\n"
-            "run.metrics.write_text('{\"epoch\": 1, \"step\": 5, \"split\": \"train\", \"loss\": 1.0}\\n')\n"
-            "os.kill(os.getpid(), signal.SIGKILL)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(folder)], check=False, capture_output=True, text=True)
+    """A process that claims `folder`, writes what a run writes before its first
+    checkpoint, then dies by SIGKILL."""
+    code = (
+        "import os, signal, sys\n"
+        "from trainlab.claim import claim_run_dir\n"
+        "run = claim_run_dir(sys.argv[1])\n"
+        "run.write_config({'name': 'killed'}); run.update_summary(status='running')\n"
+        'run.metrics.write_text(\'{"epoch": 1, "step": 5, "split": "train", "loss": 1.0}\\n\')\n'
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(folder)], check=False, capture_output=True, text=True
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
 def test_a_second_writer_is_refused_at_once_naming_the_owner(tmp_path, capsys):
-    code = ("import sys, time\nfrom trainlab.claim import claim_run_dir\nrun = claim_run_dir(sys.argv[1])\n"
-            "print('claimed', flush=True)\nsys.stdin.read()\n")
-    owner = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time\nfrom trainlab.claim import claim_run_dir\nrun = claim_run_dir(sys.argv[1])\n"
+        "print('claimed', flush=True)\nsys.stdin.read()\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "run")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert owner.stdout.readline().strip() == "claimed"
         status, _, err = cli_in_process(capsys, "train", *TINY, "--out", str(tmp_path / "run"), "--quiet")
@@ -60,7 +72,9 @@ def test_a_used_out_is_refused_without_resume_and_nothing_is_rewritten(tmp_path,
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
-def test_a_run_killed_before_its_first_checkpoint_is_moved_aside_by_a_fresh_start(tmp_path, capsys, no_report):
+def test_a_run_killed_before_its_first_checkpoint_is_moved_aside_by_a_fresh_start(
+    tmp_path, capsys, no_report
+):
     run = tmp_path / "run"
     _killed_run(run)
     assert (run / LOCK_NAME).exists() and not (run / "checkpoints").exists()
@@ -70,20 +84,29 @@ def test_a_run_killed_before_its_first_checkpoint_is_moved_aside_by_a_fresh_star
     (aside,) = run.glob(".aborted-*")
     assert json.loads((aside / "summary.json").read_text())["status"] == "running"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rows and all(r.get("loss") != 1.0 or r["step"] != 5 for r in rows)  # the killed run's row is not appended
+    assert rows and all(
+        r.get("loss") != 1.0 or r["step"] != 5 for r in rows
+    )  # the killed run's row is not appended
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
 def test_a_users_config_file_is_never_written_over(tmp_path, capsys):
-    own = "# my commented config\nname: mine\nmodel: {name: mlp, hidden: [8]}\ntrain: {epochs: 1, device: cpu}\n"
+    own = (
+        "# my commented config\nname: mine\nmodel: {name: mlp, hidden: [8]}\n"
+        "train: {epochs: 1, device: cpu}\n"
+    )
     (tmp_path / "config.yaml").write_text(own)
-    status, _, err = cli_in_process(capsys, "train", str(tmp_path / "config.yaml"), "--out", str(tmp_path), "--quiet")
+    status, _, err = cli_in_process(
+        capsys, "train", str(tmp_path / "config.yaml"), "--out", str(tmp_path), "--quiet"
+    )
     assert status == 2 and "config.yaml" in err and "--out" in err
     assert (tmp_path / "config.yaml").read_text() == own
 
 
 def test_a_failed_start_leaves_no_lock_and_no_empty_checkpoints_folder(tmp_path, capsys):
-    status, _, err = cli_in_process(capsys, "train", *TINY, "loss.name=NoSuchLoss", "--out", str(tmp_path / "run"))
+    status, _, err = cli_in_process(
+        capsys, "train", *TINY, "loss.name=NoSuchLoss", "--out", str(tmp_path / "run")
+    )
     assert status == 2 and "NoSuchLoss" in err
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
 

@@ -3,6 +3,7 @@ to at least 0.97 test accuracy and leaves every file of the run-directory contra
 re-computes the test metrics of the best checkpoint; precision settings behave on a CPU.
 
 The digits run is trained once per session (the `digits_run` fixture in conftest.py)."""
+
 from __future__ import annotations
 
 import base64
@@ -18,8 +19,15 @@ import trainlab
 from conftest import cli_in_process, load_run_dir_checker, run_cli
 from trainlab.config import validate
 
-CONTRACT_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt",
-                  "model.safetensors", "report.html")
+CONTRACT_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "summary.json",
+    "checkpoints/last.pt",
+    "checkpoints/best.pt",
+    "model.safetensors",
+    "report.html",
+)
 
 
 def summary_of(run) -> dict:
@@ -102,18 +110,40 @@ def test_eval_of_a_folder_that_is_no_run_exits_2(tmp_path, capsys):
 
 
 def test_fp16_on_cpu_exits_2_naming_train_precision(tmp_path, capsys):
-    code, _, err = cli_in_process(capsys, "train", "model.name=mlp", "train.epochs=1", "train.device=cpu",
-                                  "train.precision=fp16", "--out", str(tmp_path / "run"), "--quiet")
+    code, _, err = cli_in_process(
+        capsys,
+        "train",
+        "model.name=mlp",
+        "train.epochs=1",
+        "train.device=cpu",
+        "train.precision=fp16",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    )
     assert code == 2
     assert "train.precision" in err and "Traceback" not in err
 
 
 def test_a_precision_error_leaves_no_run_claiming_to_be_running(tmp_path, capsys):
-    code, _, _ = cli_in_process(capsys, "train", "model.name=mlp", "train.epochs=1", "train.device=cpu",
-                                "train.precision=fp16", "--out", str(tmp_path / "run"), "--quiet")
+    code, _, _ = cli_in_process(
+        capsys,
+        "train",
+        "model.name=mlp",
+        "train.epochs=1",
+        "train.device=cpu",
+        "train.precision=fp16",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    )
     assert code == 2
     summary = tmp_path / "run" / "summary.json"
-    assert not summary.exists() or json.loads(summary.read_text())["status"] in ("completed", "interrupted", "failed")
+    assert not summary.exists() or json.loads(summary.read_text())["status"] in (
+        "completed",
+        "interrupted",
+        "failed",
+    )
 
 
 def test_bf16_on_cpu_trains_under_autocast(tmp_path, capsys, no_report, monkeypatch):
@@ -127,9 +157,18 @@ def test_bf16_on_cpu_trains_under_autocast(tmp_path, capsys, no_report, monkeypa
         return out
 
     monkeypatch.setattr(torch.nn.Linear, "forward", recording_forward)
-    code, _, err = cli_in_process(capsys, "train", "model.name=mlp", "train.epochs=1", "train.max_steps=3",
-                                  "train.device=cpu", "train.precision=bf16", "--out", str(tmp_path / "run"),
-                                  "--quiet")
+    code, _, err = cli_in_process(
+        capsys,
+        "train",
+        "model.name=mlp",
+        "train.epochs=1",
+        "train.max_steps=3",
+        "train.device=cpu",
+        "train.precision=bf16",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    )
     assert code == 0, err
     assert torch.bfloat16 in seen
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -1,12 +1,12 @@
 """`compare_runs`: config differences, best/final metrics, overlaid loss curves, bad run directories."""
+
 from __future__ import annotations
 
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
-from test_report import assert_png_not_blank, make_regression_run
 
+from test_report import assert_png_not_blank, make_regression_run
 from trainlab.errors import TrainlabError
 from trainlab.report import compare_runs
 

@@ -1,4 +1,5 @@
 """Config schema, overrides and the errors a user sees (exit 2, key named, no traceback)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -25,7 +26,10 @@ def test_overrides_are_parsed_as_yaml():
 
 def test_defaults_live_in_one_place_and_components_keep_their_kwargs(tmp_path):
     path = tmp_path / "cfg.yaml"
-    path.write_text("data: {source: iris}\nmodel: {name: mlp, hidden: [6, 4]}\noptimizer: {name: SGD, lr: 0.01, momentum: 0.5}\n")
+    path.write_text(
+        "data: {source: iris}\nmodel: {name: mlp, hidden: [6, 4]}\n"
+        "optimizer: {name: SGD, lr: 0.01, momentum: 0.5}\n"
+    )
     cfg = load_config(path, ["train.epochs=3"])
     assert cfg.name == "cfg"  # from the file name
     assert cfg.train.epochs == 3 and cfg.data.batch_size == 64
@@ -65,8 +69,12 @@ BAD = [
 def test_bad_overrides_exit_2_naming_the_key(overrides, words, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data: {source: iris}\nmodel: {name: mlp, hidden: [8]}\ntrain: {epochs: 1}\n")
-    r = subprocess.run([*TRAINLAB, "train", str(cfg), *overrides, "--out", str(tmp_path / "run"), "--quiet"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*TRAINLAB, "train", str(cfg), *overrides, "--out", str(tmp_path / "run"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     message = r.stderr.replace("\n", " ")
@@ -94,7 +102,9 @@ def test_bad_yaml_files(text, words, tmp_path):
 
 
 def test_missing_config_file_names_its_path(tmp_path):
-    r = subprocess.run([*TRAINLAB, "train", str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*TRAINLAB, "train", str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2
     assert str(tmp_path / "nope.yaml") in r.stderr and "Traceback" not in r.stderr
 

@@ -1,4 +1,5 @@
 """docs/CONFIG.md: generated from the schema, complete, and committed up to date."""
+
 from trainlab.config_doc import DOC, MEANINGS, render, rows
 
 
@@ -12,8 +13,10 @@ def test_every_key_of_the_schema_has_a_meaning_and_no_meaning_is_stale():
 def test_types_and_defaults_come_from_the_schema():
     text = render()
     assert "| `optimizer.lr` | float | `0.001` |" in text
-    assert ("| `train.precision` | \"auto\" &#124; \"bf16\" &#124; \"fp16\" &#124; \"fp32\" &#124; \"fp32-strict\" "
-            "| `\"auto\"` |") in text
+    assert (
+        '| `train.precision` | "auto" &#124; "bf16" &#124; "fp16" &#124; "fp32" &#124; "fp32-strict" '
+        '| `"auto"` |'
+    ) in text
     assert "| `optimizer.param_groups[].params` | str &#124; list[str] | required |" in text
     assert "| `train.early_stopping.patience` | int &#124; null | `null` |" in text
 

@@ -3,6 +3,7 @@ benchmarks/gpu_check.sh runs them): the fast path's GPU and pinned placements an
 interrupted CUDA run resuming bit-identically under train.deterministic, bf16/fp16/auto steps, the CUDA
 RNG state through a checkpoint, out of memory at a deliberately huge batch, DDP with one process on
 nccl. The CPU side of the same rules is in test_device.py."""
+
 from __future__ import annotations
 
 import gc
@@ -27,8 +28,10 @@ from trainlab.engine.loop import Trainer
 from trainlab.engine.memory import out_of_memory_guard
 from trainlab.errors import ConfigError, Interrupted, OutOfMemory
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (on one: pytest -m cuda)")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (on one: pytest -m cuda)"),
+]
 
 CUDA = torch.device("cuda")
 
@@ -36,7 +39,9 @@ CUDA = torch.device("cuda")
 def images(n: int = 200) -> ArrayDataset:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 1, 6, 6), generator=g, dtype=torch.uint8)
-    return ArrayDataset(x, torch.arange(n), BatchTransform(["ToTensor", {"Normalize": {"mean": [0.4], "std": [0.3]}}]))
+    return ArrayDataset(
+        x, torch.arange(n), BatchTransform(["ToTensor", {"Normalize": {"mean": [0.4], "std": [0.3]}}])
+    )
 
 
 def test_fast_path_keeps_a_split_that_fits_on_the_gpu_and_pins_one_that_does_not(monkeypatch):
@@ -54,8 +59,13 @@ def test_fast_path_keeps_a_split_that_fits_on_the_gpu_and_pins_one_that_does_not
 
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_fast_path_shards_on_the_gpu_cover_the_data(world_size):
-    seen = torch.cat([y for rank in range(world_size)
-                      for _, y in TensorLoader(images(50), 8, seed=2, device=CUDA, rank=rank, world_size=world_size)])
+    seen = torch.cat(
+        [
+            y
+            for rank in range(world_size)
+            for _, y in TensorLoader(images(50), 8, seed=2, device=CUDA, rank=rank, world_size=world_size)
+        ]
+    )
     assert seen.is_cuda and set(seen.tolist()) == set(range(50))
 
 
@@ -85,18 +95,30 @@ def _data(n: int = 512, features: int = 16) -> tuple[ArrayDataset, ArrayDataset]
     return ArrayDataset(x[: n - 128], y[: n - 128]), ArrayDataset(x[n - 128 :], y[n - 128 :])
 
 
-@pytest.mark.parametrize("precision, dtype, scaled", [("bf16", torch.bfloat16, False), ("fp16", torch.float16, True),
-                                                      ("auto", torch.bfloat16, False)])
+@pytest.mark.parametrize(
+    "precision, dtype, scaled",
+    [("bf16", torch.bfloat16, False), ("fp16", torch.float16, True), ("auto", torch.bfloat16, False)],
+)
 def test_mixed_precision_steps_on_cuda_compute_in_half_and_learn(precision, dtype, scaled):
     if precision == "auto" and torch.cuda.get_device_capability() < (8, 0):
         dtype, scaled = torch.float16, True  # auto is fp16 + GradScaler below compute capability 8.0
     train, val = _data()
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 2))
     seen: list[torch.dtype] = []
-    model[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype) if m.training else None)  # train steps
-    trainer = Trainer.from_datasets(model, train, val, loss_fn=nn.CrossEntropyLoss(),
-                      optimizer=torch.optim.Adam(model.parameters(), lr=0.01), epochs=5, batch_size=32,
-                      device="cuda", precision=precision)
+    model[0].register_forward_hook(
+        lambda m, i, out: seen.append(out.dtype) if m.training else None
+    )  # train steps
+    trainer = Trainer.from_datasets(
+        model,
+        train,
+        val,
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.Adam(model.parameters(), lr=0.01),
+        epochs=5,
+        batch_size=32,
+        device="cuda",
+        precision=precision,
+    )
     history = trainer.fit()
     assert set(seen) == {dtype}
     assert all(p.dtype == torch.float32 and p.is_cuda for p in model.parameters())  # autocast, fp32 weights
@@ -120,11 +142,20 @@ class InterruptAt(Callback):
 def test_an_interrupted_cuda_run_resumes_bit_identically_under_deterministic(tmp_path, no_report):
     import trainlab
 
-    config = {"name": "cuda-resume", "seed": 0, "data": {"source": "digits", "batch_size": 64},
-              "model": {"name": "mlp", "hidden": [64], "dropout": 0.3},  # dropout draws from the CUDA RNG
-              "scheduler": {"name": "cosine"},
-              "train": {"epochs": 2, "device": "cuda", "deterministic": True, "compile": False,
-                        "checkpoint_every_n_steps": 5}}
+    config = {
+        "name": "cuda-resume",
+        "seed": 0,
+        "data": {"source": "digits", "batch_size": 64},
+        "model": {"name": "mlp", "hidden": [64], "dropout": 0.3},  # dropout draws from the CUDA RNG
+        "scheduler": {"name": "cosine"},
+        "train": {
+            "epochs": 2,
+            "device": "cuda",
+            "deterministic": True,
+            "compile": False,
+            "checkpoint_every_n_steps": 5,
+        },
+    }
     reference = trainlab.train(config, out=tmp_path / "reference", quiet=True)
     with pytest.raises(Interrupted):
         trainlab.train(config, out=tmp_path / "run", quiet=True, callbacks=[InterruptAt(27)])  # mid epoch 2
@@ -137,15 +168,19 @@ def test_an_interrupted_cuda_run_resumes_bit_identically_under_deterministic(tmp
     b = ckpt.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     timings = ("samples_per_second", "data_wait_fraction")  # the rest of the final metrics must match exactly
-    assert {split: {k: v for k, v in values.items() if k not in timings} for split, values in resumed.final.items()} == \
-        {split: {k: v for k, v in values.items() if k not in timings} for split, values in reference.final.items()}
+    assert {
+        split: {k: v for k, v in values.items() if k not in timings}
+        for split, values in resumed.final.items()
+    } == {
+        split: {k: v for k, v in values.items() if k not in timings}
+        for split, values in reference.final.items()
+    }
 
 
 def test_out_of_memory_guard_turns_a_real_cuda_oom_into_the_message():
     before = torch.cuda.memory_allocated()
-    with pytest.raises(OutOfMemory, match="batch size 4096"):
-        with out_of_memory_guard(4096, device=CUDA):
-            torch.empty(1 << 50, dtype=torch.uint8, device=CUDA)  # a petabyte
+    with pytest.raises(OutOfMemory, match="batch size 4096"), out_of_memory_guard(4096, device=CUDA):
+        torch.empty(1 << 50, dtype=torch.uint8, device=CUDA)  # a petabyte
     assert torch.cuda.memory_allocated() == before
 
 
@@ -155,8 +190,17 @@ def test_a_deliberately_huge_batch_fails_with_out_of_memory_and_writes_no_checkp
     data = ArrayDataset(torch.randn(n, 8, generator=g), torch.randint(0, 2, (n,), generator=g))
     # (2^20, 2^17) hidden activations: 512 GiB in fp32, more than any GPU has
     model = nn.Sequential(nn.Linear(8, 1 << 17), nn.ReLU(), nn.Linear(1 << 17, 2))
-    trainer = Trainer.from_datasets(model, data, loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                      batch_size=n, device="cuda", precision="fp32", max_steps=1, checkpoint_dir=tmp_path)
+    trainer = Trainer.from_datasets(
+        model,
+        data,
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        batch_size=n,
+        device="cuda",
+        precision="fp32",
+        max_steps=1,
+        checkpoint_dir=tmp_path,
+    )
     with pytest.raises(OutOfMemory, match=f"batch size {n}.*data.batch_size={n // 2} train.grad_accum=2"):
         trainer.fit()
     assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
@@ -182,7 +226,8 @@ def test_ddp_with_one_process_on_nccl_trains_and_gathers_its_state(tmp_path):
         before = model.module.weight.detach().clone()
         for _ in range(3):
             opt.zero_grad()
-            model(torch.randn(16, 8, device=device)).square().mean().backward()  # gradients all-reduced by nccl
+            # gradients all-reduced by nccl
+            model(torch.randn(16, 8, device=device)).square().mean().backward()
             opt.step()
         assert not torch.equal(before, model.module.weight)
         loss_sum, n = distributed.all_reduce_sums(torch.tensor(2.5, device=device), 4)
@@ -193,5 +238,7 @@ def test_ddp_with_one_process_on_nccl_trains_and_gathers_its_state(tmp_path):
         print("ddp-ok")
     """)
     env = {**os.environ, "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env
+    )
     assert proc.returncode == 0 and "ddp-ok" in proc.stdout, proc.stderr[-3000:]

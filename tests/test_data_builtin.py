@@ -1,4 +1,5 @@
 """Every built-in offline source loads with the right shapes, task, classes and options."""
+
 from __future__ import annotations
 
 import random
@@ -17,16 +18,19 @@ def load(source, **data):
     return build_data(load_config({"data": {"source": source, **data}}))
 
 
-@pytest.mark.parametrize("source, n, shape, task, output_dim, classes", [
-    ("digits", 1797, (1, 8, 8), "classification", 10, 10),
-    ("iris", 150, (4,), "classification", 3, 3),
-    ("wine", 178, (13,), "classification", 3, 3),
-    ("breast_cancer", 569, (30,), "binary", 1, 2),
-    ("diabetes", 442, (10,), "regression", 1, None),
-    ("synthetic_linear", 100, (1,), "regression", 1, None),
-    ("synthetic_sine", 600, (50, 1), "classification", 3, 3),
-    ("logistic_hours", 200, (1,), "binary", 1, 2),
-])
+@pytest.mark.parametrize(
+    "source, n, shape, task, output_dim, classes",
+    [
+        ("digits", 1797, (1, 8, 8), "classification", 10, 10),
+        ("iris", 150, (4,), "classification", 3, 3),
+        ("wine", 178, (13,), "classification", 3, 3),
+        ("breast_cancer", 569, (30,), "binary", 1, 2),
+        ("diabetes", 442, (10,), "regression", 1, None),
+        ("synthetic_linear", 100, (1,), "regression", 1, None),
+        ("synthetic_sine", 600, (50, 1), "classification", 3, 3),
+        ("logistic_hours", 200, (1,), "binary", 1, 2),
+    ],
+)
 def test_builtin_shapes_tasks_classes(source, n, shape, task, output_dim, classes):
     b = load(source)
     assert sum(b.info["sizes"].values()) == n
@@ -40,8 +44,18 @@ def test_builtin_shapes_tasks_classes(source, n, shape, task, output_dim, classe
 
 
 def test_every_registered_builtin_has_a_description_with_its_task():
-    for name in ("digits", "iris", "wine", "breast_cancer", "diabetes", "mnist1d", "synthetic_linear",
-                 "synthetic_sine", "logistic_hours", "csv"):
+    for name in (
+        "digits",
+        "iris",
+        "wine",
+        "breast_cancer",
+        "diabetes",
+        "mnist1d",
+        "synthetic_linear",
+        "synthetic_sine",
+        "logistic_hours",
+        "csv",
+    ):
         description = DATASETS.entry(name, "data.source").description
         assert any(t in description for t in ("classification", "binary", "regression", "task")), name
 
@@ -61,13 +75,19 @@ def test_mnist1d_is_generated_offline_with_its_own_split_and_leaves_global_rng_a
     np.random.seed(5)
     b = load("mnist1d", options={"num_samples": 100})
     assert (random.random(), np.random.rand()) == expected
-    assert b.info["sizes"]["test"] == 20 and b.input_shape == (1, 40) and b.class_names == [str(i) for i in range(10)]
+    assert (
+        b.info["sizes"]["test"] == 20
+        and b.input_shape == (1, 40)
+        and b.class_names == [str(i) for i in range(10)]
+    )
     again = load("mnist1d", options={"num_samples": 100})
     assert torch.equal(b.test.x, again.test.x)
 
 
 def test_synthetic_linear_follows_its_formula():
-    b = load("synthetic_linear", options={"w": [1.0, -3.0], "b": 0.5, "n": 50}, val_fraction=0, test_fraction=0)
+    b = load(
+        "synthetic_linear", options={"w": [1.0, -3.0], "b": 0.5, "n": 50}, val_fraction=0, test_fraction=0
+    )
     x, y = b.train.x, b.train.y
     assert x.shape == (50, 2) and b.output_dim == 1
     torch.testing.assert_close(y, x[:, 0] - 3 * x[:, 1] + 0.5)

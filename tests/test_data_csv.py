@@ -1,4 +1,5 @@
 """The csv source through the real reading code: formats, detection, and one test per bad-file case."""
+
 from __future__ import annotations
 
 import gzip
@@ -38,8 +39,11 @@ def write(path, lines, gz=False):
 
 
 def bundle(path, **data):
-    return build_data(load_config({"data": {"source": "csv", "path": str(path), "val_fraction": 0.2,
-                                            "test_fraction": 0.2, **data}}))
+    return build_data(
+        load_config(
+            {"data": {"source": "csv", "path": str(path), "val_fraction": 0.2, "test_fraction": 0.2, **data}}
+        )
+    )
 
 
 def test_no_header_label_last_is_binary(tmp_path):
@@ -59,8 +63,9 @@ def test_gzip_gives_the_same_data(tmp_path):
 
 
 def test_header_semicolon_and_string_labels(tmp_path):
-    lines = ["petal;width;species"] + [f"{i};{i % 3}.5;{['virginica', 'setosa', 'versicolor'][i % 3]}"
-                                       for i in range(12)]
+    lines = ["petal;width;species"] + [
+        f"{i};{i % 3}.5;{['virginica', 'setosa', 'versicolor'][i % 3]}" for i in range(12)
+    ]
     b = bundle(write(tmp_path / "flowers.csv", lines))
     assert b.task == "classification" and b.output_dim == 3
     assert b.class_names == ["setosa", "versicolor", "virginica"]  # sorted names -> indices 0, 1, 2
@@ -102,7 +107,9 @@ def test_standardize_is_fitted_on_train_only(tmp_path):
     # val/test were scaled with the training statistics: undoing the scaling gives raw squares back
     restored = b.test.x * torch.tensor(scaler["std"]) + torch.tensor(scaler["mean"])
     assert all(float(np.sqrt(v)).is_integer() for v in restored.round().flatten().tolist())
-    torch.testing.assert_close(apply_scaler(raw, scaler)[:3], (raw[:3] - scaler["mean"][0]) / scaler["std"][0])
+    torch.testing.assert_close(
+        apply_scaler(raw, scaler)[:3], (raw[:3] - scaler["mean"][0]) / scaler["std"][0]
+    )
 
 
 def test_read_features_for_predict_matches_by_name(tmp_path):
@@ -113,6 +120,7 @@ def test_read_features_for_predict_matches_by_name(tmp_path):
 
 
 # ------------------------------------------------------------------ one test per bad file
+
 
 def error_of(path, **data):
     with pytest.raises(DataError) as info:
@@ -189,7 +197,8 @@ def test_binary_labels_outside_0_1_name_the_value(tmp_path):
 
 
 def test_a_header_without_data_target_warns_and_the_target_name_is_in_the_info(tmp_path, capsys):
-    """A header and the target in the middle: unset data.target trains on the last column; say which, and warn."""
+    """A header and the target in the middle: unset data.target trains on the last column; say which,
+    and warn."""
     lines = ["age,outcome,weight"] + [f"{20 + i},{i % 2},{60.5 + 3.1 * i}" for i in range(12)]
     path = write(tmp_path / "people.csv", lines)
     b = bundle(path)
@@ -206,8 +215,17 @@ def test_cli_prints_the_csv_warning_as_one_line(tmp_path, capsys):
 
     lines = ["age,outcome,weight"] + [f"{20 + i},{i % 2},{60 + 3 * i}" for i in range(40)]
     path = write(tmp_path / "people.csv", lines)
-    code, _, err = cli_in_process(capsys, "train", f"data.path={path}", "data.source=csv", "model.name=linear",
-                                    "train.epochs=1", "--quiet", "--out", str(tmp_path / "run"))
+    code, _, err = cli_in_process(
+        capsys,
+        "train",
+        f"data.path={path}",
+        "data.source=csv",
+        "model.name=linear",
+        "train.epochs=1",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert code == 0, err
     warning = [line for line in err.splitlines() if "data.target is not set" in line]
     assert len(warning) == 1 and warning[0].startswith("warning: ")

@@ -1,4 +1,5 @@
 """image_folder: real PNG/JPEG files on disk, through the real scanning and decoding code."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -137,19 +138,30 @@ def test_lazy_path_decodes_the_same_pixels(tmp_path):
 def test_lazy_varying_sizes_with_fixed_size_transforms(tmp_path):
     _save(tmp_path / "a" / "0.jpg", (20, 14))
     _save(tmp_path / "b" / "0.jpg", (12, 18))
-    cfg = DataConfig(source="image_folder", root=str(tmp_path), transforms=[{"RandomResizedCrop": 8}, "ToTensor"],
-                     cache="off")  # decoded per epoch (with the cache: tests/test_image_cache.py)
+    cfg = DataConfig(
+        source="image_folder",
+        root=str(tmp_path),
+        transforms=[{"RandomResizedCrop": 8}, "ToTensor"],
+        cache="off",
+    )  # decoded per epoch (with the cache: tests/test_image_cache.py)
     src = image_folder(cfg)
     assert isinstance(src.train, ImageFileDataset) and src.info["image_sizes_vary"]
     train, _, _, pre = attach_transforms(src.train, src.train, None, cfg, src.info)
     assert train[0][0].shape == (3, 8, 8) and train[1][0].shape == (3, 8, 8)
-    assert pre["eval_transforms"][:2] == [{"Resize": {"size": 8}}, {"CenterCrop": {"size": 8}}] and pre["image_size"] is None
+    assert (
+        pre["eval_transforms"][:2] == [{"Resize": {"size": 8}}, {"CenterCrop": {"size": 8}}]
+        and pre["image_size"] is None
+    )
 
 
 def test_predict_transform_matches_evaluation(tmp_path):
     root = _split_tree(tmp_path)
-    cfg = DataConfig(source="image_folder", root=str(root), image_size=4,
-                     transforms=["RandomHorizontalFlip", {"Normalize": "auto"}])
+    cfg = DataConfig(
+        source="image_folder",
+        root=str(root),
+        image_size=4,
+        transforms=["RandomHorizontalFlip", {"Normalize": "auto"}],
+    )
     src = image_folder(cfg)
     _, val, _, pre = attach_transforms(src.train, src.val, src.test, cfg, src.info)
     predict = eval_transform_from_preprocessing(pre)

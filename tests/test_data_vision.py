@@ -1,5 +1,6 @@
 """torchvision sources from tiny files in the real formats (IDX, pickled CIFAR batches), through
 torchvision's own classes."""
+
 from __future__ import annotations
 
 import gzip
@@ -39,8 +40,10 @@ def _write_mnist(root, folder, n_train=5, n_test=3, gz=False, seed=0):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, n, dtype=np.uint8)
         arrays[prefix] = (images, labels)
-        for name, data in ((f"{prefix}-images-idx3-ubyte", _idx_images(images)),
-                           (f"{prefix}-labels-idx1-ubyte", _idx_labels(labels))):
+        for name, data in (
+            (f"{prefix}-images-idx3-ubyte", _idx_images(images)),
+            (f"{prefix}-labels-idx1-ubyte", _idx_labels(labels)),
+        ):
             if gz:
                 (raw / f"{name}.gz").write_bytes(gzip.compress(data))
             else:
@@ -68,7 +71,9 @@ def test_mnist_gz_files_copied_by_hand_are_extracted(tmp_path):
 
 def test_mnist_then_transforms_give_float_batches(tmp_path):
     _write_mnist(tmp_path, "MNIST")
-    cfg = DataConfig(source="mnist", root=str(tmp_path), transforms=["ToTensor", {"Normalize": [[0.1307], [0.3081]]}])
+    cfg = DataConfig(
+        source="mnist", root=str(tmp_path), transforms=["ToTensor", {"Normalize": [[0.1307], [0.3081]]}]
+    )
     src = DATASETS.get("mnist")(cfg)
     train, _, test, pre = attach_transforms(src.train, None, src.test, cfg, src.info)
     assert pre["fast_path"] is True
@@ -133,7 +138,7 @@ def test_any_torchvision_class_by_name_with_options():
     assert len(src.train) == 3 and src.test is None
     train, _, _, pre = attach_transforms(src.train, None, None, cfg, src.info)
     x, _ = train[0]
-    assert x.dtype == torch.float32 and x.shape == (3, 6, 5) and 0 <= x.min() and x.max() <= 1
+    assert x.dtype == torch.float32 and x.shape == (3, 6, 5) and x.min() >= 0 and x.max() <= 1
     assert pre["fast_path"] is False and pre["image_mode"] == "RGB"
 
 
@@ -149,6 +154,7 @@ def test_split_datasets_missing_files(tmp_path):
 
 
 # ----------------------------------------------------------------------------- user code
+
 
 class _Squares(torch.utils.data.Dataset):
     def __init__(self, root, train=True, n=4):

@@ -3,6 +3,7 @@
 CUDA RNG state in checkpoints (a faked CUDA), a checkpoint written on CUDA evaluated and predicted on
 the CPU, resuming across device types, out-of-memory messages, and `train.device: cuda` without CUDA.
 The same paths on a real GPU are in test_cuda.py."""
+
 from __future__ import annotations
 
 import csv
@@ -18,39 +19,58 @@ from torch import nn
 
 from conftest import cli_in_process
 from trainlab.engine import checkpoint as ckpt
-from trainlab.engine.device import (apply_backend_flags, apply_determinism, check_resume_device,
-                                    device_state, inference_device, resolve_compile, resolve_precision)
+from trainlab.engine.device import (
+    apply_backend_flags,
+    apply_determinism,
+    check_resume_device,
+    device_state,
+    inference_device,
+    resolve_compile,
+    resolve_precision,
+)
 from trainlab.engine.memory import is_out_of_memory, oom_message, out_of_memory_guard
 from trainlab.errors import CheckpointError, ConfigError, OutOfMemory
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the behaviour of a machine without CUDA")
+needs_no_cuda = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="tests the behaviour of a machine without CUDA"
+)
 
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """A CUDA device of the given compute capability, as far as resolve_precision asks."""
+
     def make(capability: tuple[int, int], name: str = "Fake GPU") -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
         monkeypatch.setattr(torch.version, "hip", None)
+
     return make
 
 
 @pytest.fixture
 def restore_backend_flags():
     """The process-wide flags these tests change, put back afterwards."""
-    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled())
+    saved = (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     yield
     torch.set_float32_matmul_precision(saved[0])
-    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1:4]
+    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = (
+        saved[1:4]
+    )
     torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
 
 
 # ----------------------------------------------------------------------------- precision
+
 
 def test_precision_on_cpu_auto_is_fp32_bf16_autocasts_and_fp16_is_a_config_error():
     auto = resolve_precision("auto", CPU)
@@ -66,9 +86,12 @@ def test_precision_on_cpu_auto_is_fp32_bf16_autocasts_and_fp16_is_a_config_error
         resolve_precision("fp16", CPU)
 
 
-@pytest.mark.parametrize("capability, expected, scaler", [((9, 0), "bf16", False), ((8, 0), "bf16", False),
-                                                          ((7, 5), "fp16", True)])
-def test_auto_on_cuda_is_bf16_where_native_else_fp16_with_a_grad_scaler(fake_gpu, capability, expected, scaler):
+@pytest.mark.parametrize(
+    "capability, expected, scaler", [((9, 0), "bf16", False), ((8, 0), "bf16", False), ((7, 5), "fp16", True)]
+)
+def test_auto_on_cuda_is_bf16_where_native_else_fp16_with_a_grad_scaler(
+    fake_gpu, capability, expected, scaler
+):
     fake_gpu(capability)
     p = resolve_precision("auto", CUDA)
     assert p.name == expected and p.needs_scaler is scaler
@@ -92,7 +115,9 @@ def test_tf32_is_on_for_fp32_on_cuda_and_off_for_fp32_strict(fake_gpu, restore_b
     assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cudnn.allow_tf32
 
 
-def test_cudnn_benchmark_only_for_a_fixed_shape_conv_net_and_never_under_determinism(fake_gpu, restore_backend_flags):
+def test_cudnn_benchmark_only_for_a_fixed_shape_conv_net_and_never_under_determinism(
+    fake_gpu, restore_backend_flags
+):
     fake_gpu((9, 0))
     conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten())
     p = resolve_precision("auto", CUDA)
@@ -107,15 +132,20 @@ def test_backend_flags_on_the_cpu_leave_cuda_settings_alone(restore_backend_flag
     assert torch.backends.cudnn.benchmark is True and torch.get_float32_matmul_precision() == "highest"
 
 
-def test_deterministic_sets_the_algorithms_the_cublas_workspace_and_says_so(monkeypatch, restore_backend_flags):
+def test_deterministic_sets_the_algorithms_the_cublas_workspace_and_says_so(
+    monkeypatch, restore_backend_flags
+):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     assert apply_determinism(False) is None
     assert not torch.are_deterministic_algorithms_enabled()
     torch.backends.cudnn.benchmark = True
     line = apply_determinism(True)
-    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    assert (
+        torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    )
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     import os
+
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert "CUBLAS_WORKSPACE_CONFIG=:4096:8" in line and "use_deterministic_algorithms" in line
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own setting is kept
@@ -139,9 +169,12 @@ def test_precision_and_compile_config_values(capsys):
 
 # ----------------------------------------------------------------------------- device errors
 
+
 @needs_no_cuda
 def test_train_device_cuda_without_cuda_is_exit_2_naming_the_key(tmp_path, capsys):
-    code, _, err = cli_in_process(capsys, "train", "train.device=cuda", "--out", str(tmp_path / "run"), "--quiet")
+    code, _, err = cli_in_process(
+        capsys, "train", "train.device=cuda", "--out", str(tmp_path / "run"), "--quiet"
+    )
     assert code == 2
     assert "train.device" in err and "CUDA is not available" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
@@ -149,10 +182,15 @@ def test_train_device_cuda_without_cuda_is_exit_2_naming_the_key(tmp_path, capsy
 
 @needs_no_cuda
 def test_eval_and_predict_devices_fall_back_to_the_cpu():
-    assert inference_device("cuda") == CPU and inference_device("cuda:1") == CPU and inference_device("auto") == CPU
+    assert (
+        inference_device("cuda") == CPU
+        and inference_device("cuda:1") == CPU
+        and inference_device("auto") == CPU
+    )
 
 
 # ----------------------------------------------------------------------------- CUDA RNG state in checkpoints
+
 
 def test_cuda_rng_states_travel_through_a_checkpoint_as_plain_tensors(monkeypatch, tmp_path):
     states = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
@@ -169,7 +207,9 @@ def test_cuda_rng_states_travel_through_a_checkpoint_as_plain_tensors(monkeypatc
     assert [i for i, _ in restored] == [0, 1]
     assert all(torch.equal(s, states[i]) for i, s in restored)
 
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # fewer devices now: the first ones, with a note
+    monkeypatch.setattr(
+        torch.cuda, "device_count", lambda: 1
+    )  # fewer devices now: the first ones, with a note
     restored.clear()
     with pytest.warns(UserWarning, match="2 CUDA device.*has 1"):
         ckpt.set_rng_state(loaded)
@@ -187,7 +227,8 @@ def test_cuda_rng_entries_on_a_machine_without_cuda_restore_the_rest_with_a_note
     assert torch.equal(torch.rand(3), expected)  # the CPU stream was restored
 
 
-# ----------------------------------------------------------------------------- a CUDA run's checkpoint on the CPU
+# ------------------------------------------------------------------------- a CUDA run's checkpoint on the CPU
+
 
 def as_if_written_on_cuda(path: Path) -> None:
     """Rewrites a checkpoint so that every tensor says it was saved from cuda:0 (the storage location
@@ -200,7 +241,10 @@ def as_if_written_on_cuda(path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zout:
+    with (
+        zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as zin,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zout,
+    ):
         for info in zin.infolist():
             data = zin.read(info.filename)
             if info.filename.endswith("data.pkl"):  # pickle protocol 2: 'X' + 4-byte length + text
@@ -208,14 +252,26 @@ def as_if_written_on_cuda(path: Path) -> None:
                 data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
             zout.writestr(info, data)
     path.write_bytes(out.getvalue())
-    ckpt.sha_path(path).write_text(f"{__import__('hashlib').sha256(out.getvalue()).hexdigest()}  {path.name}\n")
+    ckpt.sha_path(path).write_text(
+        f"{__import__('hashlib').sha256(out.getvalue()).hexdigest()}  {path.name}\n"
+    )
 
 
 @needs_no_cuda
 def test_a_checkpoint_written_on_cuda_evaluates_and_predicts_on_the_cpu(tmp_path, capsys, no_report):
     run = tmp_path / "run"
-    code, _, err = cli_in_process(capsys, "train", "data.source=iris", "model.name=mlp", "model.hidden=[8]",
-                                  "train.epochs=2", "train.device=cpu", "--out", str(run), "--quiet")
+    code, _, err = cli_in_process(
+        capsys,
+        "train",
+        "data.source=iris",
+        "model.name=mlp",
+        "model.hidden=[8]",
+        "train.epochs=2",
+        "train.device=cpu",
+        "--out",
+        str(run),
+        "--quiet",
+    )
     assert code == 0, err
     code, before, err = cli_in_process(capsys, "eval", str(run))
     assert code == 0, err
@@ -240,6 +296,7 @@ def test_a_checkpoint_written_on_cuda_evaluates_and_predicts_on_the_cpu(tmp_path
 
 
 # ----------------------------------------------------------------------------- resuming across device types
+
 
 @needs_no_cuda
 def test_resuming_a_cuda_run_without_cuda_is_refused_with_the_way_to_continue_on_the_cpu():
@@ -276,6 +333,7 @@ def test_a_split_lives_on_the_gpu_when_it_fits_a_share_of_free_memory_else_on_th
 
 # ----------------------------------------------------------------------------- out of memory
 
+
 def test_out_of_memory_in_a_step_becomes_a_message_naming_the_batch_size():
     activations: list[weakref.ref] = []
 
@@ -284,21 +342,22 @@ def test_out_of_memory_in_a_step_becomes_a_message_naming_the_batch_size():
         activations.append(weakref.ref(hidden))
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    with pytest.raises(OutOfMemory) as e:
-        with out_of_memory_guard(256, 1, device=CPU):
-            step()
+    with pytest.raises(OutOfMemory) as e, out_of_memory_guard(256, 1, device=CPU):
+        step()
     assert activations[0]() is None  # freed at once, though the error object lives on
     message = str(e.value)
     assert "batch size 256" in message and "data.batch_size=128 train.grad_accum=2" in message
-    assert "effective batch size of 256" in message and "No checkpoint was written from the failed step" in message
+    assert (
+        "effective batch size of 256" in message
+        and "No checkpoint was written from the failed step" in message
+    )
     assert "data.eval_batch_size=512" in oom_message(1024, evaluating=True, device=CPU)
     assert "x train.grad_accum 4" in oom_message(64, 4, device=CPU)
 
 
 def test_other_errors_pass_through_the_out_of_memory_guard():
-    with pytest.raises(ValueError, match="shape"):
-        with out_of_memory_guard(8):
-            raise ValueError("shape mismatch")
+    with pytest.raises(ValueError, match="shape"), out_of_memory_guard(8):
+        raise ValueError("shape mismatch")
     assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
@@ -308,6 +367,7 @@ def test_a_run_failing_out_of_memory_exits_1_with_the_message_and_no_traceback(m
 
     def oom(*args, **kwargs):
         raise OutOfMemory(oom_message(64, device=CPU))
+
     monkeypatch.setattr(trainlab.run, "train", oom)
     code, _, err = cli_in_process(capsys, "train", "--quiet")
     assert code == 1
@@ -351,8 +411,16 @@ def test_out_of_memory_in_the_loop_fails_the_run_and_last_pt_keeps_the_step_befo
 
     g = torch.Generator().manual_seed(0)
     data = ArrayDataset(torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g))
-    trainer = Trainer.from_datasets(OutOfMemoryAt(step=5), data, loss_fn=nn.CrossEntropyLoss(), batch_size=8, device="cpu",
-                      checkpoint_dir=tmp_path, checkpoint_every_n_steps=2, epochs=1)
+    trainer = Trainer.from_datasets(
+        OutOfMemoryAt(step=5),
+        data,
+        loss_fn=nn.CrossEntropyLoss(),
+        batch_size=8,
+        device="cpu",
+        checkpoint_dir=tmp_path,
+        checkpoint_every_n_steps=2,
+        epochs=1,
+    )
     with pytest.raises(OutOfMemory, match="batch size 8"):
         trainer.fit()
     assert trainer.status == "failed"
@@ -361,29 +429,60 @@ def test_out_of_memory_in_the_loop_fails_the_run_and_last_pt_keeps_the_step_befo
 
 def test_resuming_a_cuda_run_on_a_cpu_machine_needs_train_device_cpu(tmp_path, capsys, no_report):
     run = tmp_path / "run"
-    args = ["data.source=iris", "data.batch_size=64", "model.name=mlp", "model.hidden=[8]", "train.epochs=2",
-            "train.max_steps=2",  # 105 training samples: 2 batches, one epoch
-            "--out", str(run), "--quiet"]
+    args = [
+        "data.source=iris",
+        "data.batch_size=64",
+        "model.name=mlp",
+        "model.hidden=[8]",
+        "train.epochs=2",
+        "train.max_steps=2",  # 105 training samples: 2 batches, one epoch
+        "--out",
+        str(run),
+        "--quiet",
+    ]
     code, _, err = cli_in_process(capsys, "train", "train.device=cpu", *args)
     assert code == 0, err
     as_if_written_on_cuda(run / "checkpoints" / "last.pt")
-    code, _, err = cli_in_process(capsys, "train", *args[:-3], "train.max_steps=4", "--out", str(run), "--resume",
-                                  "--quiet")
+    code, _, err = cli_in_process(
+        capsys, "train", *args[:-3], "train.max_steps=4", "--out", str(run), "--resume", "--quiet"
+    )
     err = " ".join(err.split())
     assert code == 2 and "resume with train.device=cpu" in err and "Traceback" not in err
-    code, _, err = cli_in_process(capsys, "train", *args[:-3], "train.max_steps=4", "train.device=cpu",
-                                  "--out", str(run), "--resume", "--quiet")
+    code, _, err = cli_in_process(
+        capsys,
+        "train",
+        *args[:-3],
+        "train.max_steps=4",
+        "train.device=cpu",
+        "--out",
+        str(run),
+        "--resume",
+        "--quiet",
+    )
     assert code == 0, err
     assert "not be bit-identical" in " ".join(err.split())
     saved = ckpt.load_checkpoint(run / "checkpoints" / "last.pt")
     assert saved["global_step"] == 4 and saved["device"] == "cpu"
 
 
-def test_a_deterministic_run_says_what_it_set(tmp_path, capsys, no_report, restore_backend_flags, monkeypatch):
+def test_a_deterministic_run_says_what_it_set(
+    tmp_path, capsys, no_report, restore_backend_flags, monkeypatch
+):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    code, out, err = cli_in_process(capsys, "train", "model.name=mlp", "train.max_steps=2", "train.device=cpu",
-                                    "train.deterministic=true", "--out", str(tmp_path / "run"))
+    code, out, err = cli_in_process(
+        capsys,
+        "train",
+        "model.name=mlp",
+        "train.max_steps=2",
+        "train.device=cpu",
+        "train.deterministic=true",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert code == 0, err
-    assert "deterministic: torch.use_deterministic_algorithms(True" in out and "CUBLAS_WORKSPACE_CONFIG=:4096:8" in out
+    assert (
+        "deterministic: torch.use_deterministic_algorithms(True" in out
+        and "CUBLAS_WORKSPACE_CONFIG=:4096:8" in out
+    )
     summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["precision"] == "fp32" and summary["peak_flops_precision"] == "fp32"

@@ -1,4 +1,5 @@
 """engine/device.py: unwrapping wrappers, the busy-machine check."""
+
 import torch
 from torch import nn
 
@@ -21,7 +22,10 @@ def test_busy_machine_note_names_the_fix_only_when_the_cores_are_taken(monkeypat
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     note = busy_machine_note("cpu", load=5.2, cores=2, threads=2)
-    assert note.startswith("note: this machine is busy (load average 5.2 on 2 cores)") and "OMP_NUM_THREADS=1" in note
+    assert (
+        note.startswith("note: this machine is busy (load average 5.2 on 2 cores)")
+        and "OMP_NUM_THREADS=1" in note
+    )
     assert "\n" not in note
     assert busy_machine_note("cpu", load=0.4, cores=2, threads=2) is None  # idle
     assert busy_machine_note("cpu", load=5.2, cores=2, threads=1) is None  # one thread: nothing to fight over
@@ -33,6 +37,7 @@ def test_train_prints_the_busy_machine_note_once_on_stderr(tmp_path, capsys, mon
     import os
 
     import yaml
+
     from conftest import cli_in_process, tiny_config
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -1,4 +1,5 @@
 """The flowchart verdicts on four small, really trained cases with known answers, plus edge cases."""
+
 import math
 
 import pytest
@@ -10,11 +11,13 @@ from trainlab.diagnose.flowchart import VERDICTS, baseline_loss, verdict
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
 
-
-
 def _train(model, x, y, x_val, y_val, epochs=10, steps_per_epoch=40, lr=1e-2, optimizer="Adam"):
     """Full-batch training; one history row per split per epoch, like metrics.jsonl."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr) if optimizer == "Adam" else torch.optim.SGD(model.parameters(), lr=lr)
+    opt = (
+        torch.optim.Adam(model.parameters(), lr=lr)
+        if optimizer == "Adam"
+        else torch.optim.SGD(model.parameters(), lr=lr)
+    )
     mse, history, step = nn.MSELoss(), [], 0
     for epoch in range(1, epochs + 1):
         for _ in range(steps_per_epoch):
@@ -24,7 +27,9 @@ def _train(model, x, y, x_val, y_val, epochs=10, steps_per_epoch=40, lr=1e-2, op
             step += 1
         with torch.no_grad():
             history.append({"epoch": epoch, "step": step, "split": "train", "loss": mse(model(x), y).item()})
-            history.append({"epoch": epoch, "step": step, "split": "val", "loss": mse(model(x_val), y_val).item()})
+            history.append(
+                {"epoch": epoch, "step": step, "split": "val", "loss": mse(model(x_val), y_val).item()}
+            )
     return history
 
 
@@ -95,9 +100,15 @@ def test_validation_from_another_range_is_mismatch():
 
 
 def test_nan_or_divergence_is_numerical_failure_and_good_fit_is_ok():
-    rows = [{"epoch": 1, "step": 5, "split": "train", "loss": 1.0}, {"epoch": 2, "step": 10, "split": "train", "loss": math.nan}]
+    rows = [
+        {"epoch": 1, "step": 5, "split": "train", "loss": 1.0},
+        {"epoch": 2, "step": 10, "split": "train", "loss": math.nan},
+    ]
     assert verdict(rows, 1.0)["verdict"] == "numerical_failure"
-    good = [{"epoch": 1, "step": 5, "split": "train", "loss": 0.05}, {"epoch": 1, "step": 5, "split": "val", "loss": 0.06}]
+    good = [
+        {"epoch": 1, "step": 5, "split": "train", "loss": 0.05},
+        {"epoch": 1, "step": 5, "split": "val", "loss": 0.06},
+    ]
     assert verdict(good, 1.0, diverged=True)["verdict"] == "numerical_failure"
     v = verdict(good, 1.0)
     assert v["verdict"] == "ok" and v["verdict"] in VERDICTS and "0.05" in v["explanation"]
@@ -105,13 +116,16 @@ def test_nan_or_divergence_is_numerical_failure_and_good_fit_is_ok():
 
 def test_baselines_are_constant_predictor_losses():
     y = torch.tensor([1.0, 2.0, 3.0, 6.0])
-    assert baseline_loss("regression", y) == pytest.approx(nn.functional.mse_loss(torch.full_like(y, 3.0), y).item())
+    assert baseline_loss("regression", y) == pytest.approx(
+        nn.functional.mse_loss(torch.full_like(y, 3.0), y).item()
+    )
     labels = torch.tensor([0, 0, 1, 2])
     prior = torch.tensor([0.5, 0.25, 0.25])
     ce = nn.functional.cross_entropy(prior.log().expand(4, 3), labels).item()
     assert baseline_loss("classification", labels) == pytest.approx(ce)
     assert baseline_loss("binary", torch.tensor([1.0, 0.0, 0.0, 0.0])) == pytest.approx(
-        nn.functional.binary_cross_entropy(torch.full((4,), 0.25), torch.tensor([1.0, 0, 0, 0])).item())
+        nn.functional.binary_cross_entropy(torch.full((4,), 0.25), torch.tensor([1.0, 0, 0, 0])).item()
+    )
 
 
 def _rows(train_losses, val_losses=None):
@@ -120,8 +134,12 @@ def _rows(train_losses, val_losses=None):
 
 
 HEALTHY = {"flags": {"vanishing": False, "exploding": False, "dead_relu": False}, "messages": []}
-VANISHING = {"flags": {"vanishing": True, "exploding": False, "dead_relu": False},
-             "messages": ["vanishing gradients: 1, 3 get gradients 5.9e+04× smaller than later layers, so they barely train."]}
+VANISHING = {
+    "flags": {"vanishing": True, "exploding": False, "dead_relu": False},
+    "messages": [
+        "vanishing gradients: 1, 3 get gradients 5.9e+04× smaller than later layers, so they barely train."
+    ],
+}
 
 
 def test_a_training_loss_above_the_constant_baseline_is_optimization_not_model_bias():
@@ -140,4 +158,7 @@ def test_vanishing_gradients_without_a_shallow_comparison_are_optimization():
     assert v["verdict"] == "optimization" and "vanishing gradients: 1, 3" in v["explanation"]
     # healthy gradients and no comparison: model bias, as before; a shallower model no better: model bias
     assert verdict(_rows([1.5, 1.4]), 2.302, gradient_health=HEALTHY)["verdict"] == "model_bias"
-    assert verdict(_rows([1.5, 1.4]), 2.302, shallow={"loss": 1.45}, gradient_health=VANISHING)["verdict"] == "model_bias"
+    assert (
+        verdict(_rows([1.5, 1.4]), 2.302, shallow={"loss": 1.45}, gradient_health=VANISHING)["verdict"]
+        == "model_bias"
+    )

@@ -1,16 +1,20 @@
 """Gradient-health flags on nets whose answer is known, and the callback's rows and file."""
+
 import json
 
 import pytest
 import torch
 from torch import nn
 
-from trainlab.diagnose.gradients import LayerStatsCallback, gradient_health, gradient_snapshot, read_layer_stats
+from trainlab.diagnose.gradients import (
+    LayerStatsCallback,
+    gradient_health,
+    gradient_snapshot,
+    read_layer_stats,
+)
 from trainlab.engine.callbacks import CallbackList
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
-
-
 
 
 def _chain(depth, width, act=None, in_dim=4):
@@ -60,10 +64,14 @@ def test_clean_mlp_raises_no_flag():
 
 
 def test_growth_over_epochs_and_non_finite_gradients_flag_exploding():
-    rows = [{"epoch": 1, "layer": "fc", "grad_norm": 0.1, "weight_norm": 10.0, "grad_to_weight": 0.01},
-            {"epoch": 3, "layer": "fc", "grad_norm": 500.0, "weight_norm": 10.0, "grad_to_weight": 50.0}]
+    rows = [
+        {"epoch": 1, "layer": "fc", "grad_norm": 0.1, "weight_norm": 10.0, "grad_to_weight": 0.01},
+        {"epoch": 3, "layer": "fc", "grad_norm": 500.0, "weight_norm": 10.0, "grad_to_weight": 50.0},
+    ]
     assert gradient_health(rows)["exploding_layers"] == ["fc"]
-    nan_rows = [{"epoch": 1, "layer": "fc", "grad_norm": float("nan"), "weight_norm": 1.0, "grad_to_weight": None}]
+    nan_rows = [
+        {"epoch": 1, "layer": "fc", "grad_norm": float("nan"), "weight_norm": 1.0, "grad_to_weight": None}
+    ]
     assert gradient_health(nan_rows)["flags"]["exploding"]
 
 
@@ -93,7 +101,9 @@ def test_callback_writes_per_epoch_rows_with_update_ratio_and_dead_units(tmp_pat
     weights = [r for r in rows if "weight_norm" in r]
     assert [(r["epoch"], r["layer"]) for r in weights] == [(1, "0"), (1, "2"), (2, "0"), (2, "2")]
     last = weights[-1]
-    assert last["grad_norm"] > 0 and last["grad_to_weight"] == pytest.approx(last["grad_norm"] / last["weight_norm"])
+    assert last["grad_norm"] > 0 and last["grad_to_weight"] == pytest.approx(
+        last["grad_norm"] / last["weight_norm"]
+    )
     assert 0 < last["update_ratio"] < 1
     dead = [r for r in rows if "dead_fraction" in r]
     assert dead and all(r["layer"] == "1" and r["dead_fraction"] >= 5 / 8 for r in dead)

@@ -1,4 +1,5 @@
 """Critical points against known answers: closed-form Hessians and torch's own dense Hessian."""
+
 import torch
 from torch import nn
 from torch.func import functional_call

@@ -10,6 +10,7 @@ only rank 0 writes, the reported validation numbers equal a single-process `trai
 worker that dies at step 5 is restarted by torchrun and ends with the same weights (max-restarts 1)
 or fails the job naming its rank (max-restarts 0).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,25 +28,52 @@ from trainlab.data.base import ArrayDataset
 from trainlab.data.loaders import TensorLoader, epoch_order
 from trainlab.engine import distributed
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with the gloo backend is not available in this build")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available in this build",
+)
 
 # SGD with momentum, no dropout and no augmentation: the only randomness is the sample order.
-ARGS = ["data.source=breast_cancer", "data.standardize=true", "data.batch_size=32", "model.name=mlp", "model.hidden=[16]",
-        "optimizer.name=SGD", "optimizer.lr=0.05", "optimizer.momentum=0.9", "scheduler.name=none",
-        "train.epochs=2", "train.checkpoint_every_n_steps=2", "train.device=cpu"]
+ARGS = [
+    "data.source=breast_cancer",
+    "data.standardize=true",
+    "data.batch_size=32",
+    "model.name=mlp",
+    "model.hidden=[16]",
+    "optimizer.name=SGD",
+    "optimizer.lr=0.05",
+    "optimizer.momentum=0.9",
+    "scheduler.name=none",
+    "train.epochs=2",
+    "train.checkpoint_every_n_steps=2",
+    "train.device=cpu",
+]
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def run_cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainlab", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **WORKER_ENV, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "trainlab", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **WORKER_ENV, **(env or {})},
+        timeout=300,
+    )
 
 
-def torchrun(cwd: Path, max_restarts: int, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def torchrun(
+    cwd: Path, max_restarts: int, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     cmd = distributed.torchrun_command(2, list(args), max_restarts=max_restarts)
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **WORKER_ENV, **(env or {})},
-                          timeout=300)
+    return subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **WORKER_ENV, **(env or {})},
+        timeout=300,
+    )
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -59,6 +87,7 @@ def assert_close_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 
 # ----------------------------------------------------------------------------- loaders, no processes
+
 
 def test_rank_shards_cover_the_epoch_and_the_order_changes_between_epochs():
     n, world = 398, 2
@@ -102,8 +131,10 @@ def test_resume_with_another_process_count_states_the_new_effective_batch_size()
     msg = distributed.world_size_change(2, 4, 32)
     assert "from 64 to 128" in msg and "2 process(es) on 4" in msg
     assert distributed.rescale_position(6, 2, 4) == 3  # same fraction of the epoch
-    states = [{"epoch_progress": {"loss_sum": 1.0, "samples": 10, "seconds": 2.0}},
-              {"epoch_progress": {"loss_sum": 3.0, "samples": 12, "seconds": 3.0}}]
+    states = [
+        {"epoch_progress": {"loss_sum": 1.0, "samples": 10, "seconds": 2.0}},
+        {"epoch_progress": {"loss_sum": 3.0, "samples": 12, "seconds": 3.0}},
+    ]
     merged = {"loss_sum": 4.0, "samples": 22, "seconds": 3.0}  # sums; the wall clock is the longest rank's
     assert distributed.merge_progress(states) == merged
     assert distributed.own_rank_state({"rank_states": [{"a": 0}, {"a": 1}]}, 1, 2) == {"a": 1}
@@ -111,7 +142,9 @@ def test_resume_with_another_process_count_states_the_new_effective_batch_size()
 
 
 def test_launch_command_binds_the_rendezvous_to_localhost_and_drops_the_launch_options():
-    argv = distributed.strip_launch_options(["train", "c.yaml", "--nproc", "2", "--max-restarts=1", "--quiet"])
+    argv = distributed.strip_launch_options(
+        ["train", "c.yaml", "--nproc", "2", "--max-restarts=1", "--quiet"]
+    )
     assert argv == ["train", "c.yaml", "--quiet"]
     cmd = distributed.torchrun_command(2, argv, max_restarts=1, port=12345)
     assert cmd[cmd.index("--rdzv-endpoint") + 1] == "127.0.0.1:12345"
@@ -121,6 +154,7 @@ def test_launch_command_binds_the_rendezvous_to_localhost_and_drops_the_launch_o
 
 # ----------------------------------------------------------------------------- real processes
 
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, Path]:
     """`trainlab train --nproc 2` (cwd: an empty folder) and, meanwhile in this process, the same
@@ -128,9 +162,14 @@ def runs(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, Path]:
     from trainlab.cli import main
 
     cwd, single = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("single") / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *ARGS, "--out", "run", "--nproc", "2"],
-                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **WORKER_ENV})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainlab", "train", *ARGS, "--out", "run", "--nproc", "2"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **WORKER_ENV},
+    )
     assert main(["train", *ARGS, "data.batch_size=64", "--out", str(single), "--quiet"]) == 0
     stdout, stderr = proc.communicate(timeout=300)
     result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
@@ -179,15 +218,18 @@ def test_reported_validation_and_test_numbers_are_over_the_whole_split(ddp_run, 
         key = "accuracy" if split == "test" else "val_accuracy"
         assert reported[key] == pytest.approx(reference["accuracy"], abs=1e-9)
     # The saved validation predictions are the whole split, in the dataset's order.
-    ddp, one = (torch.from_numpy(__import__("numpy").load(r / "predictions" / "val.npz")["target"])
-                for r in (run, single_run))
+    ddp, one = (
+        torch.from_numpy(__import__("numpy").load(r / "predictions" / "val.npz")["target"])
+        for r in (run, single_run)
+    )
     assert torch.equal(ddp, one) and len(ddp) == 57
 
 
 def test_a_worker_killed_at_step_5_is_restarted_and_ends_with_the_same_weights(ddp_run, tmp_path):
     run, _ = ddp_run
-    result = torchrun(tmp_path, 1, "train", *ARGS, "--out", "run", "--quiet",
-                      env={"TRAINLAB_FAULT_EXIT_AT_STEP": "5"})
+    result = torchrun(
+        tmp_path, 1, "train", *ARGS, "--out", "run", "--quiet", env={"TRAINLAB_FAULT_EXIT_AT_STEP": "5"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "TRAINLAB_FAULT_EXIT_AT_STEP=5" in result.stderr  # the fault did happen on the first attempt
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
@@ -195,11 +237,26 @@ def test_a_worker_killed_at_step_5_is_restarted_and_ends_with_the_same_weights(d
 
 
 def test_with_max_restarts_0_the_job_fails_and_names_the_failing_rank(tmp_path):
-    result = run_cli(tmp_path, "train", *ARGS, "--out", "run", "--quiet", "--nproc", "2", "--max-restarts", "0",
-                     env={"TRAINLAB_FAULT_EXIT_AT_STEP": "5"})
+    result = run_cli(
+        tmp_path,
+        "train",
+        *ARGS,
+        "--out",
+        "run",
+        "--quiet",
+        "--nproc",
+        "2",
+        "--max-restarts",
+        "0",
+        env={"TRAINLAB_FAULT_EXIT_AT_STEP": "5"},
+    )
     assert result.returncode != 0
     # torchrun's error summary: "Root Cause (first observed failure): ... rank : 1 ... exitcode : 1"
     root_cause = result.stderr.split("Root Cause")[-1]
-    assert re.search(r"rank\s*:\s*1\b", root_cause) and re.search(r"exitcode\s*:\s*1\b", root_cause), result.stderr[-3000:]
-    assert not (tmp_path / "run" / "summary.json").exists() or \
-        json.loads((tmp_path / "run" / "summary.json").read_text())["status"] != "completed"
+    assert re.search(r"rank\s*:\s*1\b", root_cause) and re.search(r"exitcode\s*:\s*1\b", root_cause), (
+        result.stderr[-3000:]
+    )
+    assert (
+        not (tmp_path / "run" / "summary.json").exists()
+        or json.loads((tmp_path / "run" / "summary.json").read_text())["status"] != "completed"
+    )

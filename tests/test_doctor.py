@@ -1,10 +1,10 @@
 """`doctor` and `lr_find` on real tiny runs: verdicts, critical-point kinds, summary.json, the plot."""
+
 import json
 import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from trainlab.diagnose.doctor import doctor, format_diagnosis, format_lr_find, lr_find, shallower_model
 from trainlab.errors import ConfigError
@@ -12,7 +12,7 @@ from trainlab.run import train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-SOURCE = '''
+SOURCE = """
 import torch
 from trainlab.data.base import ArrayDataset, SourceData
 
@@ -28,9 +28,9 @@ def curve(fn="sin3x", n=128, low=-3.0, high=3.0, val_low=None, val_high=None, se
     if val_low is None:
         return SourceData(train=draw(n, low, high), task="regression")
     # validation from another range; the test split is held out from the training range
-    return SourceData(train=draw(n, low, high), val=draw(n // 2, val_low, val_high), test=draw(n // 2, low, high),
-                      task="regression", info={"holdout_split": "test"})
-'''
+    return SourceData(train=draw(n, low, high), val=draw(n // 2, val_low, val_high),
+                      test=draw(n // 2, low, high), task="regression", info={"holdout_split": "test"})
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -43,10 +43,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only 
 
 
 def _config(name, model, optimizer, epochs, batch_size=128, **options):
-    return {"name": name, "seed": 0, "model": model, "optimizer": optimizer,
-            "data": {"source": "doctor_curves:curve", "options": options, "batch_size": batch_size,
-                     "val_fraction": 0.25, "test_fraction": 0.0},
-            "train": {"epochs": epochs, "device": "cpu"}}
+    return {
+        "name": name,
+        "seed": 0,
+        "model": model,
+        "optimizer": optimizer,
+        "data": {
+            "source": "doctor_curves:curve",
+            "options": options,
+            "batch_size": batch_size,
+            "val_fraction": 0.25,
+            "test_fraction": 0.0,
+        },
+        "train": {"epochs": epochs, "device": "cpu"},
+    }
 
 
 def test_linear_model_on_sin_3x_is_model_bias_at_a_minimum(tmp_path):
@@ -68,8 +78,17 @@ def test_linear_model_on_sin_3x_is_model_bias_at_a_minimum(tmp_path):
 
 def test_validation_from_another_range_is_mismatch_given_a_holdout_from_the_training_range(tmp_path):
     out = tmp_path / "mismatch"
-    cfg = _config("mismatch", {"name": "mlp", "hidden": [32, 32], "activation": "tanh"}, {"name": "Adam", "lr": 0.01},
-                  epochs=60, fn="square", low=0.0, high=1.0, val_low=2.0, val_high=3.0)
+    cfg = _config(
+        "mismatch",
+        {"name": "mlp", "hidden": [32, 32], "activation": "tanh"},
+        {"name": "Adam", "lr": 0.01},
+        epochs=60,
+        fn="square",
+        low=0.0,
+        high=1.0,
+        val_low=2.0,
+        val_high=3.0,
+    )
     train(cfg, out=out, quiet=True)
     d = doctor(out)
     assert d["verdict"] == "mismatch", d["explanation"]
@@ -79,8 +98,16 @@ def test_validation_from_another_range_is_mismatch_given_a_holdout_from_the_trai
 def test_compare_shallow_tells_optimization_from_model_bias(tmp_path):
     out = tmp_path / "deep"
     layers = [{"Linear": [1, 16]}, "Sigmoid"] + [{"Linear": [16, 16]}, "Sigmoid"] * 18 + [{"Linear": [16, 1]}]
-    cfg = _config("deep", {"name": "sequential", "layers": layers}, {"name": "SGD", "lr": 0.2}, epochs=30,
-                  batch_size=8, n=64, low=-1.0, high=1.0)
+    cfg = _config(
+        "deep",
+        {"name": "sequential", "layers": layers},
+        {"name": "SGD", "lr": 0.2},
+        epochs=30,
+        batch_size=8,
+        n=64,
+        low=-1.0,
+        high=1.0,
+    )
     train(cfg, out=out, quiet=True)
     d = doctor(out, compare_shallow=True)
     assert d["verdict"] == "optimization", d["explanation"]
@@ -89,16 +116,24 @@ def test_compare_shallow_tells_optimization_from_model_bias(tmp_path):
 
 def test_shallower_model_configs():
     assert shallower_model({"name": "mlp", "hidden": [64, 32], "activation": "relu"}) == {
-        "name": "mlp", "hidden": [64], "activation": "relu"}
+        "name": "mlp",
+        "hidden": [64],
+        "activation": "relu",
+    }
     assert shallower_model({"name": "mlp", "hidden": [8]}) == {"name": "linear"}
-    seq = {"name": "sequential", "layers": [{"Linear": [4, 8]}, "ReLU", {"Linear": [8, 8]}, "ReLU", {"Linear": [8, 3]}, "Softmax"]}
+    seq = {
+        "name": "sequential",
+        "layers": [{"Linear": [4, 8]}, "ReLU", {"Linear": [8, 8]}, "ReLU", {"Linear": [8, 3]}, "Softmax"],
+    }
     assert shallower_model(seq)["layers"] == [{"Linear": [4, 8]}, "ReLU", {"Linear": [8, 3]}, "Softmax"]
     with pytest.raises(ConfigError, match="model.name 'resnet_small'"):
         shallower_model({"name": "resnet_small"})
 
 
 def test_lr_find_on_a_config_suggests_a_rate_below_divergence_and_saves_the_plot(tmp_path):
-    cfg = _config("lrf", {"name": "linear"}, {"name": "SGD", "lr": 0.1}, epochs=1, batch_size=32, low=-1.0, high=1.0)
+    cfg = _config(
+        "lrf", {"name": "linear"}, {"name": "SGD", "lr": 0.1}, epochs=1, batch_size=32, low=-1.0, high=1.0
+    )
     r = lr_find(cfg, [], out=tmp_path / "lrf")
     assert (tmp_path / "lrf" / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert r["stopped_early"] and r["suggestion_valley"] < r["divergence_lr"]
@@ -107,7 +142,8 @@ def test_lr_find_on_a_config_suggests_a_rate_below_divergence_and_saves_the_plot
 
 @pytest.mark.parametrize("example, trains_with", [("digits_cnn", 3e-3), ("digits_mlp_shallow", 0.05)])
 def test_lr_find_on_examples_suggests_near_the_lr_that_trains_them_and_keeps_to_the_run_folder(
-        tmp_path, monkeypatch, example, trains_with):
+    tmp_path, monkeypatch, example, trains_with
+):
     """The examples train well with Adam 3e-3 and SGD (momentum 0.9) 0.05; the suggestion is within 3x.
     With runs/<name> holding a finished run, the plot goes into it: no runs/<name>-2 appears."""
     monkeypatch.chdir(tmp_path)
@@ -133,7 +169,9 @@ def test_deep_sigmoid_example_is_optimization_by_default_with_the_gradient_evide
 
 def test_lr_1000_run_far_above_the_baseline_is_an_optimization_failure(tmp_path):
     out = tmp_path / "lr1000"
-    train(EXAMPLES / "digits_mlp_shallow.yaml", {"optimizer.lr": 1000, "train.epochs": 2}, out=out, quiet=True)
+    train(
+        EXAMPLES / "digits_mlp_shallow.yaml", {"optimizer.lr": 1000, "train.epochs": 2}, out=out, quiet=True
+    )
     d = doctor(out, compare_shallow=False)
     assert d["numbers"]["train_ratio"] > 10 and "shallow" not in d
     assert d["verdict"] == "optimization", d["explanation"]

@@ -6,6 +6,7 @@ pickled CIFAR-10 batches, JPEG/PNG folders, a gzip'ed headerless CSV), through t
 Runs skip the plots/report and TensorBoard's extra figures (`fast_runs`): those cost seconds of
 matplotlib per run and have their own tests; the training, checkpoints and metrics are real.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -24,11 +25,10 @@ from PIL import Image
 from torch import nn
 
 import trainlab
+from conftest import load_run_dir_checker
 from trainlab.config import load_config
 from trainlab.engine.callbacks import Callback
 from trainlab.errors import ConfigError
-
-from conftest import load_run_dir_checker
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
@@ -36,15 +36,25 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ALL = sorted(p.stem for p in EXAMPLES.glob("*.yaml"))
 
 # Examples whose data ship with trainlab's dependencies (no files needed).
-OFFLINE = ["linear_regression", "sigmoid_regression", "sklearn_diabetes_regression", "logistic_regression",
-           "rnn_sequences", "mnist1d", "digits_cnn", "digits_mlp_shallow", "digits_mlp_deep", "warmup_cosine",
-           "user_model", "sweep_digits", "optimizers_grid"]  # the sweeps: `train` trains their base config
+OFFLINE = [
+    "linear_regression",
+    "sigmoid_regression",
+    "sklearn_diabetes_regression",
+    "logistic_regression",
+    "rnn_sequences",
+    "mnist1d",
+    "digits_cnn",
+    "digits_mlp_shallow",
+    "digits_mlp_deep",
+    "warmup_cosine",
+    "user_model",
+    "sweep_digits",
+    "optimizers_grid",
+]  # the sweeps: `train` trains their base config
 # A smoke run (`trainlab train CONFIG --smoke`: 2 optimizer steps, 1 validation and 1 test batch) of
 # the config as it is, epochs, warmups and schedules included: enough to run every part of the
 # pipeline once, and the proof that a short run of every example works.
 FEW_STEPS = {"train.smoke": True, "train.device": "cpu", "data.num_workers": 0}
-
-
 
 
 class _NoExtras(Callback):
@@ -70,7 +80,9 @@ def _assert_trained(run: Any, steps: int = 2) -> dict[str, Any]:
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["split"] == "train" and "loss" in r]
     assert losses and all(np.isfinite(losses))
-    assert (run.run_dir / "checkpoints" / "best.pt").is_file() and (run.run_dir / "model.safetensors").is_file()
+    assert (run.run_dir / "checkpoints" / "best.pt").is_file() and (
+        run.run_dir / "model.safetensors"
+    ).is_file()
     return summary
 
 
@@ -79,6 +91,7 @@ def _linears(model: nn.Module) -> list[tuple[int, int]]:
 
 
 # ----------------------------------------------------------------------------- every file
+
 
 @pytest.mark.parametrize("name", ALL)
 def test_example_validates_and_opens_with_a_comment(name):
@@ -96,12 +109,16 @@ def test_readme_table_lists_every_example_and_only_existing_ones():
 
 
 def test_every_example_is_exercised_below():
-    covered = set(OFFLINE) | set(IDX_EXAMPLES) | {"cifar10_sequential", "food11", "ants_bees", "diabetes_csv",
-                                                  "kfold_iris"}
+    covered = (
+        set(OFFLINE)
+        | set(IDX_EXAMPLES)
+        | {"cifar10_sequential", "food11", "ants_bees", "diabetes_csv", "kfold_iris"}
+    )
     assert covered == set(ALL), f"examples without a run test: {set(ALL) - covered}"
 
 
 # ----------------------------------------------------------------------------- offline data
+
 
 @pytest.mark.parametrize("name", OFFLINE)
 def test_offline_example_trains_a_few_steps(name, tmp_path, fast_runs):
@@ -123,13 +140,17 @@ def test_digits_cnn_example_is_the_built_in_default():
 def test_shallow_and_deep_examples_differ_only_in_the_model():
     from trainlab.report.html import flatten
 
-    shallow, deep = (flatten(load_config(EXAMPLES / f"digits_mlp_{k}.yaml").to_dict()) for k in ("shallow", "deep"))
+    shallow, deep = (
+        flatten(load_config(EXAMPLES / f"digits_mlp_{k}.yaml").to_dict()) for k in ("shallow", "deep")
+    )
     differ = {k for k in set(shallow) | set(deep) if shallow.get(k) != deep.get(k)}
     assert differ == {"name", "model.hidden", "model.activation"}
 
 
 def test_linear_regression_predicts_8_at_4_as_in_the_notes(tmp_path, fast_runs):
-    run = trainlab.train(EXAMPLES / "linear_regression.yaml", {"train.device": "cpu"}, out=tmp_path / "lin", quiet=True)
+    run = trainlab.train(
+        EXAMPLES / "linear_regression.yaml", {"train.device": "cpu"}, out=tmp_path / "lin", quiet=True
+    )
     assert run.status == "completed"
     with torch.no_grad():
         y = run.model.eval()(torch.tensor([[4.0]]))
@@ -160,8 +181,9 @@ def test_rnn_example_takes_the_other_cells(cell, tmp_path, fast_runs):
 
 
 def test_kfold_example_trains_five_folds(tmp_path, fast_runs):
-    result = trainlab.train(EXAMPLES / "kfold_iris.yaml", {**FEW_STEPS, "train.max_steps": 2}, out=tmp_path / "kf",
-                            quiet=True)
+    result = trainlab.train(
+        EXAMPLES / "kfold_iris.yaml", {**FEW_STEPS, "train.max_steps": 2}, out=tmp_path / "kf", quiet=True
+    )
     assert result.status == "completed" and len(result.runs) == 5
     summary = json.loads((tmp_path / "kf" / "kfold_summary.json").read_text())
     assert summary["k_fold"] == 5 and len(summary["metrics"]["val_accuracy"]["values"]) == 5
@@ -179,9 +201,17 @@ def test_warmup_cosine_example_gives_the_features_their_own_lr(tmp_path, fast_ru
         assert lrs[id(p)] == (0.02 if name.startswith("features.") else 0.05), name
 
     # 40 steps: the config's 30 warmup steps fit (a shorter run clips the warmup, with a warning)
-    run = _train("warmup_cosine", tmp_path / "run", **{"data.batch_size": 8, "train.log_every_n_steps": 1,
-                                                        "train.smoke": False, "train.epochs": 1,
-                                                        "train.max_steps": 40})
+    run = _train(
+        "warmup_cosine",
+        tmp_path / "run",
+        **{
+            "data.batch_size": 8,
+            "train.log_every_n_steps": 1,
+            "train.smoke": False,
+            "train.epochs": 1,
+            "train.max_steps": 40,
+        },
+    )
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = [r["lr"] for r in rows if r.get("kind") == "step"][:3]  # the first group's (features') LR
     assert len(logged) == 3 and logged == sorted(logged) and max(logged) < 0.2 * 0.02  # still warming up
@@ -193,13 +223,22 @@ def test_user_model_example_uses_my_net(tmp_path, fast_runs):
     assert run.model.features[0].out_channels == 32  # `width: 32` from the YAML
 
 
-# ----------------------------------------------------------------------------- MNIST / FashionMNIST (IDX files)
+# --------------------------------------------------------------------------- MNIST / FashionMNIST (IDX files)
 
-IDX_EXAMPLES = {"mnist_mlp": "MNIST", "mnist_cnn": "MNIST", "mnist_inception": "MNIST", "mnist_resnet": "MNIST",
-                "fashion_mnist": "FashionMNIST"}
+IDX_EXAMPLES = {
+    "mnist_mlp": "MNIST",
+    "mnist_cnn": "MNIST",
+    "mnist_inception": "MNIST",
+    "mnist_resnet": "MNIST",
+    "fashion_mnist": "FashionMNIST",
+}
 # The notes' fully connected layers, (in, out), that each example must build for 1x28x28 inputs.
-NOTES_LINEARS = {"mnist_mlp": [(784, 512), (512, 256), (256, 128), (128, 64), (64, 10)],
-                 "mnist_cnn": [(320, 10)], "mnist_inception": [(1408, 10)], "mnist_resnet": [(512, 10)]}
+NOTES_LINEARS = {
+    "mnist_mlp": [(784, 512), (512, 256), (256, 128), (128, 64), (64, 10)],
+    "mnist_cnn": [(320, 10)],
+    "mnist_inception": [(1408, 10)],
+    "mnist_resnet": [(512, 10)],
+}
 
 
 def write_idx(root: Path, folder: str, n_train: int = 24, n_test: int = 8, seed: int = 0) -> None:
@@ -210,7 +249,9 @@ def write_idx(root: Path, folder: str, n_train: int = 24, n_test: int = 8, seed:
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = np.arange(n, dtype=np.uint8) % 10  # every class present
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes()
+        )
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.tobytes())
 
 
@@ -235,6 +276,7 @@ def test_mnist_mlp_normalizes_with_the_notes_statistics(tmp_path):
 
 # ----------------------------------------------------------------------------- CIFAR-10 (pickled batches)
 
+
 def write_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
@@ -258,16 +300,21 @@ def cifar_root(tmp_path, monkeypatch):
 
 
 def test_cifar10_sequential_trains_on_28x28_crops(cifar_root, tmp_path, fast_runs):
-    run = _train("cifar10_sequential", tmp_path / "run", **{"data.root": str(cifar_root), "data.batch_size": 4})
+    run = _train(
+        "cifar10_sequential", tmp_path / "run", **{"data.root": str(cifar_root), "data.batch_size": 4}
+    )
     _assert_trained(run)
     assert _linears(run.model) == [(800, 500), (500, 10)]  # the notes' layers, unchanged
     assert run.model[0].in_channels == 3
 
 
 def test_cifar10_without_the_crop_is_the_notes_trap(cifar_root, tmp_path):
-    overrides = {**FEW_STEPS, "data.root": str(cifar_root),
-                 "data.transforms": ["ToImage", {"ToDtype": {"dtype": "float32", "scale": True}}],
-                 "data.eval_transforms": None}
+    overrides = {
+        **FEW_STEPS,
+        "data.root": str(cifar_root),
+        "data.transforms": ["ToImage", {"ToDtype": {"dtype": "float32", "scale": True}}],
+        "data.eval_transforms": None,
+    }
     with pytest.raises(ConfigError) as err:
         trainlab.train(EXAMPLES / "cifar10_sequential.yaml", overrides, out=tmp_path / "trap", quiet=True)
     text = str(err.value)
@@ -277,7 +324,10 @@ def test_cifar10_without_the_crop_is_the_notes_trap(cifar_root, tmp_path):
 
 # ----------------------------------------------------------------------------- image folders (JPEG / PNG)
 
-def write_image_folder(root: Path, splits: dict[str, int], classes: list[str], sizes: list[tuple[int, int]]) -> None:
+
+def write_image_folder(
+    root: Path, splits: dict[str, int], classes: list[str], sizes: list[tuple[int, int]]
+) -> None:
     """root/<split>/<class>/<i>.jpg|png, random RGB pixels, sizes cycling through `sizes` (H, W)."""
     rng = np.random.default_rng(0)
     k = 0
@@ -295,8 +345,11 @@ def write_image_folder(root: Path, splits: dict[str, int], classes: list[str], s
 def test_food11_trains_on_an_image_folder_of_mixed_sizes(tmp_path, fast_runs):
     classes = [f"{i}" for i in range(11)]
     write_image_folder(tmp_path / "food-11", {"train": 1, "val": 1, "test": 1}, classes, [(20, 28), (24, 18)])
-    run = _train("food11", tmp_path / "run", **{"data.root": str(tmp_path / "food-11"), "data.batch_size": 4,
-                                                  "train.max_steps": 2})
+    run = _train(
+        "food11",
+        tmp_path / "run",
+        **{"data.root": str(tmp_path / "food-11"), "data.batch_size": 4, "train.max_steps": 2},
+    )
     summary = _assert_trained(run, steps=2)
     assert summary["data_info"]["num_files"] == {"train": 11, "val": 11, "test": 11}
     # adaptive_pool: 4 gives the notes' 512x4x4 fc input on 128x128 images, then 1024 - 32 - 11.
@@ -304,15 +357,21 @@ def test_food11_trains_on_an_image_folder_of_mixed_sizes(tmp_path, fast_runs):
 
 
 def test_ants_bees_trains_resnet18_on_an_image_folder(tmp_path, fast_runs):
-    write_image_folder(tmp_path / "hymenoptera_data", {"train": 2, "val": 1}, ["ants", "bees"], [(40, 52), (36, 30)])
-    run = _train("ants_bees", tmp_path / "run", **{"data.root": str(tmp_path / "hymenoptera_data"),
-                                                     "data.batch_size": 2, "train.max_steps": 2})
+    write_image_folder(
+        tmp_path / "hymenoptera_data", {"train": 2, "val": 1}, ["ants", "bees"], [(40, 52), (36, 30)]
+    )
+    run = _train(
+        "ants_bees",
+        tmp_path / "run",
+        **{"data.root": str(tmp_path / "hymenoptera_data"), "data.batch_size": 2, "train.max_steps": 2},
+    )
     summary = _assert_trained(run, steps=2)
     assert summary["class_names"] == ["ants", "bees"]
     assert _linears(run.model) == [(512, 2)]  # resnet18's classifier, replaced for 2 classes
 
 
 # ----------------------------------------------------------------------------- the notes' diabetes CSV
+
 
 def test_diabetes_csv_reads_the_notes_layout(tmp_path, fast_runs):
     rng = np.random.default_rng(0)

@@ -3,6 +3,7 @@ exports to ONNX and torch.export and verifies against the PyTorch model; the fil
 trainlab; preprocessing.json carries what a consumer needs (CSV features and scaler statistics);
 `predict --backend onnx` writes the default backend's CSV; a model that cannot be exported is an exit-2
 error naming it and the exporter's reason, and the other format still succeeds when it can."""
+
 from __future__ import annotations
 
 import csv
@@ -35,7 +36,10 @@ ZOO_CASES = {
     "rnn": ({"name": "rnn", "hidden_size": 8}, {}),  # 8 rows of 8 pixels: 8 steps of 8 features
     "lstm": ({"name": "lstm", "hidden_size": 8}, {}),
     "gru": ({"name": "gru", "hidden_size": 8, "bidirectional": True}, {}),
-    "sequential": ({"name": "sequential", "layers": ["Flatten", {"Linear": [64, 16]}, "ReLU", {"LazyLinear": [10]}]}, {}),
+    "sequential": (
+        {"name": "sequential", "layers": ["Flatten", {"Linear": [64, 16]}, "ReLU", {"LazyLinear": [10]}]},
+        {},
+    ),
     "torchvision:resnet18": ({"name": "torchvision:resnet18"}, SIZE16),
 }
 # the zoo's regression and binary models are exported by the CSV and binary tests below
@@ -44,10 +48,15 @@ OTHER_CASES = {"linear", "sigmoid_net", "logistic"}
 
 def tiny(model: dict, **data) -> dict:
     """Digits, two SGD steps (no optimizer state: small checkpoints), a 10% test split."""
-    return {"name": "export", "seed": 0,
-            "data": {"source": "digits", "batch_size": 32, "val_fraction": 0.1, "test_fraction": 0.1, **data},
-            "model": model, "optimizer": {"name": "SGD", "lr": 0.05}, "scheduler": {"name": "none"},
-            "train": {"epochs": 1, "max_steps": 2, "device": "cpu"}}
+    return {
+        "name": "export",
+        "seed": 0,
+        "data": {"source": "digits", "batch_size": 32, "val_fraction": 0.1, "test_fraction": 0.1, **data},
+        "model": model,
+        "optimizer": {"name": "SGD", "lr": 0.05},
+        "scheduler": {"name": "none"},
+        "train": {"epochs": 1, "max_steps": 2, "device": "cpu"},
+    }
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -95,6 +104,7 @@ def test_zoo_model_exports_and_verifies(name, tmp_path):
 
 # ----------------------------------------------------------------------------- one shared digits run
 
+
 @pytest.fixture(scope="module")
 def cnn_run(tmp_path_factory) -> Path:
     """small_cnn on digits, two steps, exported with `trainlab export` (both formats)."""
@@ -102,19 +112,29 @@ def cnn_run(tmp_path_factory) -> Path:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(trainlab.report, "write_report", lambda d: Path(d) / "report.html")
-        run = trainlab.train(tiny({"name": "small_cnn"}), out=tmp_path_factory.mktemp("cnn") / "run", quiet=True)
+        run = trainlab.train(
+            tiny({"name": "small_cnn"}), out=tmp_path_factory.mktemp("cnn") / "run", quiet=True
+        )
     assert main(["export", str(run.run_dir)]) == 0
     return run.run_dir
 
 
 def test_export_writes_both_formats_and_a_preprocessing_file(cnn_run):
     folder = cnn_run / "export"
-    assert {p.name for p in folder.iterdir()} == {"model.onnx", "model.pt2", "preprocessing.json", "verification.json"}
+    assert {p.name for p in folder.iterdir()} == {
+        "model.onnx",
+        "model.pt2",
+        "preprocessing.json",
+        "verification.json",
+    }
     prep = json.loads((folder / "preprocessing.json").read_text())
     assert prep["task"] == "classification" and prep["class_names"] == [str(i) for i in range(10)]
     assert prep["input"] == {"name": "input", "shape": ["batch", 1, 8, 8], "dtype": "float32"}
     assert prep["output"]["name"] == "logits" and prep["image_mode"] == "L" and prep["image_size"] == [8, 8]
-    assert prep["checkpoint"] == {"file": "best.pt", "sha256": file_sha256(cnn_run / "checkpoints" / "best.pt")}
+    assert prep["checkpoint"] == {
+        "file": "best.pt",
+        "sha256": file_sha256(cnn_run / "checkpoints" / "best.pt"),
+    }
     assert "train_transforms" not in prep
 
 
@@ -125,14 +145,16 @@ def test_exported_files_run_without_trainlab_with_any_batch_size(cnn_run, tmp_pa
     script = textwrap.dedent(f"""
         import sys; sys.modules["trainlab"] = None  # any import of trainlab now raises
         import numpy as np, onnxruntime as ort, torch
-        x = np.load({str(tmp_path / 'x.npy')!r})
-        session = ort.InferenceSession({str(cnn_run / 'export' / 'model.onnx')!r}, providers=["CPUExecutionProvider"])
-        program = torch.export.load({str(cnn_run / 'export' / 'model.pt2')!r}).module()
+        x = np.load({str(tmp_path / "x.npy")!r})
+        session = ort.InferenceSession({str(cnn_run / "export" / "model.onnx")!r},
+                                       providers=["CPUExecutionProvider"])
+        program = torch.export.load({str(cnn_run / "export" / "model.pt2")!r}).module()
         for n in (1, 5):
             a = session.run(["logits"], {{"input": x[:n]}})[0]
             b = program(torch.from_numpy(x[:n])).detach().numpy()
             assert a.shape == b.shape == (n, 10), (a.shape, b.shape)
-            np.save({str(tmp_path)!r} + f"/onnx{{n}}.npy", a); np.save({str(tmp_path)!r} + f"/pt2{{n}}.npy", b)
+            np.save({str(tmp_path)!r} + f"/onnx{{n}}.npy", a)
+            np.save({str(tmp_path)!r} + f"/pt2{{n}}.npy", b)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -160,24 +182,41 @@ def test_predict_with_the_onnx_backend_writes_the_default_csv(cnn_run, tmp_path,
 
 
 def test_out_and_format_write_one_file_where_asked(cnn_run, tmp_path, capsys):
-    code, out, err = cli(capsys, "export", cnn_run, "--format", "exported", "--checkpoint", "last",
-                         "--out", tmp_path / "ship" / "digits.pt2")
+    code, out, err = cli(
+        capsys,
+        "export",
+        cnn_run,
+        "--format",
+        "exported",
+        "--checkpoint",
+        "last",
+        "--out",
+        tmp_path / "ship" / "digits.pt2",
+    )
     assert code == 0, err
-    assert {p.name for p in (tmp_path / "ship").iterdir()} == {"digits.pt2", "preprocessing.json", "verification.json"}
+    assert {p.name for p in (tmp_path / "ship").iterdir()} == {
+        "digits.pt2",
+        "preprocessing.json",
+        "verification.json",
+    }
     check = json.loads((tmp_path / "ship" / "verification.json").read_text())
     assert list(check["formats"]) == ["exported"] and check["checkpoint"]["file"] == "last.pt"
     assert "exported  max abs diff" in out and "passed" in out
 
 
 def test_an_opset_the_exporter_cannot_write_is_exit_2(cnn_run, tmp_path, capsys):
-    code, _, err = cli(capsys, "export", cnn_run, "--format", "onnx", "--opset", "7", "--out", tmp_path / "m.onnx")
+    code, _, err = cli(
+        capsys, "export", cnn_run, "--format", "onnx", "--opset", "7", "--out", tmp_path / "m.onnx"
+    )
     assert code == 2 and "--opset 7: the exporter could not convert the model to ONNX opset 7" in err
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_a_failed_verification_exits_1(cnn_run, tmp_path, capsys):
     # rtol 0 with max|torch| >= 1: any rounding difference of ONNX Runtime fails
-    code, out, err = cli(capsys, "export", cnn_run, "--format", "onnx", "--out", tmp_path / "m.onnx", "--rtol", "0")
+    code, out, err = cli(
+        capsys, "export", cnn_run, "--format", "onnx", "--out", tmp_path / "m.onnx", "--rtol", "0"
+    )
     check = json.loads((tmp_path / "verification.json").read_text())
     if check["formats"]["onnx"]["max_abs_diff"] == 0:
         pytest.skip("ONNX Runtime reproduced PyTorch bit for bit")
@@ -185,6 +224,7 @@ def test_a_failed_verification_exits_1(cnn_run, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- CSV regression, binary
+
 
 @pytest.fixture(scope="module")
 def csv_file(tmp_path_factory) -> Path:
@@ -196,16 +236,34 @@ def csv_file(tmp_path_factory) -> Path:
         w.writerow(["rooms", "area", "age", "price"])
         for _ in range(120):
             a, b, c = rng.normal(3, 1), rng.normal(100, 30), rng.normal(20, 5)
-            w.writerow([round(a, 3), round(b, 2), round(c, 2), round(2 * a - b / 30 + 0.5 * c + rng.normal(0, 0.1), 3)])
+            w.writerow(
+                [
+                    round(a, 3),
+                    round(b, 2),
+                    round(c, 2),
+                    round(2 * a - b / 30 + 0.5 * c + rng.normal(0, 0.1), 3),
+                ]
+            )
     return path
 
 
 @pytest.mark.parametrize("model", ["linear", "sigmoid_net"])
 def test_csv_regression_exports_features_scaler_and_predicts_alike(model, csv_file, tmp_path, capsys):
-    config = {"name": "houses", "seed": 0, "data": {"source": "csv", "path": str(csv_file), "target": "price",
-                                                    "standardize": True, "batch_size": 16, "test_fraction": 0.2},
-              "model": {"name": model}, "optimizer": {"name": "SGD", "lr": 0.01},
-              "train": {"epochs": 1, "max_steps": 2, "device": "cpu"}}
+    config = {
+        "name": "houses",
+        "seed": 0,
+        "data": {
+            "source": "csv",
+            "path": str(csv_file),
+            "target": "price",
+            "standardize": True,
+            "batch_size": 16,
+            "test_fraction": 0.2,
+        },
+        "model": {"name": model},
+        "optimizer": {"name": "SGD", "lr": 0.01},
+        "train": {"epochs": 1, "max_steps": 2, "device": "cpu"},
+    }
     run = trainlab.train(config, out=tmp_path / "run", quiet=True)
     code, _, err = cli(capsys, "export", run.run_dir)
     assert code == 0, err
@@ -214,7 +272,10 @@ def test_csv_regression_exports_features_scaler_and_predicts_alike(model, csv_fi
     assert prep["task"] == "regression" and prep["output"]["name"] == "prediction"
     assert prep["feature_names"] == ["rooms", "area", "age"] and prep["scaler"] == saved["scaler"]
     assert prep["scaler"]["mean"][1] == pytest.approx(100, abs=10)  # the statistics of the raw area column
-    assert "class_agreement" not in json.loads((run.run_dir / "export" / "verification.json").read_text())["formats"]["onnx"]
+    assert (
+        "class_agreement"
+        not in json.loads((run.run_dir / "export" / "verification.json").read_text())["formats"]["onnx"]
+    )
     code, default, err = cli(capsys, "predict", run.run_dir, csv_file)
     assert code == 0, err
     code, onnx, err = cli(capsys, "predict", run.run_dir, csv_file, "--backend", "onnx")
@@ -224,10 +285,14 @@ def test_csv_regression_exports_features_scaler_and_predicts_alike(model, csv_fi
 
 @pytest.fixture
 def binary_run(tmp_path) -> Path:
-    config = {"name": "cancer", "seed": 0, "data": {"source": "breast_cancer", "standardize": True, "batch_size": 32,
-                                                    "test_fraction": 0.2},
-              "model": {"name": "logistic"}, "optimizer": {"name": "SGD", "lr": 0.05},
-              "train": {"epochs": 1, "max_steps": 2, "device": "cpu"}}
+    config = {
+        "name": "cancer",
+        "seed": 0,
+        "data": {"source": "breast_cancer", "standardize": True, "batch_size": 32, "test_fraction": 0.2},
+        "model": {"name": "logistic"},
+        "optimizer": {"name": "SGD", "lr": 0.05},
+        "train": {"epochs": 1, "max_steps": 2, "device": "cpu"},
+    }
     return trainlab.train(config, out=tmp_path / "run", quiet=True).run_dir
 
 
@@ -248,7 +313,11 @@ def test_binary_run_exports_the_logit_and_predict_onnx_exports_when_missing(bina
     assert "model.onnx is missing; exporting it" in err and (binary_run / "export" / "model.onnx").is_file()
     assert_same_csv(onnx, default)
     prep = json.loads((binary_run / "export" / "preprocessing.json").read_text())
-    assert prep["task"] == "binary" and prep["output"]["name"] == "logits" and "sigmoid(logit)" in prep["output"]["meaning"]
+    assert (
+        prep["task"] == "binary"
+        and prep["output"]["name"] == "logits"
+        and "sigmoid(logit)" in prep["output"]["meaning"]
+    )
     result = export_run(binary_run, ["onnx"], samples=64, quiet=True)
     assert result.passed and result.verification["formats"]["onnx"]["classes_differ"] == 0
     (binary_run / "export" / "preprocessing.json").unlink()
@@ -324,13 +393,17 @@ def test_format_all_keeps_the_format_that_works(user_models, tmp_path, capsys):
     assert "torch.export program succeeded" in err and "exported  max abs diff" in out
     check = json.loads((run.run_dir / "export" / "verification.json").read_text())
     assert check["formats"]["exported"]["passed"] and "onnx" in check["errors"] and not check["passed"]
-    assert (run.run_dir / "export" / "model.pt2").is_file() and not (run.run_dir / "export" / "model.onnx").exists()
+    assert (run.run_dir / "export" / "model.pt2").is_file() and not (
+        run.run_dir / "export" / "model.onnx"
+    ).exists()
 
 
 def test_missing_onnx_packages_name_the_extra(cnn_run, monkeypatch, capsys):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a)
+    )
     code, _, err = cli(capsys, "export", cnn_run, "--format", "onnx")
     assert code == 2 and "onnxruntime" in err and "pip install 'trainlab[export]'" in err

@@ -1,6 +1,7 @@
 """The in-memory fast path (`TensorLoader`): every sample once per epoch in a seeded order, batches equal
 to indexing the dataset (batch transform included, precomputed or not), sharding by rank, mid-epoch
 resume; and on the digits example it trains to the same accuracy as the DataLoader path."""
+
 from __future__ import annotations
 
 import pytest
@@ -67,8 +68,12 @@ def test_batches_equal_indexing_the_dataset_with_its_transform(limit):
 
 
 def test_a_random_transform_runs_per_batch_after_its_precomputed_head():
-    items = ["ToTensor", {"Normalize": {"mean": [0.4], "std": [0.3]}}, {"RandomCrop": {"size": 6, "padding": 1}},
-             "RandomHorizontalFlip"]
+    items = [
+        "ToTensor",
+        {"Normalize": {"mean": [0.4], "std": [0.3]}},
+        {"RandomCrop": {"size": 6, "padding": 1}},
+        "RandomHorizontalFlip",
+    ]
     ds = images(items=items)
     head, rest = split_transform(ds.transform)
     assert head is not None and rest is not None
@@ -93,10 +98,14 @@ def test_precompute_is_skipped_above_the_memory_limit():
 
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_shards_by_rank_cover_the_data(world_size):
-    shards = [epoch_targets(TensorLoader(indexed(), 5, shuffle=True, seed=2, rank=r, world_size=world_size))
-              for r in range(world_size)]
+    shards = [
+        epoch_targets(TensorLoader(indexed(), 5, shuffle=True, seed=2, rank=r, world_size=world_size))
+        for r in range(world_size)
+    ]
     per_rank = -(-N // world_size)
-    assert all(len(s) == per_rank for s in shards)  # equal counts: padded by wrapping around, like DistributedSampler
+    assert all(
+        len(s) == per_rank for s in shards
+    )  # equal counts: padded by wrapping around, like DistributedSampler
     together = torch.cat(shards).tolist()
     assert set(together) == set(range(N)) and len(together) == per_rank * world_size
     if N % world_size == 0:  # no padding needed: the shards are disjoint
@@ -137,16 +146,29 @@ def test_the_dataloader_path_sees_the_same_batches_as_the_fast_path():
 
 def train_digits(in_memory):
     """The default digits example (2 epochs, a small MLP), trained and tested without a run directory."""
-    cfg = trainlab.load_config(None, {"train.epochs": 2, "model.name": "mlp", "model.hidden": [64],
-                                      "data.in_memory": in_memory})
+    cfg = trainlab.load_config(
+        None, {"train.epochs": 2, "model.name": "mlp", "model.hidden": [64], "data.in_memory": in_memory}
+    )
     pipe = build_pipeline(cfg)
     assert isinstance(pipe.train_loader, TensorLoader if in_memory == "auto" else ResumableDataLoader)
-    trainer = trainlab.Trainer(pipe.model, pipe.train_loader, pipe.val_loader, loss_fn=pipe.loss_fn,
-                               optimizer=pipe.optimizer, scheduler=pipe.scheduler, task=pipe.bundle.task,
-                               train=cfg.train)
+    trainer = trainlab.Trainer(
+        pipe.model,
+        pipe.train_loader,
+        pipe.val_loader,
+        loss_fn=pipe.loss_fn,
+        optimizer=pipe.optimizer,
+        scheduler=pipe.scheduler,
+        task=pipe.bundle.task,
+        train=cfg.train,
+    )
     trainer.fit()
-    logs, _ = evaluate(trainer.model, pipe.test_loader, pipe.loss_fn,
-                       TaskMetrics("classification", 10, 10, ["accuracy"]), pipe.device)
+    logs, _ = evaluate(
+        trainer.model,
+        pipe.test_loader,
+        pipe.loss_fn,
+        TaskMetrics("classification", 10, 10, ["accuracy"]),
+        pipe.device,
+    )
     return logs
 
 
@@ -164,8 +186,12 @@ def test_dataloader_path_keeps_its_workers_across_epochs_by_default():
 
     ds = TensorDataset(torch.arange(16).float().reshape(16, 1), torch.arange(16))
     assert ResumableDataLoader(ds, 4, num_workers=1).loader.persistent_workers is True
-    assert ResumableDataLoader(ds, 4, num_workers=1, persistent_workers=False).loader.persistent_workers is False
+    assert (
+        ResumableDataLoader(ds, 4, num_workers=1, persistent_workers=False).loader.persistent_workers is False
+    )
     assert ResumableDataLoader(ds, 4, num_workers=0).loader.persistent_workers is False
     loader = ResumableDataLoader(ds, 4, shuffle=True, seed=1, num_workers=1)
     first, second = epoch_targets(loader), epoch_targets(loader)  # the same workers serve the next epoch
-    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(16)) and not torch.equal(first, second)
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(16)) and not torch.equal(
+        first, second
+    )

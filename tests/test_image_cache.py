@@ -2,6 +2,7 @@
 a memory-mapped file on disk. Correctness only: the same samples as decoding per epoch, memory and disk
 give the same tensors, a changed file, a truncated cache file or another version's manifest rebuilds the
 cache, resume is exact, bad files are still skipped or reported. Tiny folders written by the tests."""
+
 from __future__ import annotations
 
 import json
@@ -43,13 +44,24 @@ def make_folder(root, n=16, seed=0):
 
 
 def config(root, **data):
-    return trainlab.load_config(None, {"data.source": "image_folder", "data.root": str(root), "data.batch_size": 4,
-                                       "data.val_fraction": 0.25, "data.test_fraction": 0.0,
-                                       "data.transforms": TRANSFORMS, **{f"data.{k}": v for k, v in data.items()}})
+    return trainlab.load_config(
+        None,
+        {
+            "data.source": "image_folder",
+            "data.root": str(root),
+            "data.batch_size": 4,
+            "data.val_fraction": 0.25,
+            "data.test_fraction": 0.0,
+            "data.transforms": TRANSFORMS,
+            **{f"data.{k}": v for k, v in data.items()},
+        },
+    )
 
 
 def cache_files(folder):
-    return sorted(p.name for p in folder.iterdir() if p.suffix in (".npy", ".json") and not p.name.startswith("."))
+    return sorted(
+        p.name for p in folder.iterdir() if p.suffix in (".npy", ".json") and not p.name.startswith(".")
+    )
 
 
 def test_cached_splits_hold_the_same_samples_as_decoding_per_epoch(tmp_path):
@@ -67,7 +79,9 @@ def test_cached_splits_hold_the_same_samples_as_decoding_per_epoch(tmp_path):
     slow = make_loader(off.train, 4, shuffle=True, seed=3)
     assert isinstance(fast, TensorLoader) and isinstance(slow, ResumableDataLoader)
     assert [y.tolist() for _, y in fast] == [y.tolist() for _, y in slow]
-    for (xa, ya), (xb, yb) in zip(make_loader(cached.val, 4, shuffle=False), make_loader(off.val, 4, shuffle=False)):
+    for (xa, ya), (xb, yb) in zip(
+        make_loader(cached.val, 4, shuffle=False), make_loader(off.val, 4, shuffle=False)
+    ):
         assert torch.equal(ya, yb) and torch.equal(xa, xb)
     assert cached.input_shape == off.input_shape == (3, 8, 8)
 
@@ -83,7 +97,9 @@ def test_memory_and_disk_give_identical_tensors_and_disk_is_reused(tmp_path):
     again = build_data(config(root, cache="disk", cache_dir=str(folder)))
     assert again.info["notes"][-1].startswith("read 16 images")  # decoded by the earlier run
     from_disk = build_data(config(root, cache="memory", cache_dir=str(folder)))  # memory mode reuses it
-    assert from_disk.info["notes"][-1].startswith("read 16 images") and torch.equal(from_disk.train.x, memory.train.x)
+    assert from_disk.info["notes"][-1].startswith("read 16 images") and torch.equal(
+        from_disk.train.x, memory.train.x
+    )
 
 
 def test_auto_goes_to_disk_when_the_memory_limit_is_exceeded(tmp_path):
@@ -104,7 +120,9 @@ def test_a_changed_file_rebuilds_the_cache(tmp_path):
     second = build_data(config(root, cache="disk", cache_dir=str(folder), val_fraction=0.0))
     assert second.info["notes"][-1].startswith("decoded 16 images once")
     row = second.train.x[0]  # cats/0.png is the first file
-    assert torch.equal(row, torch.full((3, 8, 8), 200, dtype=torch.uint8)) and not torch.equal(row, first.train.x[0])
+    assert torch.equal(row, torch.full((3, 8, 8), 200, dtype=torch.uint8)) and not torch.equal(
+        row, first.train.x[0]
+    )
 
 
 def _cache_of(folder, suffix):
@@ -118,7 +136,9 @@ def test_a_truncated_cache_file_or_another_versions_manifest_is_rebuilt(tmp_path
     npy = _cache_of(folder, ".npy")
     npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])  # cut short, as by a kill or a full disk
     rebuilt = build_data(config(root, cache="disk", cache_dir=str(folder)))
-    assert rebuilt.info["notes"][-1].startswith("decoded 16 images once") and torch.equal(rebuilt.train.x, good)
+    assert rebuilt.info["notes"][-1].startswith("decoded 16 images once") and torch.equal(
+        rebuilt.train.x, good
+    )
 
     manifest = _cache_of(folder, ".json")
     data = json.loads(manifest.read_text())
@@ -145,10 +165,15 @@ def test_images_of_several_sizes_after_the_head_are_cached_at_their_own_sizes(tm
     # CenterCrop (a fixed size): the val folder is stacked for the batched fast path.
     for split in ("train", "val"):
         make_folder(tmp_path / "images" / split, n=6, seed=len(split))
-    args = {"data.source": "image_folder", "data.root": str(tmp_path / "images"), "data.batch_size": 4,
-            "data.transforms": [{"RandomResizedCrop": 8}, "ToTensor"],
-            "data.eval_transforms": [{"Resize": 10}, {"CenterCrop": 8}, "ToTensor"],
-            "data.cache": "disk", "data.cache_dir": str(tmp_path / "cache")}
+    args = {
+        "data.source": "image_folder",
+        "data.root": str(tmp_path / "images"),
+        "data.batch_size": 4,
+        "data.transforms": [{"RandomResizedCrop": 8}, "ToTensor"],
+        "data.eval_transforms": [{"Resize": 10}, {"CenterCrop": 8}, "ToTensor"],
+        "data.cache": "disk",
+        "data.cache_dir": str(tmp_path / "cache"),
+    }
     bundle = build_data(trainlab.load_config(None, args))
     assert isinstance(bundle.train.dataset, CachedImages) and isinstance(bundle.val, ArrayDataset)
     assert bundle.val.x.shape == (6, 3, 8, 8)
@@ -163,7 +188,9 @@ def test_images_of_several_sizes_after_the_head_are_cached_at_their_own_sizes(tm
     assert again.info["notes"][-1].startswith("read 6 images at their own sizes")
     assert all(torch.equal(again.train.dataset[i][0], raw_off[i][0]) for i in range(6))
     # auto, and too large for memory: only the stacked val split goes to disk; train is decoded per epoch
-    tight = build_data(trainlab.load_config(None, {**args, "data.cache": "auto", "data.cache_memory_mb": 0.001}))
+    tight = build_data(
+        trainlab.load_config(None, {**args, "data.cache": "auto", "data.cache_memory_mb": 0.001})
+    )
     assert isinstance(tight.train.dataset, ImageFileDataset) and isinstance(tight.val, ArrayDataset)
     assert tight.info["cache"]["where"] == "disk"
     assert any(n.startswith("not cached: the train images") for n in tight.info["notes"])
@@ -185,16 +212,30 @@ def test_resume_mid_epoch_with_the_disk_cache_is_exact(tmp_path):
     from trainlab.cli import main
 
     root = make_folder(tmp_path / "images")
-    args = ["data.source=image_folder", f"data.root={root}", "data.batch_size=4", "data.val_fraction=0.25",
-            "data.test_fraction=0", "data.transforms=[{Resize: [[8, 8]]}, RandomHorizontalFlip, ToTensor]",
-            "data.cache=disk", f"data.cache_dir={tmp_path / 'cache'}", "model.name=mlp", "model.hidden=[16]",
-            "train.epochs=2", "train.checkpoint_every_n_steps=2", "--quiet"]
+    args = [
+        "data.source=image_folder",
+        f"data.root={root}",
+        "data.batch_size=4",
+        "data.val_fraction=0.25",
+        "data.test_fraction=0",
+        "data.transforms=[{Resize: [[8, 8]]}, RandomHorizontalFlip, ToTensor]",
+        "data.cache=disk",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "model.name=mlp",
+        "model.hidden=[16]",
+        "train.epochs=2",
+        "train.checkpoint_every_n_steps=2",
+        "--quiet",
+    ]
     run, marker = tmp_path / "run", tmp_path / "in_save"
     # 12 training images, batch 4: saves at step 2 (the first last.pt), then at the end of epoch 1
     # (step 3), which pauses inside the save and is killed: last.pt stays at step 2, mid-epoch.
-    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *args, "--out", str(run)],
-                            env={**os.environ, "TQDM_DISABLE": "1", "TRAINLAB_FAULT_PAUSE_IN_SAVE": str(marker)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainlab", "train", *args, "--out", str(run)],
+        env={**os.environ, "TQDM_DISABLE": "1", "TRAINLAB_FAULT_PAUSE_IN_SAVE": str(marker)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     reference = tmp_path / "reference"
     assert main(["train", *args, "--out", str(reference)]) == 0  # meanwhile, the uninterrupted run
     deadline = time.monotonic() + 300
@@ -206,7 +247,10 @@ def test_resume_mid_epoch_with_the_disk_cache_is_exact(tmp_path):
     last = run / "checkpoints" / "last.pt"
     assert torch.load(last, weights_only=True)["loader"] == {"epoch": 0, "position": 2}
     assert main(["train", *args, "--out", str(run), "--resume"]) == 0
-    got, ref = torch.load(last, weights_only=True), torch.load(reference / "checkpoints" / "last.pt", weights_only=True)
+    got, ref = (
+        torch.load(last, weights_only=True),
+        torch.load(reference / "checkpoints" / "last.pt", weights_only=True),
+    )
     assert got["global_step"] == ref["global_step"] == 6
     for k in ref["model"]:
         assert torch.equal(got["model"][k], ref["model"][k]), k

@@ -2,6 +2,7 @@
 TensorBoard scalars read back with tensorboard's own EventAccumulator, the checkpoints and
 model.safetensors, and the console (progress bars off with --quiet / TQDM_DISABLE=1, one summary line
 per epoch otherwise). Most tests read the session's digits run (conftest.py)."""
+
 from __future__ import annotations
 
 import io
@@ -20,7 +21,9 @@ SPLITS = {"train", "val", "test"}
 
 
 def metrics_rows(run) -> list[dict]:
-    return [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
 
 
 def summary_of(run) -> dict:
@@ -44,7 +47,9 @@ def test_metrics_jsonl_schema(digits_run):
     # One test row, after training, with the metrics of the summary.
     test_rows = [r for r in rows if r["split"] == "test"]
     assert len(test_rows) == 1 and rows[-1] is test_rows[0]
-    assert test_rows[0]["accuracy"] == pytest.approx(summary_of(digits_run)["final"]["test"]["accuracy"], abs=1e-9)
+    assert test_rows[0]["accuracy"] == pytest.approx(
+        summary_of(digits_run)["final"]["test"]["accuracy"], abs=1e-9
+    )
 
     # Step rows: strictly increasing steps, each within its epoch's steps.
     step_rows = [r for r in rows if r.get("kind") == "step"]
@@ -69,15 +74,19 @@ def test_summary_json_schema(digits_run):
     assert summary["eval_samples_per_second"] > 0
     assert 0 <= summary["data_wait_fraction"] < 1
     assert summary["flops_per_sample"] > 0 and summary["peak_flops"] > 0
-    assert summary["mfu"] == pytest.approx(summary["samples_per_second"] * summary["flops_per_sample"]
-                                           / summary["peak_flops"], rel=1e-9)
+    assert summary["mfu"] == pytest.approx(
+        summary["samples_per_second"] * summary["flops_per_sample"] / summary["peak_flops"], rel=1e-9
+    )
     assert summary["channels_last"] is True  # the default example is a conv net on the CPU
 
     # best: the monitored value (train.monitor: auto -> val_accuracy for a classifier) is the highest
     # validation accuracy of the run, kept from the first epoch that reached it.
     val = {r["epoch"]: r for r in rows if r.get("kind") == "epoch" and r["split"] == "val"}
     best = summary["best"]
-    assert best["metric"] == "val_accuracy" and summary["monitor"] == {"metric": "val_accuracy", "mode": "max"}
+    assert best["metric"] == "val_accuracy" and summary["monitor"] == {
+        "metric": "val_accuracy",
+        "mode": "max",
+    }
     assert best["value"] == pytest.approx(max(r["accuracy"] for r in val.values()))
     assert best["epoch"] == min(e for e, r in val.items() if r["accuracy"] == pytest.approx(best["value"]))
 
@@ -98,7 +107,9 @@ def test_tensorboard_scalars_read_back_one_value_per_epoch(digits_run):
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "val/loss", "val/accuracy", "train/lr"} <= tags
     assert "lr" not in tags  # one LR curve (train/lr, per step), not a per-epoch duplicate on another axis
-    val = {r["epoch"]: r for r in metrics_rows(digits_run) if r.get("kind") == "epoch" and r["split"] == "val"}
+    val = {
+        r["epoch"]: r for r in metrics_rows(digits_run) if r.get("kind") == "epoch" and r["split"] == "val"
+    }
     for tag in ("train/loss", "val/loss", "val/accuracy"):
         scalars = events.Scalars(tag)
         assert [s.step for s in scalars] == list(range(1, EPOCHS + 1)), tag
@@ -117,7 +128,9 @@ def test_tensorboard_has_the_config_as_hyperparameters_in_the_same_run(digits_ru
     events = EventAccumulator(str(tb))
     events.Reload()
     content = events.PluginTagToContent("hparams")
-    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
     assert start.hparams["optimizer.name"].string_value == "Adam"
     assert start.hparams["optimizer.lr"].number_value == pytest.approx(0.003)
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
@@ -149,9 +162,19 @@ def test_tqdm_disable_silences_the_bars_but_keeps_one_line_per_epoch(digits_run)
 
 
 def short_run(capsys, tmp_path, *extra: str) -> tuple[int, str, str]:
-    return cli_in_process(capsys, "train", "model.name=mlp", "model.hidden=[16]", "train.epochs=2",
-                          "train.max_steps=25", "data.batch_size=64", "train.device=cpu", "--out",
-                          str(tmp_path / "run"), *extra)
+    return cli_in_process(
+        capsys,
+        "train",
+        "model.name=mlp",
+        "model.hidden=[16]",
+        "train.epochs=2",
+        "train.max_steps=25",
+        "data.batch_size=64",
+        "train.device=cpu",
+        "--out",
+        str(tmp_path / "run"),
+        *extra,
+    )
 
 
 def test_progress_bars_and_epoch_lines_without_quiet(tmp_path, capsys, monkeypatch, no_report):
@@ -172,19 +195,31 @@ def test_progress_bar_shows_loss_speed_data_wait_and_mfu(monkeypatch):
     from trainlab.logging import ConsoleProgress
 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
+
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
     progress = ConsoleProgress(steps_per_epoch=4, epochs=1, stream=Terminal())
     progress.on_epoch_begin(1, {})
-    progress.on_batch_end(1, {"epoch": 1, "steps_since": 1, "loss": 0.5, "samples_per_second": 12345.0,
-                              "data_wait_fraction": 0.25, "mfu": 0.123})
+    progress.on_batch_end(
+        1,
+        {
+            "epoch": 1,
+            "steps_since": 1,
+            "loss": 0.5,
+            "samples_per_second": 12345.0,
+            "data_wait_fraction": 0.25,
+            "mfu": 0.123,
+        },
+    )
     assert progress.bar.postfix == "loss=0.5000, samples/s=12,345, data wait=25%, mfu=12.3%"
     assert progress.bar.n == 1
 
 
-def test_redirected_stderr_gets_one_line_per_epoch_and_no_bar_frames(tmp_path, capsys, monkeypatch, no_report):
+def test_redirected_stderr_gets_one_line_per_epoch_and_no_bar_frames(
+    tmp_path, capsys, monkeypatch, no_report
+):
     """`trainlab train 2> log`: tqdm wrote a frame per refresh (58 for two short epochs) into the file."""
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     assert not sys.stderr.isatty()  # pytest's capture, like a file
@@ -198,14 +233,26 @@ def test_epoch_lines_have_fixed_width_numbers_that_align(capsys, monkeypatch):
     from trainlab.logging import ConsoleProgress
 
     progress = ConsoleProgress(steps_per_epoch=4, epochs=12, stream=io.StringIO())
-    rows = [(1, {"loss": 0.8448, "accuracy": 0.9, "samples_per_second": 8090.0}, {"loss": 0.3573, "accuracy": 0.8778}),
-            (12, {"loss": 0.001159, "accuracy": 1.0, "samples_per_second": 12627.0}, {"loss": 1653.0, "accuracy": 1.0})]
+    rows = [
+        (
+            1,
+            {"loss": 0.8448, "accuracy": 0.9, "samples_per_second": 8090.0},
+            {"loss": 0.3573, "accuracy": 0.8778},
+        ),
+        (
+            12,
+            {"loss": 0.001159, "accuracy": 1.0, "samples_per_second": 12627.0},
+            {"loss": 1653.0, "accuracy": 1.0},
+        ),
+    ]
     capsys.readouterr()
     for epoch, train, val in rows:
         progress.on_epoch_end(epoch, {"train": train, "val": val, "lr": 0.003, "step": 40 * epoch})
     lines = capsys.readouterr().out.splitlines()
     assert "acc 1.0000" in lines[1] and "acc 0.9000" in lines[0] and "acc 1 " not in lines[1]
-    assert lines[0].startswith("epoch  1/12 |") and "loss 0.001159" in lines[1] and "loss     1653" in lines[1]
+    assert (
+        lines[0].startswith("epoch  1/12 |") and "loss 0.001159" in lines[1] and "loss     1653" in lines[1]
+    )
     for word in ("train", "val", "lr", "samples/s"):  # every column starts at the same place
         assert lines[0].index(word) == lines[1].index(word), (word, lines)
 
@@ -231,7 +278,9 @@ def test_in_a_notebook_the_model_summary_is_one_collapsed_block(monkeypatch):
     display = pytest.importorskip("IPython.display")
     monkeypatch.setattr(display, "display", shown.append)
     tl.show_model_summary("Layer ...\nTotal params: 25,610\nTrainable params: 25,610")
-    assert len(shown) == 1 and "<details><summary>model summary (25,610 parameters)</summary>" in shown[0].data
+    assert (
+        len(shown) == 1 and "<details><summary>model summary (25,610 parameters)</summary>" in shown[0].data
+    )
 
 
 def test_quiet_prints_no_bars_and_no_epoch_lines(tmp_path, capsys, monkeypatch, no_report):
@@ -246,10 +295,16 @@ def test_quiet_prints_no_bars_and_no_epoch_lines(tmp_path, capsys, monkeypatch, 
 def test_each_param_group_learning_rate_is_logged(tmp_path, capsys, no_report):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    code, out, err = short_run(capsys, tmp_path, "train.log_every_n_steps=1", "train.max_steps=3",
-                               "optimizer.name=SGD", "optimizer.lr=0.1",
-                               "optimizer.param_groups=[{params: '1.*', lr: 0.01}, {params: '3.*', lr: 0.02}]",
-                               "--quiet")
+    code, out, err = short_run(
+        capsys,
+        tmp_path,
+        "train.log_every_n_steps=1",
+        "train.max_steps=3",
+        "optimizer.name=SGD",
+        "optimizer.lr=0.1",
+        "optimizer.param_groups=[{params: '1.*', lr: 0.01}, {params: '3.*', lr: 0.02}]",
+        "--quiet",
+    )
     assert code == 0, err
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     step_rows = [r for r in rows if r.get("kind") == "step"]
@@ -264,13 +319,17 @@ def test_resume_truncation_drops_rows_of_an_epoch_the_checkpoint_did_not_finish(
     from trainlab.logging import MetricsFile
 
     path = tmp_path / "metrics.jsonl"
-    rows = [{"epoch": 1, "step": 15, "split": "train", "kind": "step", "loss": 1.0},
-            {"epoch": 1, "step": 20, "split": "train", "kind": "step", "loss": 0.9},
-            {"epoch": 1, "step": 20, "split": "train", "kind": "epoch", "loss": 0.95},
-            {"epoch": 1, "step": 20, "split": "val", "kind": "epoch", "loss": 0.97},
-            {"epoch": 2, "step": 25, "split": "train", "kind": "step", "loss": 0.8}]
+    rows = [
+        {"epoch": 1, "step": 15, "split": "train", "kind": "step", "loss": 1.0},
+        {"epoch": 1, "step": 20, "split": "train", "kind": "step", "loss": 0.9},
+        {"epoch": 1, "step": 20, "split": "train", "kind": "epoch", "loss": 0.95},
+        {"epoch": 1, "step": 20, "split": "val", "kind": "epoch", "loss": 0.97},
+        {"epoch": 2, "step": 25, "split": "train", "kind": "step", "loss": 0.8},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    MetricsFile(path, truncate_after_step=20, completed_epochs=0).file.close()  # mid-epoch checkpoint at step 20
+    MetricsFile(
+        path, truncate_after_step=20, completed_epochs=0
+    ).file.close()  # mid-epoch checkpoint at step 20
     kept = [json.loads(line) for line in path.read_text().splitlines()]
     assert kept == rows[:2]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,5 +1,6 @@
 """The loop's structure: one train_step for every policy, the callback contract as documented, the
 Trainer's constructors, and plain imports of trainlab's own modules."""
+
 from __future__ import annotations
 
 import ast
@@ -8,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_in_process, tiny_config
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import trainlab
+from conftest import cli_in_process, tiny_config
 from trainlab.data.loaders import TensorLoader
 from trainlab.engine.callbacks import Callback
 
@@ -58,8 +59,16 @@ def poisoned_trainer(policy: str, recorder: Callback) -> trainlab.Trainer:
     x, y = blobs()
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
     return trainlab.Trainer.from_datasets(
-        model, TensorDataset(x, y), loss_fn=NaNOnSecondBatch(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        batch_size=16, epochs=2, device="cpu", nan_policy=policy, callbacks=[recorder])
+        model,
+        TensorDataset(x, y),
+        loss_fn=NaNOnSecondBatch(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        batch_size=16,
+        epochs=2,
+        device="cpu",
+        nan_policy=policy,
+        callbacks=[recorder],
+    )
 
 
 def test_nan_policy_skip_runs_the_same_step_as_stop():
@@ -89,8 +98,9 @@ def test_from_datasets_puts_a_tensor_dataset_on_the_fast_path():
     # A TensorDataset used to go through a per-sample DataLoader that reseeded torch for every sample.
     x, y = blobs()
     model = nn.Linear(4, 2)
-    trainer = trainlab.Trainer.from_datasets(model, TensorDataset(x, y), TensorDataset(x, y), batch_size=32,
-                                             epochs=1, device="cpu")
+    trainer = trainlab.Trainer.from_datasets(
+        model, TensorDataset(x, y), TensorDataset(x, y), batch_size=32, epochs=1, device="cpu"
+    )
     assert isinstance(trainer.train_loader, TensorLoader) and isinstance(trainer.val_loader, TensorLoader)
     assert trainer.val_loader.batch_size == 128  # evaluation batches: 4 x the training batch
 
@@ -99,8 +109,12 @@ def test_the_constructor_takes_loaders_and_says_what_to_do_with_a_dataset():
     x, y = blobs()
     model = nn.Linear(4, 2)
     with pytest.raises(TypeError, match="from_datasets"):
-        trainlab.Trainer(model, TensorDataset(x, y), loss_fn=nn.CrossEntropyLoss(),
-                         optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+        trainlab.Trainer(
+            model,
+            TensorDataset(x, y),
+            loss_fn=nn.CrossEntropyLoss(),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        )
 
 
 def test_trainlab_modules_are_imported_plainly():
@@ -109,8 +123,9 @@ def test_trainlab_modules_are_imported_plainly():
     for path in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Try) and any(
-                    isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
-                    for h in node.handlers):
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                for h in node.handlers
+            ):
                 for stmt in ast.walk(ast.Module(body=node.body, type_ignores=[])):
                     if isinstance(stmt, ast.ImportFrom) and (stmt.module or "").startswith("trainlab"):
                         offenders.append(f"{path.relative_to(SRC)}:{stmt.lineno}")
@@ -119,8 +134,16 @@ def test_trainlab_modules_are_imported_plainly():
 
 def test_smoke_run_writes_a_complete_run_directory_in_two_steps(tmp_path, capsys):
     out = tmp_path / "smoke"
-    code, stdout, _ = cli_in_process(capsys, "train", "--smoke", "--out", str(out), "--quiet",
-                                     "scheduler.warmup_steps=50", "scheduler.interval=step")
+    code, stdout, _ = cli_in_process(
+        capsys,
+        "train",
+        "--smoke",
+        "--out",
+        str(out),
+        "--quiet",
+        "scheduler.warmup_steps=50",
+        "scheduler.interval=step",
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["global_step"] == 2
@@ -135,3 +158,17 @@ def test_eval_takes_the_best_or_the_last_checkpoint(tmp_path, capsys, no_report)
     assert code == 0 and f"accuracy={run.final['test']['accuracy']:.4f}" in best
     code, last, _ = cli_in_process(capsys, "eval", str(out), "--checkpoint", "last")
     assert code == 0 and f"accuracy={run.final['test_last']['accuracy']:.4f}" in last
+
+
+def test_epoch_sums_survive_a_checkpoint_exactly():
+    # loss_sum - running_sum in float32 loses the logged part's last bits when running is small next
+    # to it; a resumed epoch must continue from exactly the same sums (bit-identical train loss).
+    from trainlab.engine.epoch_stats import EpochStats
+
+    stats = EpochStats(torch.device("cpu"), "regression")
+    stats.loss += 50.8392448425293  # float32 values where (loss + running) - running != loss
+    stats.running += 2.6296138763427734
+    stats.samples = stats.interval_samples = 7
+    restored = EpochStats.start(torch.device("cpu"), "regression", stats.state_dict())
+    assert torch.equal(restored.loss, stats.loss) and torch.equal(restored.running, stats.running)
+    assert restored.state_dict()["loss_sum"] == stats.state_dict()["loss_sum"]

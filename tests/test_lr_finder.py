@@ -1,4 +1,5 @@
 """LR range test: exact restore, divergence where theory puts it, NaN-tolerant suggestions."""
+
 import math
 
 import numpy as np
@@ -9,8 +10,6 @@ from torch import nn
 from trainlab.diagnose.lr_finder import lr_range_test, plot_lr_find, suggest_steepest, suggest_valley
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
-
-
 
 
 def test_restores_model_optimizer_and_rng_exactly():
@@ -71,7 +70,9 @@ def test_suggestions_ignore_everything_after_the_first_nan():
     steep, valley = suggest_steepest(lrs, losses), suggest_valley(lrs, losses)
     assert lrs[9] <= steep <= lrs[19]  # inside the falling stretch, not at the -50 after the NaN
     assert lrs[10] <= valley <= lrs[19]
-    assert suggest_steepest(lrs[:3], [math.nan] * 3) is None and suggest_valley([1e-3, 1e-2], [1.0, 0.5]) is None
+    assert (
+        suggest_steepest(lrs[:3], [math.nan] * 3) is None and suggest_valley([1e-3, 1e-2], [1.0, 0.5]) is None
+    )
 
 
 def test_stops_at_first_nan_and_plots(tmp_path):

@@ -1,4 +1,5 @@
 """The model zoo, the YAML `sequential` builder, torchvision and user models, init and shape checks."""
+
 from __future__ import annotations
 
 import math
@@ -21,18 +22,30 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only 
 # A suitable (tiny) sample shape, task and keyword arguments for every zoo model; a new model must be
 # added here.
 ZOO_CASES = {
-    "linear": ((5,), "regression"), "logistic": ((5,), "binary"), "sigmoid_net": ((3,), "regression"),
-    "mlp": ((1, 4, 4), "classification"), "small_cnn": ((1, 8, 8), "classification"),
-    "lenet": ((1, 16, 16), "classification"), "cnn_classifier": ((3, 16, 16), "classification", {"channels": [8, 16, 32], "fc": [32, 8]}),
-    "inception": ((1, 16, 16), "classification"), "resnet_small": ((1, 16, 16), "classification"),
-    "rnn": ((6, 3), "classification"), "lstm": ((6, 3), "classification"), "gru": ((1, 12), "classification"),
+    "linear": ((5,), "regression"),
+    "logistic": ((5,), "binary"),
+    "sigmoid_net": ((3,), "regression"),
+    "mlp": ((1, 4, 4), "classification"),
+    "small_cnn": ((1, 8, 8), "classification"),
+    "lenet": ((1, 16, 16), "classification"),
+    "cnn_classifier": ((3, 16, 16), "classification", {"channels": [8, 16, 32], "fc": [32, 8]}),
+    "inception": ((1, 16, 16), "classification"),
+    "resnet_small": ((1, 16, 16), "classification"),
+    "rnn": ((6, 3), "classification"),
+    "lstm": ((6, 3), "classification"),
+    "gru": ((1, 12), "classification"),
 }
 OUTPUT_DIM = {"classification": 3, "binary": 1, "regression": 1}
 
-CIFAR_LAYERS = [{"Conv2d": [3, 20, 5]}, {"MaxPool2d": [2]}, {"Conv2d": [20, 50, 5]}, {"MaxPool2d": [2]},
-                "Flatten", {"Linear": [800, 500]}, {"Linear": [500, 10]}]
-
-
+CIFAR_LAYERS = [
+    {"Conv2d": [3, 20, 5]},
+    {"MaxPool2d": [2]},
+    {"Conv2d": [20, 50, 5]},
+    {"MaxPool2d": [2]},
+    "Flatten",
+    {"Linear": [800, 500]},
+    {"Linear": [500, 10]},
+]
 
 
 def tiny_batch(shape, task, n=16):
@@ -54,7 +67,9 @@ def test_every_registered_model_has_a_case():
 def test_zoo_model_trains_and_its_loss_drops(name):
     shape, task, *kwargs = ZOO_CASES[name]
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, **(kwargs[0] if kwargs else {})), shape, OUTPUT_DIM[task], task)
+    model = build_model(
+        ModelConfig(name=name, **(kwargs[0] if kwargs else {})), shape, OUTPUT_DIM[task], task
+    )
     loss_fn = build_loss(LossConfig(), task)
     x, y = tiny_batch(shape, task)
     assert check_shapes(model, x) == (16, OUTPUT_DIM[task])
@@ -71,13 +86,17 @@ def test_zoo_model_trains_and_its_loss_drops(name):
 
 
 def test_fc_sizes_come_from_the_input_shape():
-    assert build_model(ModelConfig(name="lenet"), (1, 28, 28), 10).head.in_features == 320  # 20x4x4, the notes' 320
+    assert (
+        build_model(ModelConfig(name="lenet"), (1, 28, 28), 10).head.in_features == 320
+    )  # 20x4x4, the notes' 320
     assert build_model(ModelConfig(name="inception"), (1, 28, 28), 10).head.in_features == 1408  # 88x4x4
     assert build_model(ModelConfig(name="resnet_small"), (1, 28, 28), 10).head.in_features == 512  # 32x4x4
     # Three blocks halve 32x32 three times: 512x4x4, not the notes' printed (five-block) size on 128x128.
     food = build_model(ModelConfig(name="cnn_classifier"), (3, 32, 32), 11)
     assert food.head[0].in_features == 512 * 4 * 4 and food.head[-1].out_features == 11
-    pooled = build_model(ModelConfig(name="cnn_classifier", adaptive_pool=2, channels=[4, 8, 16], fc=[8]), (3, 64, 64), 11)
+    pooled = build_model(
+        ModelConfig(name="cnn_classifier", adaptive_pool=2, channels=[4, 8, 16], fc=[8]), (3, 64, 64), 11
+    )
     assert pooled.head[0].in_features == 16 * 2 * 2
 
 
@@ -108,11 +127,25 @@ def test_sigmoid_net_is_a_constant_plus_a_sum_of_sigmoids():
 
 
 def test_mlp_options():
-    model = build_model(ModelConfig(name="mlp", hidden=[6, 4], activation="sigmoid", dropout=0.1, batch_norm=True), (8,), 1)
+    model = build_model(
+        ModelConfig(name="mlp", hidden=[6, 4], activation="sigmoid", dropout=0.1, batch_norm=True), (8,), 1
+    )
     kinds = [type(m).__name__ for m in model]
-    assert kinds == ["Flatten", "Linear", "BatchNorm1d", "Sigmoid", "Dropout", "Linear", "BatchNorm1d", "Sigmoid",
-                     "Dropout", "Linear"]
-    with pytest.raises(ConfigError, match=r"model.activation: unknown activation 'rellu' \(did you mean 'relu'"):
+    assert kinds == [
+        "Flatten",
+        "Linear",
+        "BatchNorm1d",
+        "Sigmoid",
+        "Dropout",
+        "Linear",
+        "BatchNorm1d",
+        "Sigmoid",
+        "Dropout",
+        "Linear",
+    ]
+    with pytest.raises(
+        ConfigError, match=r"model.activation: unknown activation 'rellu' \(did you mean 'relu'"
+    ):
         build_model(ModelConfig(name="mlp", activation="rellu"), (8,), 1)
 
 
@@ -124,7 +157,10 @@ def test_recurrent_models_read_one_channel_signals_as_steps_of_one_feature():
     out, _ = model.rnn(x.transpose(1, 2))  # 40 steps of 1 feature
     torch.testing.assert_close(model(x), model.fc(out[:, -1]))
     rows = build_model(ModelConfig(name="lstm", bidirectional=True, num_layers=2), (1, 28, 28), 10)
-    assert rows.rnn.input_size == 28 and rows(torch.randn(2, 1, 28, 28)).shape == (2, 10)  # 28 rows of 28 pixels
+    assert rows.rnn.input_size == 28 and rows(torch.randn(2, 1, 28, 28)).shape == (
+        2,
+        10,
+    )  # 28 rows of 28 pixels
 
 
 @pytest.mark.parametrize("shape", [(1, 40), (40,), (784,)])
@@ -151,22 +187,45 @@ def test_auto_picks_by_the_rank_of_a_sample():
 
 
 def test_sequential_yaml_equals_the_hand_built_model():
-    cfg = load_config({"model": {"name": "sequential", "layers": [
-        {"Conv2d": [1, 4, 3]}, "ReLU", {"MaxPool2d": [2]}, {"Flatten": {"start_dim": 1}},
-        {"Linear": [36, 8]}, {"Dropout": {"p": 0.5}}, {"Linear": [8, 3]}]}})
+    cfg = load_config(
+        {
+            "model": {
+                "name": "sequential",
+                "layers": [
+                    {"Conv2d": [1, 4, 3]},
+                    "ReLU",
+                    {"MaxPool2d": [2]},
+                    {"Flatten": {"start_dim": 1}},
+                    {"Linear": [36, 8]},
+                    {"Dropout": {"p": 0.5}},
+                    {"Linear": [8, 3]},
+                ],
+            }
+        }
+    )
     torch.manual_seed(0)
     built = build_model(cfg.model, (1, 8, 8), 3)
     torch.manual_seed(0)
-    hand = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(start_dim=1), nn.Linear(36, 8),
-                         nn.Dropout(p=0.5), nn.Linear(8, 3))
+    hand = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(start_dim=1),
+        nn.Linear(36, 8),
+        nn.Dropout(p=0.5),
+        nn.Linear(8, 3),
+    )
     assert [p.shape for p in built.parameters()] == [p.shape for p in hand.parameters()]
     x = torch.randn(5, 1, 8, 8)
     torch.testing.assert_close(built.eval()(x), hand.eval()(x))
 
 
 def test_sequential_lazy_layers_are_materialised_from_the_data():
-    model = build_model(ModelConfig(name="sequential", layers=["Flatten", {"LazyLinear": [7]}, "ReLU", {"LazyLinear": [3]}]),
-                        (2, 4, 4), 3)
+    model = build_model(
+        ModelConfig(name="sequential", layers=["Flatten", {"LazyLinear": [7]}, "ReLU", {"LazyLinear": [3]}]),
+        (2, 4, 4),
+        3,
+    )
     assert model[1].weight.shape == (7, 32) and model[3].weight.shape == (3, 7)
     assert model.training
 
@@ -183,10 +242,16 @@ def test_the_notes_cifar_sequential_on_32x32_names_the_layer_and_both_shapes():
     with pytest.raises(ConfigError) as err:
         check_shapes(model, torch.zeros(4, 3, 32, 32))
     msg = str(err.value)
-    assert "model.layers.5 (Linear) expects 800 input features, got 1250 from input of shape (4, 50, 5, 5) flattened" in msg
+    assert (
+        "model.layers.5 (Linear) expects 800 input features, "
+        "got 1250 from input of shape (4, 50, 5, 5) flattened" in msg
+    )
     assert "\n" not in msg
     assert model.training  # the mode is restored after the dry run
-    assert check_shapes(model, torch.zeros(4, 3, 28, 28), output_dim=10) == (4, 10)  # the notes' 28x28 crops fit
+    assert check_shapes(model, torch.zeros(4, 3, 28, 28), output_dim=10) == (
+        4,
+        10,
+    )  # the notes' 28x28 crops fit
 
 
 def test_check_shapes_explains_channels_and_output_size():
@@ -207,8 +272,14 @@ def test_bad_model_keyword_and_name_suggest_the_right_one():
 def test_init_schemes_by_layer_type():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(400, 300), nn.Tanh(), nn.Conv2d(64, 64, 3), nn.BatchNorm2d(4))
-    apply_init(model, {"Linear": {"scheme": "xavier_uniform", "nonlinearity": "tanh"},
-                       "Conv2d": {"scheme": "kaiming_normal", "nonlinearity": "relu"}, "bias": "zeros"})
+    apply_init(
+        model,
+        {
+            "Linear": {"scheme": "xavier_uniform", "nonlinearity": "tanh"},
+            "Conv2d": {"scheme": "kaiming_normal", "nonlinearity": "relu"},
+            "bias": "zeros",
+        },
+    )
     linear, conv = model[0], model[2]
     assert linear.bias.abs().sum() == 0 and conv.bias.abs().sum() == 0
     bound = 5 / 3 * math.sqrt(6 / (400 + 300))  # calculate_gain("tanh") = 5/3
@@ -219,7 +290,9 @@ def test_init_schemes_by_layer_type():
 
 
 def test_init_string_from_the_config_touches_only_weight_matrices():
-    model = build_model(ModelConfig(name="mlp", hidden=[200], batch_norm=True, init="xavier_normal"), (300,), 1)
+    model = build_model(
+        ModelConfig(name="mlp", hidden=[200], batch_norm=True, init="xavier_normal"), (300,), 1
+    )
     std = model[1].weight.std().item()
     assert abs(std - math.sqrt(2 / 500)) < 0.005
     assert torch.equal(model[2].weight, torch.ones(200))  # BatchNorm1d weight is 1-d: left alone
@@ -227,13 +300,18 @@ def test_init_string_from_the_config_touches_only_weight_matrices():
 
 def test_bad_init_names_are_config_errors():
     model = nn.Linear(3, 2)
-    with pytest.raises(ConfigError, match=r"model.init: unknown init scheme 'xavier_unifrom' \(did you mean 'xavier_uniform'"):
+    with pytest.raises(
+        ConfigError, match=r"model.init: unknown init scheme 'xavier_unifrom' \(did you mean 'xavier_uniform'"
+    ):
         apply_init(model, "xavier_unifrom")
     with pytest.raises(ConfigError, match=r"model.init.Lineer: unknown layer type .*did you mean 'Linear'"):
         apply_init(model, {"Lineer": "zeros"})
     with pytest.raises(ConfigError, match=r"model.init.bias: xavier_uniform cannot initialise"):
         apply_init(model, {"bias": "xavier_uniform"})
-    with pytest.raises(ConfigError, match=r"model.init.Linear.nonlinearity: unknown nonlinearity 'relux' \(did you mean 'relu'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.init.Linear.nonlinearity: unknown nonlinearity 'relux' \(did you mean 'relu'",
+    ):
         apply_init(model, {"Linear": {"scheme": "xavier_normal", "nonlinearity": "relux"}})
     with pytest.raises(ConfigError, match=r"model.init.Linear.mod: .*\(did you mean 'mode'"):
         apply_init(model, {"Linear": {"scheme": "kaiming_normal", "mod": "fan_out"}})
@@ -247,7 +325,9 @@ def test_torchvision_model_adapts_channels_and_classes():
         build_model(ModelConfig(name="torchvision:resnet181"), (3, 32, 32), 3)
     with pytest.raises(ConfigError, match=r"model.zero_init_residul: .*\(did you mean 'zero_init_residual'"):
         build_model(ModelConfig(name="torchvision:resnet18", zero_init_residul=True), (3, 32, 32), 3)
-    pretrained_shape = nn.Sequential(nn.Flatten(), nn.Linear(4, 1000))  # a head built for ImageNet's 1000 classes
+    pretrained_shape = nn.Sequential(
+        nn.Flatten(), nn.Linear(4, 1000)
+    )  # a head built for ImageNet's 1000 classes
     adapt_classifier(pretrained_shape, 7)
     assert pretrained_shape[1].out_features == 7 and pretrained_shape[1].in_features == 4
 
@@ -258,9 +338,11 @@ def test_user_module_gets_sizes_from_the_data(tmp_path):
         "class Net(nn.Module):\n"
         "    def __init__(self, in_features, num_classes, width=8):\n"
         "        super().__init__()\n"
-        "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, num_classes))\n"
+        "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(), "
+        "nn.Linear(width, num_classes))\n"
         "    def forward(self, x):\n"
-        "        return self.body(x)\n")
+        "        return self.body(x)\n"
+    )
     add_user_path(tmp_path)
     try:
         model = build_model(ModelConfig(name="tl_user_models:Net", width=5), (2, 3, 3), 4)

@@ -2,6 +2,7 @@
 last.pt/best.pt keep finite weights; with nan_policy skip the bad batches are skipped and counted.
 NaNs come from a user model (`model.name: "nanmod:Net"`, found in the config's folder) that returns
 NaN on chosen training steps, and from a learning rate that makes a regression diverge."""
+
 from __future__ import annotations
 
 import json
@@ -80,15 +81,31 @@ def test_nan_skip_completes_and_counts_skipped_batches(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["nan_skipped"] == 3
     assert finite_weights(run / "checkpoints" / "last.pt")
-    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in map(json.loads, (run / "metrics.jsonl").open())
-               if "loss" in row)
+    assert all(
+        torch.isfinite(torch.tensor(row["loss"]))
+        for row in map(json.loads, (run / "metrics.jsonl").open())
+        if "loss" in row
+    )
 
 
 def test_diverging_regression_stops_before_saving_nonfinite_weights(tmp_path, capsys):
     run = tmp_path / "run"
-    code, text = run_cli(capsys, "train", "data.source=diabetes", "model.name=mlp", "model.hidden=[8]",
-                         "optimizer.name=SGD", "optimizer.lr=1e6", "scheduler.name=none", "train.epochs=3",
-                         "train.checkpoint_every_n_steps=1", "data.batch_size=32", "--out", run, "--quiet")
+    code, text = run_cli(
+        capsys,
+        "train",
+        "data.source=diabetes",
+        "model.name=mlp",
+        "model.hidden=[8]",
+        "optimizer.name=SGD",
+        "optimizer.lr=1e6",
+        "scheduler.name=none",
+        "train.epochs=3",
+        "train.checkpoint_every_n_steps=1",
+        "data.batch_size=32",
+        "--out",
+        run,
+        "--quiet",
+    )
     assert code == 1, text
     assert "NaN/Inf" in text and "epoch 1, step" in text
     assert json.loads((run / "summary.json").read_text())["status"] == "failed"
@@ -114,9 +131,20 @@ def test_weights_broken_by_a_step_with_finite_loss_are_never_saved(tmp_path):
                     model.weight[0, 0] = float("inf")
 
     data = ArrayDataset(torch.randn(40, 3), torch.randn(40, 1))
-    trainer = Trainer.from_datasets(model, data, loss_fn=torch.nn.MSELoss(), batch_size=8, epochs=1, checkpoint_every_n_steps=1,
-                      checkpoint_dir=tmp_path, callbacks=[OverflowAtStep3()], device="cpu")
-    with pytest.raises(TrainingDiverged, match=r"weights became NaN/Inf by epoch 1, step 3 \(batch 3 .*weight"):
+    trainer = Trainer.from_datasets(
+        model,
+        data,
+        loss_fn=torch.nn.MSELoss(),
+        batch_size=8,
+        epochs=1,
+        checkpoint_every_n_steps=1,
+        checkpoint_dir=tmp_path,
+        callbacks=[OverflowAtStep3()],
+        device="cpu",
+    )
+    with pytest.raises(
+        TrainingDiverged, match=r"weights became NaN/Inf by epoch 1, step 3 \(batch 3 .*weight"
+    ):
         trainer.fit()
     assert trainer.status == "failed"
     assert load_step(tmp_path / "last.pt") == 2 and finite_weights(tmp_path / "last.pt")

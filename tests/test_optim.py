@@ -1,5 +1,6 @@
 """Optimizers, parameter groups and LR schedules: every schedule's LR sequence against its closed
 form (the math, written out here), resume via state_dict, and the config errors users can cause."""
+
 from __future__ import annotations
 
 import io
@@ -56,7 +57,7 @@ def run_steps(sched, n: int) -> list[float]:
 CLOSED_FORMS = {
     "step": ({"step_size": 3, "gamma": 0.5}, lambda t: LR * 0.5 ** (t // 3)),
     "multistep": ({"milestones": [2, 5], "gamma": 0.1}, lambda t: LR * 0.1 ** ((t >= 2) + (t >= 5))),
-    "exponential": ({"gamma": 0.8}, lambda t: LR * 0.8 ** t),
+    "exponential": ({"gamma": 0.8}, lambda t: LR * 0.8**t),
     # T_max defaults to the run: 10 epochs
     "cosine": ({}, lambda t: LR * (1 + math.cos(math.pi * t / 10)) / 2),
     "linear": ({}, lambda t: LR * (1 - t / 10)),
@@ -86,8 +87,10 @@ def test_onecycle_steps_per_batch_and_follows_its_phases():
     def cos(a, b, pct):
         return b + (a - b) / 2 * (1 + math.cos(math.pi * pct))
 
-    expected = [cos(start, peak, t / up) if t <= up else cos(peak, end, (t - up) / (total - 1 - up))
-                for t in range(total)]
+    expected = [
+        cos(start, peak, t / up) if t <= up else cos(peak, end, (t - up) / (total - 1 - up))
+        for t in range(total)
+    ]
     torch.testing.assert_close(run_steps(sched, total), expected)
     sched.step_epoch({})  # per-step schedules ignore epochs
     assert sched.lr() == pytest.approx(expected[-1])
@@ -119,8 +122,9 @@ def test_warmup_steps_then_cosine():
 
 
 def test_warmup_epochs_are_converted_to_steps_for_a_per_step_schedule():
-    sched = schedule(steps_per_epoch=2, epochs=3, name="linear", interval="step", warmup_epochs=1,
-                     warmup_start_factor=0.5)
+    sched = schedule(
+        steps_per_epoch=2, epochs=3, name="linear", interval="step", warmup_epochs=1, warmup_start_factor=0.5
+    )
     # 2 warmup steps (0.5, 0.75 x lr), then linear decay over 4 steps
     torch.testing.assert_close(run_steps(sched, 6), [LR * f for f in (0.5, 0.75, 1.0, 0.75, 0.5, 0.25)])
 
@@ -135,6 +139,7 @@ def test_warmup_epochs_in_front_of_step_lr_and_none():
 
 # ----------------------------------------------------------------------------- plateau
 
+
 def test_plateau_reduces_after_patience_and_infers_mode():
     sched = schedule(name="plateau", patience=1, factor=0.5)
     # improving, then flat: the 2nd epoch without improvement (> patience) halves the LR
@@ -148,7 +153,11 @@ def test_plateau_reduces_after_patience_and_infers_mode():
     assert acc.lr() == pytest.approx(LR)
     run_epochs(acc, 2, {"val_accuracy": 0.7})  # flat: halved twice
     assert acc.lr() == pytest.approx(LR / 4)
-    assert (infer_mode("val_loss"), infer_mode("val_mae"), infer_mode("val_accuracy")) == ("min", "min", "max")
+    assert (infer_mode("val_loss"), infer_mode("val_mae"), infer_mode("val_accuracy")) == (
+        "min",
+        "min",
+        "max",
+    )
 
 
 def test_plateau_reads_nested_logs_and_names_the_missing_monitor():
@@ -170,12 +179,16 @@ def test_plateau_after_warmup_epochs():
 
 # ----------------------------------------------------------------------------- resume
 
-@pytest.mark.parametrize("cfg, by", [
-    ({"name": "cosine", "warmup_steps": 5}, "step"),
-    ({"name": "onecycle"}, "step"),
-    ({"name": "multistep", "milestones": [3, 6], "warmup_epochs": 2}, "epoch"),
-    ({"name": "plateau", "patience": 1, "warmup_epochs": 1}, "epoch"),
-])
+
+@pytest.mark.parametrize(
+    "cfg, by",
+    [
+        ({"name": "cosine", "warmup_steps": 5}, "step"),
+        ({"name": "onecycle"}, "step"),
+        ({"name": "multistep", "milestones": [3, 6], "warmup_epochs": 2}, "epoch"),
+        ({"name": "plateau", "patience": 1, "warmup_epochs": 1}, "epoch"),
+    ],
+)
 def test_state_dict_round_trip_continues_the_same_sequence(cfg, by):
     def advance(sched, n):
         losses = iter([1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8] * 3)
@@ -214,11 +227,16 @@ def test_load_state_dict_refuses_another_schedule():
 
 # ----------------------------------------------------------------------------- optimizers and groups
 
+
 def test_param_groups_get_their_own_lr_and_weight_decay_first_match_wins():
-    opt = sgd(lr=0.1, weight_decay=0.01, param_groups=[
-        {"params": "0.*", "lr": 0.5},
-        {"params": ["0.bias", "3.weight"], "weight_decay": 0.2},  # 0.bias was taken above
-    ])
+    opt = sgd(
+        lr=0.1,
+        weight_decay=0.01,
+        param_groups=[
+            {"params": "0.*", "lr": 0.5},
+            {"params": ["0.bias", "3.weight"], "weight_decay": 0.2},  # 0.bias was taken above
+        ],
+    )
     by_name = {g["name"]: g for g in opt.param_groups}
     assert list(by_name) == ["param_groups[0]", "param_groups[1]", "default"]
     assert (by_name["param_groups[0]"]["lr"], by_name["param_groups[0]"]["weight_decay"]) == (0.5, 0.01)
@@ -231,14 +249,23 @@ def test_param_groups_get_their_own_lr_and_weight_decay_first_match_wins():
 
 def test_no_decay_bias_norm_exempts_biases_and_norm_weights():
     model = small_model()
-    cfg = OptimizerConfig(name="AdamW", lr=0.1, weight_decay=0.05, no_decay_bias_norm=True,
-                          param_groups=[{"params": "0.*", "lr": 0.5}])
+    cfg = OptimizerConfig(
+        name="AdamW",
+        lr=0.1,
+        weight_decay=0.05,
+        no_decay_bias_norm=True,
+        param_groups=[{"params": "0.*", "lr": 0.5}],
+    )
     opt = build_optimizer(cfg, model)
     decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decay == {id(model[0].weight), id(model[3].weight)}
     lrs = {g["name"]: (g["lr"], g["weight_decay"]) for g in opt.param_groups}
-    assert lrs == {"param_groups[0]": (0.5, 0.05), "param_groups[0].no_decay": (0.5, 0.0),
-                   "default": (0.1, 0.05), "default.no_decay": (0.1, 0.0)}
+    assert lrs == {
+        "param_groups[0]": (0.5, 0.05),
+        "param_groups[0].no_decay": (0.5, 0.0),
+        "default": (0.1, 0.05),
+        "default.no_decay": (0.1, 0.0),
+    }
 
 
 def test_param_group_matching_nothing_names_the_key_and_lists_parameters():
@@ -265,7 +292,8 @@ def test_optimizer_names_are_case_insensitive_and_cover_torch_optim():
 def test_user_optimizer_by_module_attr(tmp_path, monkeypatch):
     (tmp_path / "my_opt.py").write_text(
         "import torch\nclass Plain(torch.optim.SGD):\n    def __init__(self, params, lr, gain=1.0):\n"
-        "        super().__init__(params, lr=lr * gain)\n")
+        "        super().__init__(params, lr=lr * gain)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     opt = build_optimizer(OptimizerConfig(name="my_opt:Plain", lr=0.1, gain=2.0), small_model())
     assert opt.param_groups[0]["lr"] == pytest.approx(0.2)
@@ -273,32 +301,38 @@ def test_user_optimizer_by_module_attr(tmp_path, monkeypatch):
         build_optimizer(OptimizerConfig(name="my_opt:Plain", lr=0.1, gian=2.0), small_model())
 
 
-@pytest.mark.parametrize("cfg, match", [
-    ({"name": "Adamm"}, r"optimizer\.name.*'Adam'"),
-    ({"name": "sgdd"}, r"optimizer\.name.*'SGD'"),
-    ({"name": "SGD", "momentom": 0.9}, r"optimizer\.momentom.*'momentum'"),
-    ({"name": "SGD", "momentum": -1.0}, r"optimizer: SGD rejected"),
-    ({"name": "Rprop", "no_decay_bias_norm": True}, r"optimizer\.no_decay_bias_norm"),
-    ({"name": "LBFGS"}, r"optimizer\.name.*closure"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"name": "Adamm"}, r"optimizer\.name.*'Adam'"),
+        ({"name": "sgdd"}, r"optimizer\.name.*'SGD'"),
+        ({"name": "SGD", "momentom": 0.9}, r"optimizer\.momentom.*'momentum'"),
+        ({"name": "SGD", "momentum": -1.0}, r"optimizer: SGD rejected"),
+        ({"name": "Rprop", "no_decay_bias_norm": True}, r"optimizer\.no_decay_bias_norm"),
+        ({"name": "LBFGS"}, r"optimizer\.name.*closure"),
+    ],
+)
 def test_optimizer_config_errors(cfg, match):
     with pytest.raises(ConfigError, match=match):
         build_optimizer(OptimizerConfig(**cfg), small_model())
 
 
-@pytest.mark.parametrize("cfg, match", [
-    ({"name": "cosin"}, r"scheduler\.name.*'cosine'"),
-    ({"name": "CosineAnnealing"}, r"scheduler\.name.*'CosineAnnealingLR'"),
-    ({"name": "step", "step_sise": 2}, r"scheduler\.step_sise.*'step_size'"),
-    ({"name": "step"}, r"scheduler\.step_size.*needs"),
-    ({"name": "none", "gamma": 0.1}, r"scheduler\.gamma"),
-    ({"name": "step", "step_size": 2, "warmup_steps": 3}, r"scheduler\.warmup_steps.*warmup_epochs"),
-    ({"name": "cosine", "warmup_steps": 3, "warmup_epochs": 1}, r"not both"),
-    ({"name": "onecycle", "interval": "epoch"}, r"scheduler\.interval"),
-    ({"name": "onecycle", "warmup_steps": 2}, r"own warmup"),
-    ({"name": "plateau", "interval": "step"}, r"scheduler\.interval"),
-    ({"name": "linear", "start_factor": 2.0}, r"scheduler: linear rejected.*factor"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"name": "cosin"}, r"scheduler\.name.*'cosine'"),
+        ({"name": "CosineAnnealing"}, r"scheduler\.name.*'CosineAnnealingLR'"),
+        ({"name": "step", "step_sise": 2}, r"scheduler\.step_sise.*'step_size'"),
+        ({"name": "step"}, r"scheduler\.step_size.*needs"),
+        ({"name": "none", "gamma": 0.1}, r"scheduler\.gamma"),
+        ({"name": "step", "step_size": 2, "warmup_steps": 3}, r"scheduler\.warmup_steps.*warmup_epochs"),
+        ({"name": "cosine", "warmup_steps": 3, "warmup_epochs": 1}, r"not both"),
+        ({"name": "onecycle", "interval": "epoch"}, r"scheduler\.interval"),
+        ({"name": "onecycle", "warmup_steps": 2}, r"own warmup"),
+        ({"name": "plateau", "interval": "step"}, r"scheduler\.interval"),
+        ({"name": "linear", "start_factor": 2.0}, r"scheduler: linear rejected.*factor"),
+    ],
+)
 def test_scheduler_config_errors(cfg, match):
     with pytest.raises(ConfigError, match=match):
         schedule(**cfg)
@@ -316,8 +350,9 @@ def test_every_registered_scheduler_and_torch_class_names_build():
 
 def test_a_warmup_longer_than_the_run_is_clipped_with_a_warning(capsys):
     # A smoke run of a real config (train.max_steps=3) must not fail on the config's warmup.
-    sched = build_scheduler(SchedulerConfig(name="cosine", warmup_steps=5), sgd(), steps_per_epoch=10,
-                            epochs=5, max_steps=3)
+    sched = build_scheduler(
+        SchedulerConfig(name="cosine", warmup_steps=5), sgd(), steps_per_epoch=10, epochs=5, max_steps=3
+    )
     err = capsys.readouterr().err
     assert "scheduler.warmup_steps" in err and "5 steps" in err and "3 steps" in err and "clipped to 2" in err
     lrs = []
@@ -328,19 +363,24 @@ def test_a_warmup_longer_than_the_run_is_clipped_with_a_warning(capsys):
 
 
 def test_milestones_past_the_end_of_the_run_are_a_warning(capsys):
-    build_scheduler(SchedulerConfig(name="multistep", milestones=[2, 50]), sgd(), steps_per_epoch=4,
-                    epochs=5)
+    build_scheduler(SchedulerConfig(name="multistep", milestones=[2, 50]), sgd(), steps_per_epoch=4, epochs=5)
     assert "scheduler.milestones: [50]" in capsys.readouterr().err
 
 
 def test_plateau_follows_the_runs_monitor_and_its_direction():
     from trainlab.engine.monitor import Monitor
 
-    sched = build_scheduler(SchedulerConfig(name="plateau", patience=0, factor=0.5), sgd(), 4, 5,
-                            monitor=Monitor("val_perplexity"))
+    sched = build_scheduler(
+        SchedulerConfig(name="plateau", patience=0, factor=0.5),
+        sgd(),
+        4,
+        5,
+        monitor=Monitor("val_perplexity"),
+    )
     assert sched.scheduler.mode == "min"  # perplexity: lower is better, as for best.pt (one rule)
-    sched = build_scheduler(SchedulerConfig(name="plateau", patience=0, factor=0.5), sgd(), 4, 5,
-                            monitor=Monitor("val_accuracy"))
+    sched = build_scheduler(
+        SchedulerConfig(name="plateau", patience=0, factor=0.5), sgd(), 4, 5, monitor=Monitor("val_accuracy")
+    )
     assert sched.scheduler.mode == "max"
     sched.step_epoch({"val_accuracy": 0.5})
     sched.step_epoch({"val_accuracy": 0.4})  # worse: halve

@@ -1,6 +1,7 @@
 """`trainlab predict RUN INPUT --out FILE` round trips: a CSV run predicts on CSV rows (columns matched
 by name), an image-folder run predicts on an image file and on a folder; missing columns and
 unreadable images are exit-2 errors that name them. The CLI runs in-process (`trainlab.cli.main`)."""
+
 from __future__ import annotations
 
 import csv
@@ -37,10 +38,28 @@ def csv_run(tmp_path_factory) -> tuple[Path, Path]:
         w.writerow(["width", "height", "weight", "kind"])
         for i in range(90):
             k = i % 3
-            w.writerow([*(np.round(rng.normal([10 + 3 * k, -3 * k, 100 + 6 * k], 0.5), 3)), ["ant", "bee", "cat"][k]])
+            w.writerow(
+                [*(np.round(rng.normal([10 + 3 * k, -3 * k, 100 + 6 * k], 0.5), 3)), ["ant", "bee", "cat"][k]]
+            )
     run = folder / "run"
-    assert main(["train", "data.source=csv", f"data.path={data}", "data.target=kind", "data.batch_size=16",
-                 "data.standardize=true", *FAST, "train.epochs=6", "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "data.source=csv",
+                f"data.path={data}",
+                "data.target=kind",
+                "data.batch_size=16",
+                "data.standardize=true",
+                *FAST,
+                "train.epochs=6",
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return run, data
 
 
@@ -57,7 +76,9 @@ def test_csv_predict_writes_prediction_and_class_probabilities(csv_run, tmp_path
         assert abs(sum(probs.values()) - 1) < 1e-4
         assert row["prediction"] == max(probs, key=probs.get)
     truth = [r["kind"] for r in read_rows(data)]
-    assert np.mean([r["prediction"] == t for r, t in zip(rows, truth)]) > 0.9  # the saved scaler statistics were applied
+    assert (
+        np.mean([r["prediction"] == t for r, t in zip(rows, truth)]) > 0.9
+    )  # the saved scaler statistics were applied
 
     # Columns are matched by name: reordered, with an extra column and without the target.
     src = read_rows(data)
@@ -92,8 +113,23 @@ def image_run(tmp_path_factory) -> tuple[Path, Path]:
             pixels = np.clip(rng.normal(level, 10, (8, 8)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels, mode="L").save(root / cls / f"{i}.png")
     run = folder / "run"
-    assert main(["train", "data.source=image_folder", f"data.root={root}", "data.batch_size=8",
-                 "data.val_fraction=0.25", "data.test_fraction=0.25", *FAST, "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "data.source=image_folder",
+                f"data.root={root}",
+                "data.batch_size=8",
+                "data.val_fraction=0.25",
+                "data.test_fraction=0.25",
+                *FAST,
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return run, root
 
 

@@ -1,17 +1,18 @@
 """The first hour in Python and at the end of a run: progress from the Trainer, predict/evaluate on
 the Trainer and on a Run, a model instance given to `trainlab.train`, and the closing lines that tell
 a user what happened (early stopping, divergence, --quiet, a finished schedule extended)."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
-from conftest import cli_in_process, tiny_config
 from torch import nn
 from torch.utils.data import TensorDataset, random_split
 
 import trainlab
+from conftest import cli_in_process, tiny_config
 from trainlab.data.loaders import TensorLoader
 
 
@@ -24,11 +25,19 @@ def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_trainer_prints_epoch_lines_and_predicts_and_evaluates(capsys):
     x, y = digits_tensors()
-    train_set, val_set = random_split(TensorDataset(x, y), [1500, 297], generator=torch.Generator().manual_seed(0))
+    train_set, val_set = random_split(
+        TensorDataset(x, y), [1500, 297], generator=torch.Generator().manual_seed(0)
+    )
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    trainer = trainlab.Trainer.from_datasets(model, train_set, val_set, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                                             epochs=2, device="cpu")
+    trainer = trainlab.Trainer.from_datasets(
+        model,
+        train_set,
+        val_set,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=2,
+        device="cpu",
+    )
     assert isinstance(trainer.train_loader, TensorLoader)  # a random_split of a TensorDataset: the fast path
     trainer.fit()
     out = capsys.readouterr().out
@@ -41,8 +50,13 @@ def test_trainer_prints_epoch_lines_and_predicts_and_evaluates(capsys):
 
 def test_quiet_trainer_prints_nothing(capsys):
     x, y = digits_tensors()
-    trainlab.Trainer.from_datasets(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), TensorDataset(x, y), epochs=1,
-                                   device="cpu", quiet=True).fit()
+    trainlab.Trainer.from_datasets(
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
+        TensorDataset(x, y),
+        epochs=1,
+        device="cpu",
+        quiet=True,
+    ).fit()
     assert capsys.readouterr().out == ""
 
 
@@ -55,16 +69,28 @@ def test_train_takes_a_model_instance_and_the_run_predicts_and_evaluates(tmp_pat
     assert run.predict(x[:3]).shape == (3, 10)
     assert run.evaluate("test")["accuracy"] == pytest.approx(run.final["test"]["accuracy"], abs=1e-6)
     # as the config dict's model value too
-    run = trainlab.train({**tiny_config(), "model": nn.Sequential(nn.Flatten(), nn.Linear(64, 10))},
-                         out=tmp_path / "r2", quiet=True)
+    run = trainlab.train(
+        {**tiny_config(), "model": nn.Sequential(nn.Flatten(), nn.Linear(64, 10))},
+        out=tmp_path / "r2",
+        quiet=True,
+    )
     assert run.status == "completed"
 
 
 def test_a_diverged_run_is_flagged_and_said(tmp_path, capsys, no_report):
     out = tmp_path / "r"
-    code, stdout, _ = cli_in_process(capsys, "train", "--out", str(out), "model.name=mlp", "model.hidden=[16]",
-                                     "optimizer.name=SGD", "optimizer.lr=1000", "train.epochs=1",
-                                     "train.nan_policy=skip")
+    code, stdout, _ = cli_in_process(
+        capsys,
+        "train",
+        "--out",
+        str(out),
+        "model.name=mlp",
+        "model.hidden=[16]",
+        "optimizer.name=SGD",
+        "optimizer.lr=1000",
+        "train.epochs=1",
+        "train.nan_policy=skip",
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0 and summary["status"] == "completed"
     assert summary["diverging"]["ratio"] is None or summary["diverging"]["ratio"] >= 10
@@ -79,11 +105,22 @@ def test_quiet_still_names_the_run_directory(tmp_path, capsys, no_report):
 
 def test_early_stopping_says_why_it_stopped(tmp_path, capsys, no_report):
     out = tmp_path / "r"
-    code, stdout, _ = cli_in_process(capsys, "train", "--out", str(out), "model.name=mlp", "model.hidden=[8]",
-                                     "optimizer.lr=1e-12", "train.epochs=10", "train.early_stopping.patience=1")
+    code, stdout, _ = cli_in_process(
+        capsys,
+        "train",
+        "--out",
+        str(out),
+        "model.name=mlp",
+        "model.hidden=[8]",
+        "optimizer.lr=1e-12",
+        "train.epochs=10",
+        "train.early_stopping.patience=1",
+    )
     assert code == 0
     assert "early stopping at epoch 2: val_accuracy did not improve for 1 epochs" in stdout
-    assert json.loads((out / "summary.json").read_text())["stop_reason"].startswith("early stopping at epoch 2")
+    assert json.loads((out / "summary.json").read_text())["stop_reason"].startswith(
+        "early stopping at epoch 2"
+    )
 
 
 def test_extending_a_finished_cosine_run_warns_about_its_final_learning_rate(tmp_path, capsys, no_report):

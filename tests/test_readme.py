@@ -6,6 +6,7 @@ CONFIG.yaml, other machines). In a shell block, `trainlab ARGS` runs as `python 
 and `source .venv/bin/activate` is what this interpreter already is; any other command fails the test
 until it is supported here or its block is marked.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,6 +14,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +52,9 @@ def test_shell_commands_run_on_built_in_data(scratch):
                 continue
             if words[:2] == ["source", ".venv/bin/activate"]:
                 continue  # this interpreter is the venv's
-            assert words[0] in ("trainlab", ".venv/bin/trainlab"), f"README command not run by this test: {line!r}"
+            assert words[0] in ("trainlab", ".venv/bin/trainlab"), (
+                f"README command not run by this test: {line!r}"
+            )
             commands.append(words[1:])
     assert ["train", "examples/digits_cnn.yaml", "train.epochs=3"] in commands
     for args in commands:
@@ -59,7 +63,9 @@ def test_shell_commands_run_on_built_in_data(scratch):
         if args[0] == "lr-find":
             assert "suggested learning rate:" in proc.stdout
             assert (scratch / "runs" / "digits_cnn" / "lr_find.png").is_file()
-    assert sorted(p.name for p in (scratch / "runs").iterdir()) == ["digits_cnn"]  # lr-find added no run folder
+    assert sorted(p.name for p in (scratch / "runs").iterdir()) == [
+        "digits_cnn"
+    ]  # lr-find added no run folder
 
 
 def test_python_blocks_run_in_order(scratch):
@@ -68,7 +74,10 @@ def test_python_blocks_run_in_order(scratch):
     namespace: dict = {}
     for body in blocks("python"):
         exec(compile(body, "README.md", "exec"), namespace)  # noqa: S102 - our own README
-    assert isinstance(namespace["run"].model, torch.nn.Module) and (scratch / "runs" / "lr001" / "summary.json").is_file()
+    assert (
+        isinstance(namespace["run"].model, torch.nn.Module)
+        and (scratch / "runs" / "lr001" / "summary.json").is_file()
+    )
     assert len(namespace["history"]) == 3  # three epochs of the Trainer example
 
 
@@ -78,5 +87,8 @@ def test_the_headline_config_is_the_offline_mnist1d_example():
     from trainlab.config import load_config
 
     (headline, *_) = blocks("yaml")
-    assert load_config(yaml.safe_load(headline)).to_dict() == load_config(ROOT / "examples" / "mnist1d.yaml").to_dict()
+    assert (
+        load_config(yaml.safe_load(headline)).to_dict()
+        == load_config(ROOT / "examples" / "mnist1d.yaml").to_dict()
+    )
     assert "root:" not in headline and "download" not in headline  # nothing to fetch

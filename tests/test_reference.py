@@ -4,6 +4,7 @@ estimators and metrics, a plain PyTorch loop written here, the notes' worked num
 The splits are the ones trainlab used, read from the run's `splits.npz` (indices into the source),
 never re-derived.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli_in_process
 from sklearn import datasets, metrics
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 import trainlab
+from conftest import cli_in_process
 from trainlab.config import LossConfig
 from trainlab.losses import build_loss
 
@@ -33,9 +34,16 @@ def splits(run: trainlab.Run) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def diabetes_run(tmp_path_factory) -> trainlab.Run:
-    cfg = {"name": "ref_linear", "seed": 0, "data": {"source": "diabetes", "standardize": True, "batch_size": 32},
-           "model": {"name": "linear"}, "loss": {"name": "MSELoss"}, "optimizer": {"name": "Adam", "lr": 1.0},
-           "scheduler": {"name": "cosine"}, "train": {"epochs": 200, "device": "cpu"}}
+    cfg = {
+        "name": "ref_linear",
+        "seed": 0,
+        "data": {"source": "diabetes", "standardize": True, "batch_size": 32},
+        "model": {"name": "linear"},
+        "loss": {"name": "MSELoss"},
+        "optimizer": {"name": "Adam", "lr": 1.0},
+        "scheduler": {"name": "cosine"},
+        "train": {"epochs": 200, "device": "cpu"},
+    }
     return trainlab.train(cfg, out=tmp_path_factory.mktemp("ref") / "linear", quiet=True)
 
 
@@ -59,10 +67,15 @@ def test_regression_metrics_equal_scikit_learns_on_the_saved_predictions(diabete
 
 def test_logistic_regression_matches_scikit_learn_on_breast_cancer(tmp_path):
     # weight_decay 1/(C n) with C = 1 and n the training samples is scikit-learn's default L2 penalty
-    cfg = {"name": "ref_logistic", "seed": 0,
-           "data": {"source": "breast_cancer", "standardize": True, "batch_size": 32},
-           "model": {"name": "logistic"}, "loss": {"name": "BCEWithLogitsLoss"},
-           "optimizer": {"name": "Adam", "lr": 0.01, "weight_decay": 0.0022}, "train": {"epochs": 100, "device": "cpu"}}
+    cfg = {
+        "name": "ref_logistic",
+        "seed": 0,
+        "data": {"source": "breast_cancer", "standardize": True, "batch_size": 32},
+        "model": {"name": "logistic"},
+        "loss": {"name": "BCEWithLogitsLoss"},
+        "optimizer": {"name": "Adam", "lr": 0.01, "weight_decay": 0.0022},
+        "train": {"epochs": 100, "device": "cpu"},
+    }
     run = trainlab.train(cfg, out=tmp_path / "logistic", quiet=True)
     s = splits(run)
     x, y = datasets.load_breast_cancer(return_X_y=True)
@@ -76,10 +89,12 @@ def test_the_notes_linear_model_predicts_8_at_4(tmp_path, capsys):
     (tmp_path / "points.csv").write_text("x,y\n1,2\n2,4\n3,6\n")
     (tmp_path / "new.csv").write_text("x\n4\n")
     config = tmp_path / "linear.yaml"
-    config.write_text(f"name: notes_linear\ndata: {{source: csv, path: {tmp_path / 'points.csv'}, target: y, "
-                      "batch_size: 3,\n"
-                      "       val_fraction: 0, test_fraction: 0}\nmodel: {name: linear, bias: false}\n"
-                      "loss: MSELoss\noptimizer: {name: SGD, lr: 0.01}\ntrain: {epochs: 100, device: cpu}\n")
+    config.write_text(
+        f"name: notes_linear\ndata: {{source: csv, path: {tmp_path / 'points.csv'}, target: y, "
+        "batch_size: 3,\n"
+        "       val_fraction: 0, test_fraction: 0}\nmodel: {name: linear, bias: false}\n"
+        "loss: MSELoss\noptimizer: {name: SGD, lr: 0.01}\ntrain: {epochs: 100, device: cpu}\n"
+    )
     out = tmp_path / "run"
     assert cli_in_process(capsys, "train", str(config), "--out", str(out), "--quiet")[0] == 0
     code, text, _ = cli_in_process(capsys, "predict", str(out), str(tmp_path / "new.csv"))
@@ -98,8 +113,12 @@ def test_l1_and_mse_losses_give_the_notes_numbers():
 
 @pytest.fixture(scope="module")
 def digits_mlp_run(tmp_path_factory) -> trainlab.Run:
-    return trainlab.train(EXAMPLES / "digits_mlp_shallow.yaml", {"train.device": "cpu"},
-                          out=tmp_path_factory.mktemp("ref") / "digits_mlp", quiet=True)
+    return trainlab.train(
+        EXAMPLES / "digits_mlp_shallow.yaml",
+        {"train.device": "cpu"},
+        out=tmp_path_factory.mktemp("ref") / "digits_mlp",
+        quiet=True,
+    )
 
 
 def test_digits_mlp_matches_a_plain_pytorch_loop(digits_mlp_run):

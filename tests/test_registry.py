@@ -1,6 +1,7 @@
 """The registries (trainlab/registry.py): every registered dataset, model, loss, optimizer, scheduler and
 metric builds and works; unknown names are config errors with the closest names; `module:attr`
 imports user code from the config's folder and the working directory; `trainlab list` shows it all."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,15 @@ from trainlab.registry import DATASETS, KINDS, LOSSES, METRICS, MODELS, OPTIMIZE
 load_builtins()
 
 # Sources that read files (data.root / data.path): without them they must say which key is missing.
-FILE_SOURCES = {"cifar10": "data.root", "cifar100": "data.root", "fashion_mnist": "data.root", "kmnist": "data.root",
-                "mnist": "data.root", "image_folder": "data.root", "csv": "data.path"}
+FILE_SOURCES = {
+    "cifar10": "data.root",
+    "cifar100": "data.root",
+    "fashion_mnist": "data.root",
+    "kmnist": "data.root",
+    "mnist": "data.root",
+    "image_folder": "data.root",
+    "csv": "data.path",
+}
 SMALL = {"mnist1d": {"num_samples": 200}}  # the generator's default (5000 sequences) takes seconds
 
 
@@ -60,7 +68,9 @@ def test_every_model_builds_and_maps_a_batch_to_outputs(name):
 
     shape = model_input_shape(name)
     output_dim = 1 if name == "logistic" else 5
-    model = build_model(ModelConfig(name=name), shape, output_dim, "binary" if output_dim == 1 else "classification")
+    model = build_model(
+        ModelConfig(name=name), shape, output_dim, "binary" if output_dim == 1 else "classification"
+    )
     assert isinstance(model, nn.Module)
     model.eval()
     with torch.no_grad():
@@ -106,8 +116,9 @@ def test_every_scheduler_builds_and_steps(name):
 
     model = nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    schedule = build_scheduler(SchedulerConfig(name=name, **SCHEDULER_ARGS.get(name, {})), optimizer,
-                               steps_per_epoch=4, epochs=3)
+    schedule = build_scheduler(
+        SchedulerConfig(name=name, **SCHEDULER_ARGS.get(name, {})), optimizer, steps_per_epoch=4, epochs=3
+    )
     lrs = [optimizer.param_groups[0]["lr"]]
     for _ in range(2):  # two epochs of the loop's calls
         for _ in range(4):
@@ -134,8 +145,17 @@ def perfect_batch(task: str) -> tuple[torch.Tensor, torch.Tensor, int | None, in
     return target.unsqueeze(1).clone(), target, None, 1
 
 
-PERFECT = {"accuracy": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0, "auroc": 1.0,
-           "mse": 0.0, "mae": 0.0, "rmse": 0.0, "r2": 1.0}
+PERFECT = {
+    "accuracy": 1.0,
+    "f1": 1.0,
+    "precision": 1.0,
+    "recall": 1.0,
+    "auroc": 1.0,
+    "mse": 0.0,
+    "mae": 0.0,
+    "rmse": 0.0,
+    "r2": 1.0,
+}
 
 
 @pytest.mark.parametrize("name", METRICS.names())
@@ -161,9 +181,18 @@ def _supports(name: str, task: str) -> bool:
 
 # ----------------------------------------------------------------------------- unknown names
 
-@pytest.mark.parametrize("registry, typo, meant", [
-    (DATASETS, "digts", "digits"), (MODELS, "smal_cnn", "small_cnn"), (LOSSES, "CrossEntropyLos", "CrossEntropyLoss"),
-    (OPTIMIZERS, "Adamm", "Adam"), (SCHEDULERS, "cosin", "cosine"), (METRICS, "acuracy", "accuracy")])
+
+@pytest.mark.parametrize(
+    "registry, typo, meant",
+    [
+        (DATASETS, "digts", "digits"),
+        (MODELS, "smal_cnn", "small_cnn"),
+        (LOSSES, "CrossEntropyLos", "CrossEntropyLoss"),
+        (OPTIMIZERS, "Adamm", "Adam"),
+        (SCHEDULERS, "cosin", "cosine"),
+        (METRICS, "acuracy", "accuracy"),
+    ],
+)
 def test_unknown_names_are_config_errors_with_the_closest_name(registry, typo, meant):
     with pytest.raises(ConfigError) as e:
         registry.get(typo, "some.key")
@@ -172,9 +201,11 @@ def test_unknown_names_are_config_errors_with_the_closest_name(registry, typo, m
 
 
 def test_unknown_names_in_a_config_name_the_key(tmp_path):
-    for overrides, key, meant in [({"model.name": "mpl"}, "model.name", "mlp"),
-                                  ({"optimizer.name": "sgdd"}, "optimizer.name", "SGD"),
-                                  ({"metrics": ["acuracy"]}, "metrics[0]", "accuracy")]:
+    for overrides, key, meant in [
+        ({"model.name": "mpl"}, "model.name", "mlp"),
+        ({"optimizer.name": "sgdd"}, "optimizer.name", "SGD"),
+        ({"metrics": ["acuracy"]}, "metrics[0]", "accuracy"),
+    ]:
         with pytest.raises(ConfigError) as e:
             trainlab.train(tiny_config(), overrides, out=tmp_path / key, quiet=True)
         assert key in str(e.value) and meant in str(e.value), str(e.value)
@@ -193,7 +224,9 @@ class Net(nn.Module):
     def __init__(self, in_features, num_classes, width=8):
         super().__init__()
         self.width = width
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, num_classes))
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, num_classes)
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -213,7 +246,8 @@ def test_module_attr_imports_user_code_from_the_config_folder(tmp_path, monkeypa
         "name: user\ndata: {source: iris, batch_size: 16}\n"
         f"model: {{name: '{module}:Net', width: 12}}\n"
         f"loss: {{name: '{module}:half_cross_entropy'}}\n"
-        "train: {epochs: 1, device: cpu}\n")
+        "train: {epochs: 1, device: cpu}\n"
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # not the config's folder
@@ -237,13 +271,14 @@ def test_module_attr_imports_from_the_working_directory_and_reports_bad_specs(tm
 
 # ----------------------------------------------------------------------------- trainlab list
 
+
 def test_list_prints_every_kind_with_names_and_descriptions(capsys):
     code, out, err = cli_in_process(capsys, "list")
     assert code == 0, err
     for kind, registry in KINDS.items():
         assert f"{kind}:" in out
         for entry in registry.entries():
-            line = next((l for l in out.splitlines() if l.split()[:1] == [entry.name]), None)
+            line = next((ln for ln in out.splitlines() if ln.split()[:1] == [entry.name]), None)
             assert line is not None, f"{kind}: {entry.name} not listed"
             assert len(line.split(None, 1)) == 2, f"{entry.name} has no description"
 

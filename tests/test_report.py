@@ -1,5 +1,6 @@
 """Plots and report.html from synthetic run directories (the files the trainer writes), and the
 TensorBoard extras read back with tensorboard's EventAccumulator."""
+
 from __future__ import annotations
 
 import base64
@@ -21,50 +22,106 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # ----------------------------------------------------------------------------- synthetic run directories
 
-def _write_common(run: Path, name: str, task: str, metric_keys: dict[str, float], epochs: int = 3,
-                  steps_per_epoch: int = 4, lr: float = 0.01, summary_extra: dict | None = None) -> None:
+
+def _write_common(
+    run: Path,
+    name: str,
+    task: str,
+    metric_keys: dict[str, float],
+    epochs: int = 3,
+    steps_per_epoch: int = 4,
+    lr: float = 0.01,
+    summary_extra: dict | None = None,
+) -> None:
     """config.yaml, metrics.jsonl (step rows + epoch rows for train and val), summary.json."""
     run.mkdir(parents=True, exist_ok=True)
-    config = {"name": name, "seed": 0, "task": task, "data": {"source": "synthetic", "batch_size": 16},
-              "model": {"name": "mlp", "hidden": [8]}, "loss": {"name": "auto"},
-              "optimizer": {"name": "SGD", "lr": lr, "momentum": 0.9}, "scheduler": {"name": "cosine"},
-              "train": {"epochs": epochs}, "metrics": None}
+    config = {
+        "name": name,
+        "seed": 0,
+        "task": task,
+        "data": {"source": "synthetic", "batch_size": 16},
+        "model": {"name": "mlp", "hidden": [8]},
+        "loss": {"name": "auto"},
+        "optimizer": {"name": "SGD", "lr": lr, "momentum": 0.9},
+        "scheduler": {"name": "cosine"},
+        "train": {"epochs": epochs},
+        "metrics": None,
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     rows, step = [], 0
     for epoch in range(1, epochs + 1):
         for _ in range(steps_per_epoch):
             step += 1
-            rows.append({"epoch": epoch, "step": step, "split": "train", "kind": "step",
-                         "loss": 2.0 / step + 0.05 * np.sin(step), "lr": lr * (1 - step / 20)})
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "split": "train",
+                    "kind": "step",
+                    "loss": 2.0 / step + 0.05 * np.sin(step),
+                    "lr": lr * (1 - step / 20),
+                }
+            )
         for split, offset in (("train", 0.0), ("val", 0.1)):
-            row = {"epoch": epoch, "step": step, "split": split, "kind": "epoch", "loss": 1.0 / epoch + offset}
+            row = {
+                "epoch": epoch,
+                "step": step,
+                "split": split,
+                "kind": "epoch",
+                "loss": 1.0 / epoch + offset,
+            }
             row.update({k: v * epoch / epochs - offset / 10 for k, v in metric_keys.items()})
             if split == "train":
                 row["lr"] = lr * (1 - step / 20)
             rows.append(row)
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    last = {s: {k: v for k, v in r.items() if k not in ("epoch", "step", "split", "kind", "lr")}
-            for r in rows if r["kind"] == "epoch" for s in [r["split"]]}
-    summary = {"status": "completed", "epochs_completed": epochs, "global_step": step,
-               "best": {"metric": "val_loss", "value": last["val"]["loss"], "epoch": epochs},
-               "final": {"train": last["train"], "val": last["val"], "test": {}}, "samples_per_second": 1234.5,
-               "task": task, **(summary_extra or {})}
+    last = {
+        s: {k: v for k, v in r.items() if k not in ("epoch", "step", "split", "kind", "lr")}
+        for r in rows
+        if r["kind"] == "epoch"
+        for s in [r["split"]]
+    }
+    summary = {
+        "status": "completed",
+        "epochs_completed": epochs,
+        "global_step": step,
+        "best": {"metric": "val_loss", "value": last["val"]["loss"], "epoch": epochs},
+        "final": {"train": last["train"], "val": last["val"], "test": {}},
+        "samples_per_second": 1234.5,
+        "task": task,
+        **(summary_extra or {}),
+    }
     (run / "summary.json").write_text(json.dumps(summary))
 
 
 def make_classification_run(run: Path, name: str = "digits-cnn", lr: float = 0.01) -> Path:
-    """Digits-like: 10 classes of 1x8x8 images, conv weights in model.safetensors, layer stats, a diagnosis."""
+    """Digits-like: 10 classes of 1x8x8 images, conv weights in model.safetensors,
+    layer stats, a diagnosis."""
     from safetensors.numpy import save_file
     from sklearn.datasets import load_digits
 
     names = [f"digit{i}" for i in range(10)]
-    _write_common(run, name, "classification", {"accuracy": 0.9, "f1": 0.88}, lr=lr, summary_extra={
-        "class_names": names,
-        "data_info": {"source": "digits", "sizes": {"train": 1000, "val": 120, "test": 200},
-                      "class_counts": {"train": [100] * 10, "val": [12] * 10}},
-        "diagnosis": {"verdict": "overfitting <b>suspected</b>", "explanation": "val loss rises <script>alert(1)</script>",
-                      "next_steps": ["add weight decay", "more data"], "gradient_health": {"vanishing": []}},
-    })
+    _write_common(
+        run,
+        name,
+        "classification",
+        {"accuracy": 0.9, "f1": 0.88},
+        lr=lr,
+        summary_extra={
+            "class_names": names,
+            "data_info": {
+                "source": "digits",
+                "sizes": {"train": 1000, "val": 120, "test": 200},
+                "class_counts": {"train": [100] * 10, "val": [12] * 10},
+            },
+            "diagnosis": {
+                "verdict": "overfitting <b>suspected</b>",
+                "explanation": "val loss rises <script>alert(1)</script>",
+                "next_steps": ["add weight decay", "more data"],
+                "gradient_health": {"vanishing": []},
+            },
+        },
+    )
     rng = np.random.default_rng(0)
     digits = load_digits()
     x = (digits.images[:120] / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
@@ -74,24 +131,54 @@ def make_classification_run(run: Path, name: str = "digits-cnn", lr: float = 0.0
     pred = output.argmax(1)
     wrong = np.flatnonzero(pred != target)[:64]
     (run / "predictions").mkdir()
-    np.savez(run / "predictions" / "val.npz", target=target, output=output.astype(np.float32),
-             images=x[wrong], image_target=target[wrong], image_pred=pred[wrong])
-    save_file({"features.0.weight": rng.normal(size=(8, 1, 3, 3)).astype(np.float32),
-               "features.3.weight": rng.normal(size=(16, 8, 3, 3)).astype(np.float32),
-               "classifier.weight": rng.normal(size=(10, 64)).astype(np.float32)}, str(run / "model.safetensors"))
-    stats = [{"epoch": e, "step": 4 * e, "layer": layer, "weight_norm": 1.0 + 0.1 * e + i,
-              "grad_norm": 0.5 / (e * (i + 1)), "grad_to_weight": 0.01, "update_ratio": 1e-3}
-             for e in range(1, 4) for i, layer in enumerate(["features.0", "features.3", "classifier"])]
+    np.savez(
+        run / "predictions" / "val.npz",
+        target=target,
+        output=output.astype(np.float32),
+        images=x[wrong],
+        image_target=target[wrong],
+        image_pred=pred[wrong],
+    )
+    save_file(
+        {
+            "features.0.weight": rng.normal(size=(8, 1, 3, 3)).astype(np.float32),
+            "features.3.weight": rng.normal(size=(16, 8, 3, 3)).astype(np.float32),
+            "classifier.weight": rng.normal(size=(10, 64)).astype(np.float32),
+        },
+        str(run / "model.safetensors"),
+    )
+    stats = [
+        {
+            "epoch": e,
+            "step": 4 * e,
+            "layer": layer,
+            "weight_norm": 1.0 + 0.1 * e + i,
+            "grad_norm": 0.5 / (e * (i + 1)),
+            "grad_to_weight": 0.01,
+            "update_ratio": 1e-3,
+        }
+        for e in range(1, 4)
+        for i, layer in enumerate(["features.0", "features.3", "classifier"])
+    ]
     (run / "layer_stats.jsonl").write_text("\n".join(json.dumps(r) for r in stats))
-    (run / "model_summary.txt").write_text("Layer (type)   Output Shape   Param #\nConv2d-1   [-1, 8, 8, 8]   80\n")
+    (run / "model_summary.txt").write_text(
+        "Layer (type)   Output Shape   Param #\nConv2d-1   [-1, 8, 8, 8]   80\n"
+    )
     return run
 
 
 def make_binary_run(run: Path) -> Path:
     """One input feature, P(class 1) per sample: the logistic-regression picture."""
-    _write_common(run, "logistic", "binary", {"accuracy": 0.85, "auroc": 0.9},
-                  summary_extra={"class_names": ["fail", "pass"],
-                                 "data_info": {"sizes": {"train": 60, "val": 40}, "class_counts": {"val": [20, 20]}}})
+    _write_common(
+        run,
+        "logistic",
+        "binary",
+        {"accuracy": 0.85, "auroc": 0.9},
+        summary_extra={
+            "class_names": ["fail", "pass"],
+            "data_info": {"sizes": {"train": 60, "val": 40}, "class_counts": {"val": [20, 20]}},
+        },
+    )
     rng = np.random.default_rng(1)
     x = rng.uniform(-3, 3, (40, 1)).astype(np.float32)
     target = (x[:, 0] + rng.normal(0, 0.8, 40) > 0).astype(np.int64)
@@ -102,8 +189,13 @@ def make_binary_run(run: Path) -> Path:
 
 def make_regression_run(run: Path) -> Path:
     """y = 2x + 1 + noise with one feature; outputs (N, 1)."""
-    _write_common(run, "linear", "regression", {"mse": 0.5, "mae": 0.4, "r2": 0.9},
-                  summary_extra={"data_info": {"sizes": {"train": 80, "val": 30}, "source": "synthetic"}})
+    _write_common(
+        run,
+        "linear",
+        "regression",
+        {"mse": 0.5, "mae": 0.4, "r2": 0.9},
+        summary_extra={"data_info": {"sizes": {"train": 80, "val": 30}, "source": "synthetic"}},
+    )
     rng = np.random.default_rng(2)
     x = rng.uniform(0, 5, (30, 1)).astype(np.float32)
     target = 2 * x[:, 0] + 1 + rng.normal(0, 0.5, 30)
@@ -121,8 +213,17 @@ def assert_png_not_blank(path: Path) -> None:
 
 # ----------------------------------------------------------------------------- plots
 
-CLASSIFICATION_PLOTS = {"loss", "metrics", "lr", "confusion_matrix", "roc", "precision_recall", "misclassified",
-                        "conv_kernels", "layer_norms"}
+CLASSIFICATION_PLOTS = {
+    "loss",
+    "metrics",
+    "lr",
+    "confusion_matrix",
+    "roc",
+    "precision_recall",
+    "misclassified",
+    "conv_kernels",
+    "layer_norms",
+}
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +234,23 @@ def classification_report(tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("make, expected, absent", [
-    (None, CLASSIFICATION_PLOTS, {"regression", "fitted_curve"}),
-    (make_binary_run, {"loss", "metrics", "lr", "confusion_matrix", "roc", "precision_recall", "fitted_curve"},
-     {"misclassified", "regression", "conv_kernels", "layer_norms"}),
-    (make_regression_run, {"loss", "metrics", "lr", "regression", "fitted_curve"},
-     {"confusion_matrix", "roc", "precision_recall", "misclassified", "conv_kernels"}),
-], ids=["classification", "binary", "regression"])
+@pytest.mark.parametrize(
+    "make, expected, absent",
+    [
+        (None, CLASSIFICATION_PLOTS, {"regression", "fitted_curve"}),
+        (
+            make_binary_run,
+            {"loss", "metrics", "lr", "confusion_matrix", "roc", "precision_recall", "fitted_curve"},
+            {"misclassified", "regression", "conv_kernels", "layer_norms"},
+        ),
+        (
+            make_regression_run,
+            {"loss", "metrics", "lr", "regression", "fitted_curve"},
+            {"confusion_matrix", "roc", "precision_recall", "misclassified", "conv_kernels"},
+        ),
+    ],
+    ids=["classification", "binary", "regression"],
+)
 def test_write_plots_writes_every_applicable_plot(tmp_path, classification_report, make, expected, absent):
     skipped: dict[str, str] = {}
     if make is None:  # the shared classification run: its plots are on disk; re-plan without drawing
@@ -162,11 +273,19 @@ def test_misclassified_images_from_image_index(tmp_path):
     run = make_classification_run(tmp_path / "run")
     p = dict(np.load(run / "predictions" / "val.npz"))
     wrong = np.flatnonzero(p["output"].argmax(1) != p["target"])
-    np.savez(run / "predictions" / "val.npz", target=p["target"], output=p["output"], images=p["images"], image_index=wrong)
+    np.savez(
+        run / "predictions" / "val.npz",
+        target=p["target"],
+        output=p["output"],
+        images=p["images"],
+        image_index=wrong,
+    )
     images, true, pred = read_run(run).misclassified_images()
     np.testing.assert_array_equal(true, p["target"][wrong])
     assert (pred != true).all()
-    assert_png_not_blank(plot_misclassified(images, true, pred, [str(i) for i in range(10)], tmp_path / "m.png"))
+    assert_png_not_blank(
+        plot_misclassified(images, true, pred, [str(i) for i in range(10)], tmp_path / "m.png")
+    )
 
 
 def test_a_plot_that_fails_is_skipped_with_its_reason_and_the_others_are_written(tmp_path):
@@ -189,7 +308,12 @@ def test_a_plot_that_fails_is_skipped_with_its_reason_and_the_others_are_written
 
 def test_conv_kernels_come_from_the_first_conv_in_safetensors(tmp_path):
     run = make_classification_run(tmp_path / "run")
-    assert first_conv_from_safetensors(run / "model.safetensors").shape == (8, 1, 3, 3)  # not features.3 (16, 8, 3, 3)
+    assert first_conv_from_safetensors(run / "model.safetensors").shape == (
+        8,
+        1,
+        3,
+        3,
+    )  # not features.3 (16, 8, 3, 3)
     np.save(run / "first_conv_weights.npy", np.ones((4, 3, 5, 5), np.float32))  # the explicit file wins
     assert read_run(run).conv_kernels().shape == (4, 3, 5, 5)
 
@@ -211,6 +335,7 @@ def test_ema_is_debiased_and_smooths():
 
 
 # ----------------------------------------------------------------------------- report.html
+
 
 class _Collector(HTMLParser):
     def __init__(self):
@@ -263,8 +388,18 @@ def test_report_html_is_self_contained_and_complete(classification_report):
 def test_report_of_a_bare_run_says_what_is_missing(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "summary.json").write_text(json.dumps({"status": "failed", "epochs_completed": 0, "global_step": 0,
-                                                  "best": {}, "final": {}, "samples_per_second": 0.0}))
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "status": "failed",
+                "epochs_completed": 0,
+                "global_step": 0,
+                "best": {},
+                "final": {},
+                "samples_per_second": 0.0,
+            }
+        )
+    )
     page = _parse(write_report(run))
     text = " ".join(page.text)
     assert "failed" in text
@@ -273,6 +408,7 @@ def test_report_of_a_bare_run_says_what_is_missing(tmp_path):
 
 
 # ----------------------------------------------------------------------------- TensorBoard extras
+
 
 def test_tensorboard_extras_logs_images_graph_histograms_and_confusion_matrix(tmp_path):
     torch = pytest.importorskip("torch")
@@ -283,14 +419,24 @@ def test_tensorboard_extras_logs_images_graph_histograms_and_confusion_matrix(tm
     from trainlab.report.tensorboard_extras import TensorBoardExtras
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
     writer = SummaryWriter(str(tmp_path / "tb"))
     cb = TensorBoardExtras(writer, histogram_every=2)
     bn_mean = model[1].running_mean.clone()
-    cb.on_train_begin({"model": model, "optimizer": opt, "config": {}, "run_dir": str(tmp_path),
-                       "sample_batch": (x, y), "class_names": ["a", "b", "c"]})
+    cb.on_train_begin(
+        {
+            "model": model,
+            "optimizer": opt,
+            "config": {},
+            "run_dir": str(tmp_path),
+            "sample_batch": (x, y),
+            "class_names": ["a", "b", "c"],
+        }
+    )
     torch.testing.assert_close(model[1].running_mean, bn_mean)  # tracing the graph did not train batch-norm
     last_grad = None
     step = 0
@@ -307,13 +453,17 @@ def test_tensorboard_extras_logs_images_graph_histograms_and_confusion_matrix(tm
         cb.on_epoch_end(epoch, {"epoch": epoch, "step": step})
     with torch.no_grad():
         probs = model(x).softmax(1).numpy()
-    cb.on_train_end({"status": "completed", "step": step, "predictions": {"target": y.numpy(), "output": probs}})
+    cb.on_train_end(
+        {"status": "completed", "step": step, "predictions": {"target": y.numpy(), "output": probs}}
+    )
     writer.close()
 
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "histograms": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert {"inputs/sample_batch", "weights/first_conv_kernels", "eval/confusion_matrix"} <= set(tags["images"])
+    assert {"inputs/sample_batch", "weights/first_conv_kernels", "eval/confusion_matrix"} <= set(
+        tags["images"]
+    )
     assert tags["graph"] is True
     assert "weights/0.weight" in tags["histograms"] and "grads/0.weight" in tags["histograms"]
     assert [e.step for e in acc.Histograms("grads/0.weight")] == [4, 8]  # every 2nd epoch, at its last step
@@ -350,6 +500,7 @@ def test_tensorboard_extras_accepts_a_compiled_model(tmp_path):
 
 # ----------------------------------------------------------------------------- layout and smoothing
 
+
 def _drawn(monkeypatch, draw):
     """The Figure a plot function builds, drawn (so text and bar extents are known), not written."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -367,7 +518,10 @@ def _drawn(monkeypatch, draw):
 
 def test_smoothed_step_loss_does_not_lag_the_raw_loss(monkeypatch, tmp_path):
     """A one-way EMA (0.9) trails a falling loss by ~9 points (~100 steps at 10 steps per row)."""
-    steps = [{"epoch": 1, "step": 10 * i, "split": "train", "kind": "step", "loss": 3.0 - 0.01 * i} for i in range(200)]
+    steps = [
+        {"epoch": 1, "step": 10 * i, "split": "train", "kind": "step", "loss": 3.0 - 0.01 * i}
+        for i in range(200)
+    ]
     fig, _ = _drawn(monkeypatch, lambda p: p.plot_loss_curves(steps, tmp_path / "loss.png"))
     raw, smooth = (line.get_ydata() for line in fig.axes[1].lines[:2])
     np.testing.assert_allclose(smooth, raw, atol=1e-9)  # a straight line stays put; the old EMA was 0.09 off
@@ -388,7 +542,9 @@ def test_conv_kernel_title_does_not_touch_the_kernel_labels(monkeypatch, tmp_pat
 
 def test_precision_recall_legend_covers_no_bar(monkeypatch, tmp_path):
     target = np.repeat(np.arange(4), 10)
-    fig, renderer = _drawn(monkeypatch, lambda p: p.plot_precision_recall(target, target, list("abcd"), tmp_path / "pr.png"))
+    fig, renderer = _drawn(
+        monkeypatch, lambda p: p.plot_precision_recall(target, target, list("abcd"), tmp_path / "pr.png")
+    )
     ax = fig.axes[0]
     legend = ax.get_legend().get_window_extent(renderer)
     bars = [b.get_window_extent(renderer) for b in ax.patches]
@@ -398,8 +554,17 @@ def test_precision_recall_legend_covers_no_bar(monkeypatch, tmp_path):
 def test_best_table_is_one_row_per_split_not_one_column_per_key():
     from trainlab.report.html import _best
 
-    best = {"metric": "val_loss", "value": 0.0529, "epoch": 9, "train_loss": 0.0043, "train_accuracy": 0.9992,
-            "train_samples_per_second": 8551.3, "val_loss": 0.0529, "val_accuracy": 0.9889, "val_f1": 0.9889}
+    best = {
+        "metric": "val_loss",
+        "value": 0.0529,
+        "epoch": 9,
+        "train_loss": 0.0043,
+        "train_accuracy": 0.9992,
+        "train_samples_per_second": 8551.3,
+        "val_loss": 0.0529,
+        "val_accuracy": 0.9889,
+        "val_f1": 0.9889,
+    }
     page = _Collector()
     page.feed(_best(best))
     text = " ".join(page.text)

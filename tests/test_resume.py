@@ -4,6 +4,7 @@ on); resuming with a changed config is refused with the differences listed, exce
 
 The killed runs are real `trainlab` processes; the uninterrupted reference run and the final resume
 run in-process (`trainlab.cli.main`) while the subprocesses work, to save interpreter start-ups."""
+
 from __future__ import annotations
 
 import json
@@ -22,15 +23,27 @@ from trainlab.cli import main
 
 TRAINLAB = Path(sys.executable).with_name("trainlab")
 # digits: 1257 training images -> 20 batches of 64 per epoch; a checkpoint every 5 steps and per epoch.
-ARGS = ["train.epochs=2", "data.batch_size=64", "model.name=mlp", "model.hidden=[32]", "model.dropout=0.3",
-        "data.transforms=[{RandomCrop: {size: 8, padding: 1}}, RandomHorizontalFlip]",
-        "train.checkpoint_every_n_steps=5", "scheduler.name=cosine", "optimizer.name=Adam"]
+ARGS = [
+    "train.epochs=2",
+    "data.batch_size=64",
+    "model.name=mlp",
+    "model.hidden=[32]",
+    "model.dropout=0.3",
+    "data.transforms=[{RandomCrop: {size: 8, padding: 1}}, RandomHorizontalFlip]",
+    "train.checkpoint_every_n_steps=5",
+    "scheduler.name=cosine",
+    "optimizer.name=Adam",
+]
 
 
 def start(out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    log = open(out.parent / f"{out.name}.log", "a")
-    return subprocess.Popen([str(TRAINLAB), "train", *ARGS, *extra, "--out", str(out), "--quiet"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    with open(out.parent / f"{out.name}.log", "a") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen(
+            [str(TRAINLAB), "train", *ARGS, *extra, "--out", str(out), "--quiet"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
 
 
 def wait_until(condition, proc: subprocess.Popen, what: str) -> None:
@@ -101,7 +114,9 @@ def test_sigkill_inside_a_save_and_mid_epoch_then_resume_is_bit_identical(tmp_pa
     ref = load(ref_run / "checkpoints" / "last.pt")
     got = load(last)
     assert_same_weights(got["model"], ref["model"])
-    assert_same_weights(load(run / "checkpoints" / "best.pt")["model"], load(ref_run / "checkpoints" / "best.pt")["model"])
+    assert_same_weights(
+        load(run / "checkpoints" / "best.pt")["model"], load(ref_run / "checkpoints" / "best.pt")["model"]
+    )
     assert got["optimizer"]["state"][0]["step"] == ref["optimizer"]["state"][0]["step"]
 
     def comparable(rows: list[dict]) -> list[dict]:  # timings differ between runs, values must not
@@ -110,14 +125,26 @@ def test_sigkill_inside_a_save_and_mid_epoch_then_resume_is_bit_identical(tmp_pa
     assert comparable(got["history"]) == comparable(ref["history"])
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     ref_rows = [json.loads(line) for line in (ref_run / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["split"], r["epoch"], r["step"]) for r in rows] == [(r["split"], r["epoch"], r["step"]) for r in ref_rows]
+    assert [(r["split"], r["epoch"], r["step"]) for r in rows] == [
+        (r["split"], r["epoch"], r["step"]) for r in ref_rows
+    ]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["global_step"] == 40
 
 
 def test_resume_with_a_changed_config_is_refused_listing_the_differences(reference, capsys):
-    code = main(["train", *ARGS, "optimizer.lr=0.5", "model.hidden=[16]", "--out", str(reference), "--resume",
-                 "--quiet"])
+    code = main(
+        [
+            "train",
+            *ARGS,
+            "optimizer.lr=0.5",
+            "model.hidden=[16]",
+            "--out",
+            str(reference),
+            "--resume",
+            "--quiet",
+        ]
+    )
     text = " ".join(capsys.readouterr().err.split())
     assert code == 2
     assert "--resume refused" in text and "optimizer.lr" in text and "model.hidden" in text
@@ -130,6 +157,8 @@ def test_resume_with_more_epochs_extends_the_run(reference, tmp_path):
     before = load(run / "checkpoints" / "last.pt")["history"]
     assert main(["train", *ARGS, "train.epochs=3", "--out", str(run), "--resume", "--quiet"]) == 0
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["epochs_completed"] == 3 and summary["global_step"] == 60
+    assert (
+        summary["status"] == "completed" and summary["epochs_completed"] == 3 and summary["global_step"] == 60
+    )
     after = load(run / "checkpoints" / "last.pt")
     assert after["history"][:2] == before and after["config"]["train"]["epochs"] == 3

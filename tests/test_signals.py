@@ -4,6 +4,7 @@ the exit code is 143 / 130 and `--resume` continues to the same weights; a secon
 External signals go to real `trainlab` processes. The SIGINT case that must land on an exact step
 comes from a user model (`sigmod:Net`) that signals its own process during a chosen training step,
 with the CLI in-process (`trainlab.cli.main`)."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,15 @@ import torch
 from trainlab.cli import main
 
 TRAINLAB = Path(sys.executable).with_name("trainlab")
-DIGITS = ["train.epochs=2", "data.batch_size=64", "model.name=mlp", "model.hidden=[32]", "model.dropout=0.3",
-          "train.checkpoint_every_n_steps=5", "scheduler.name=none"]
+DIGITS = [
+    "train.epochs=2",
+    "data.batch_size=64",
+    "model.name=mlp",
+    "model.hidden=[32]",
+    "model.dropout=0.3",
+    "train.checkpoint_every_n_steps=5",
+    "scheduler.name=none",
+]
 
 USER_MODULE = '''
 import os
@@ -36,7 +44,9 @@ class Net(nn.Module):
 
     def __init__(self, input_shape, output_dim):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(input_shape[0], 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, output_dim))
+        self.net = nn.Sequential(
+            nn.Linear(input_shape[0], 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, output_dim)
+        )
         self.calls = 0
 
     def forward(self, x):
@@ -71,8 +81,13 @@ def wait_until(condition, proc: subprocess.Popen, what: str) -> None:
 
 def start(out: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
     log = out.parent / f"{out.name}.log"
-    proc = subprocess.Popen([str(TRAINLAB), "train", *DIGITS, "--out", str(out), "--quiet"], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    with open(log, "w") as stdout:  # the child keeps its own copy of the handle
+        proc = subprocess.Popen(
+            [str(TRAINLAB), "train", *DIGITS, "--out", str(out), "--quiet"],
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     return proc, log
 
 
@@ -108,8 +123,10 @@ def test_second_sigint_exits_at_once(tmp_path):
 def test_sigint_on_a_step_finishes_it_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys):
     (tmp_path / "sigmod.py").write_text(USER_MODULE)
     config = tmp_path / "sig.yaml"
-    config.write_text("name: sigint\ndata: {source: iris, batch_size: 15}\nmodel: {name: 'sigmod:Net'}\n"
-                      "optimizer: {name: Adam, lr: 0.01}\ntrain: {epochs: 2}\n")  # 7 steps per epoch
+    config.write_text(
+        "name: sigint\ndata: {source: iris, batch_size: 15}\nmodel: {name: 'sigmod:Net'}\n"
+        "optimizer: {name: Adam, lr: 0.01}\ntrain: {epochs: 2}\n"
+    )  # 7 steps per epoch
     reference, run = tmp_path / "reference", tmp_path / "run"
     assert main(["train", str(config), "--out", str(reference), "--quiet"]) == 0
 
@@ -124,5 +141,7 @@ def test_sigint_on_a_step_finishes_it_saves_and_resumes_exactly(tmp_path, monkey
     assert main(["train", str(config), "--out", str(run), "--resume", "--quiet"]) == 0
     assert summary(run)["status"] == "completed"
     assert same_weights(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
-    assert load(run / "checkpoints" / "last.pt")["history"][-1]["train_loss"] == \
-        load(reference / "checkpoints" / "last.pt")["history"][-1]["train_loss"]
+    assert (
+        load(run / "checkpoints" / "last.pt")["history"][-1]["train_loss"]
+        == load(reference / "checkpoints" / "last.pt")["history"][-1]["train_loss"]
+    )

@@ -1,4 +1,5 @@
 """Splits and k-fold: seeded, stratified, disjoint; build_data's task rule and label checks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,9 +25,12 @@ def test_split_is_seeded_disjoint_and_complete():
     assert a.info["sizes"] == {"train": 105, "val": 15, "test": 30}
     # train + val + test is exactly the dataset (as a multiset of rows: iris has duplicate rows)
     from sklearn.datasets import load_iris
+
     together = torch.cat([torch.cat([ds.x, ds.y[:, None].float()], 1) for ds in (a.train, a.val, a.test)])
     bunch = load_iris()
-    whole = torch.cat([torch.as_tensor(bunch.data, dtype=torch.float32), torch.as_tensor(bunch.target)[:, None]], 1)
+    whole = torch.cat(
+        [torch.as_tensor(bunch.data, dtype=torch.float32), torch.as_tensor(bunch.target)[:, None]], 1
+    )
     assert sorted(map(tuple, together.tolist())) == sorted(map(tuple, whole.tolist()))
 
 
@@ -67,6 +71,7 @@ def test_kfold_falls_back_when_a_class_is_too_small():
 @pytest.fixture
 def indexed_source():
     """60 samples whose only feature is their index, 3 balanced classes."""
+
     @DATASETS.register("_test_indexed", "test only")
     def source(cfg):
         return SourceData(train=ArrayDataset(torch.arange(60.0)[:, None], torch.arange(60) % 3))
@@ -76,15 +81,22 @@ def indexed_source():
 
 
 def test_build_data_kfold_keeps_test_fixed_and_rotates_val(indexed_source):
-    bundles = [build_data(load_config({"data": {"source": indexed_source, "k_fold": 4, "fold": i}}))
-               for i in range(4)]
-    ids = [{name: set(getattr(b, name).x[:, 0].long().tolist()) for name in ("train", "val", "test")} for b in bundles]
+    bundles = [
+        build_data(load_config({"data": {"source": indexed_source, "k_fold": 4, "fold": i}}))
+        for i in range(4)
+    ]
+    ids = [
+        {name: set(getattr(b, name).x[:, 0].long().tolist()) for name in ("train", "val", "test")}
+        for b in bundles
+    ]
     assert all(i["test"] == ids[0]["test"] for i in ids) and len(ids[0]["test"]) == 12  # 20% held out, fixed
     for i in ids:
         assert not i["train"] & i["val"] and not i["train"] & i["test"] and not i["val"] & i["test"]
         assert len(i["train"] | i["val"] | i["test"]) == 60
     vals = [i["val"] for i in ids]
-    assert sorted(v for val in vals for v in val) == sorted(set(range(60)) - ids[0]["test"])  # folds partition
+    assert sorted(v for val in vals for v in val) == sorted(
+        set(range(60)) - ids[0]["test"]
+    )  # folds partition
     assert all(b.info["class_counts"]["val"] == {"0": 4, "1": 4, "2": 4} for b in bundles)  # stratified folds
     assert bundles[2].info["fold"] == 2 and bundles[2].info["k_fold"] == 4
 
@@ -122,8 +134,10 @@ def test_config_task_wins_over_the_data():
 def bad_labels_source():
     @DATASETS.register("_test_bad_labels", "test only")
     def source(cfg):
-        return SourceData(train=ArrayDataset(torch.randn(30, 2), torch.tensor([0, 1, 2] * 9 + [7, 0, 1])),
-                          class_names=["a", "b", "c"])
+        return SourceData(
+            train=ArrayDataset(torch.randn(30, 2), torch.tensor([0, 1, 2] * 9 + [7, 0, 1])),
+            class_names=["a", "b", "c"],
+        )
 
     yield "_test_bad_labels"
     DATASETS._entries.pop("_test_bad_labels")

@@ -5,6 +5,7 @@ Trials are tiny (digits, an MLP with 16 hidden units, one or two epochs); most o
 per-trial report, which a sweep keeps (every trial is a normal run directory), so the tests run as
 few trials as their point needs.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,8 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from conftest import cli_in_process, run_cli, tiny_config
 
+from conftest import cli_in_process, run_cli, tiny_config
 from trainlab.config import load_config
 from trainlab.sweep import Objective, make_plan
 
@@ -29,13 +30,20 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def sweep_config(epochs: int = 1, **sweep: Any) -> dict[str, Any]:
-    """digits, mlp [16], val_accuracy monitored; `sweep` keys replace the defaults (4 TPE trials, no pruning)."""
+    """digits, mlp [16], val_accuracy monitored; `sweep` keys replace the defaults (4
+    TPE trials, no pruning)."""
     config = tiny_config(model={"hidden": [16]}, train={"epochs": epochs, "monitor": "val_accuracy"})
-    config["sweep"] = {"trials": 4, "sampler": {"name": "tpe", "n_startup_trials": 2}, "pruner": "none",
-                       "params": {"optimizer.lr": {"loguniform": [1.0e-3, 0.1]},
-                                  "optimizer.name": {"choice": ["SGD", "Adam"]},
-                                  "optimizer.momentum": {"uniform": [0.0, 0.9]}},
-                       **sweep}
+    config["sweep"] = {
+        "trials": 4,
+        "sampler": {"name": "tpe", "n_startup_trials": 2},
+        "pruner": "none",
+        "params": {
+            "optimizer.lr": {"loguniform": [1.0e-3, 0.1]},
+            "optimizer.name": {"choice": ["SGD", "Adam"]},
+            "optimizer.momentum": {"uniform": [0.0, 0.9]},
+        },
+        **sweep,
+    }
     return config
 
 
@@ -55,12 +63,14 @@ def best_over_epochs(run_dir: Path, split: str = "val", name: str = "accuracy") 
 
 # ----------------------------------------------------------------------------- a TPE sweep through the CLI
 
+
 @pytest.fixture(scope="module")
 def tpe_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """4 TPE trials drawn by 2 worker processes on one study.db."""
     tmp = tmp_path_factory.mktemp("tpe")
-    proc = run_cli("sweep", str(write(tmp / "tiny.yaml", sweep_config())), "--out", str(tmp / "sweep"),
-                   "--workers", "2")
+    proc = run_cli(
+        "sweep", str(write(tmp / "tiny.yaml", sweep_config())), "--out", str(tmp / "sweep"), "--workers", "2"
+    )
     return tmp / "sweep", proc
 
 
@@ -106,17 +116,31 @@ def test_sweep_report_is_self_contained(tpe_sweep):
     assert "http://" not in page and "https://" not in page
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium); "
-                    "the HTML structure test above still runs")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="chromium is not installed (apt-get install -y chromium); "
+    "the HTML structure test above still runs",
+)
 def test_sweep_report_renders_in_headless_chromium(tpe_sweep, tmp_path):
     import matplotlib.image as mpimg
 
     out, _ = tpe_sweep
     shot = tmp_path / "shot.png"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
-           (out / "sweep_report.html").resolve().as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        (out / "sweep_report.html").resolve().as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert shot.is_file(), f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
     pixels = mpimg.imread(shot)[..., :3]
@@ -127,12 +151,17 @@ def test_sweep_report_renders_in_headless_chromium(tpe_sweep, tmp_path):
 
 # ----------------------------------------------------------------------------- workers, kill and resume
 
+
 def test_a_sigkilled_sweep_resumes_and_reruns_the_killed_trial(tmp_path, capsys, no_report, one_thread):
     config = write(tmp_path / "tiny.yaml", sweep_config(trials=2, sampler="random"))
     out = tmp_path / "sw"
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "sweep", str(config), "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainlab", "sweep", str(config), "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while not (out / "trials" / "1" / "metrics.jsonl").exists():  # trial 1 has begun training
         assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before trial 1 ran"
@@ -160,15 +189,26 @@ def test_a_sigkilled_sweep_resumes_and_reruns_the_killed_trial(tmp_path, capsys,
 
 # ----------------------------------------------------------------------------- pruning
 
+
 def test_pruning_ends_a_hopeless_trial_after_its_first_epoch(tmp_path, no_report, one_thread):
-    config = sweep_config(epochs=3, pruner={"name": "median", "n_startup_trials": 1},
-                          params={"optimizer.lr": {"loguniform": [1.0e-4, 100.0]}})
-    plan = make_plan(load_config(config), trials=None, out=tmp_path / "sw", storage=None, resume=False, grid=[])
+    config = sweep_config(
+        epochs=3,
+        pruner={"name": "median", "n_startup_trials": 1},
+        params={"optimizer.lr": {"loguniform": [1.0e-4, 100.0]}},
+    )
+    plan = make_plan(
+        load_config(config), trials=None, out=tmp_path / "sw", storage=None, resume=False, grid=[]
+    )
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
     # a finished trial that reached 0.8 validation accuracy after one epoch
-    study.add_trial(optuna.trial.create_trial(
-        value=0.95, params={"optimizer.lr": 0.01}, intermediate_values={1: 0.8, 2: 0.9, 3: 0.95},
-        distributions={"optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 100.0, log=True)}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=0.95,
+            params={"optimizer.lr": 0.01},
+            intermediate_values={1: 0.8, 2: 0.9, 3: 0.95},
+            distributions={"optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 100.0, log=True)},
+        )
+    )
     study.enqueue_trial({"optimizer.lr": 10.0})  # Adam at lr 10: chance accuracy, finite losses
     study.optimize(Objective(plan), n_trials=1)
     trial = study.get_trials()[-1]
@@ -182,7 +222,9 @@ def test_pruning_ends_a_hopeless_trial_after_its_first_epoch(tmp_path, no_report
 def test_a_diverged_trial_is_pruned_and_its_run_says_failed(tmp_path, no_report, one_thread):
     config = sweep_config(params={"optimizer.lr": {"loguniform": [1.0e-4, 1.0e31]}})
     config["optimizer"]["name"] = "SGD"
-    plan = make_plan(load_config(config), trials=None, out=tmp_path / "sw", storage=None, resume=False, grid=[])
+    plan = make_plan(
+        load_config(config), trials=None, out=tmp_path / "sw", storage=None, resume=False, grid=[]
+    )
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({"optimizer.lr": 1.0e30})  # NaN/Inf within the first steps
     study.optimize(Objective(plan), n_trials=1)  # the sweep goes on: no exception
@@ -193,14 +235,18 @@ def test_a_diverged_trial_is_pruned_and_its_run_says_failed(tmp_path, no_report,
 
 # ----------------------------------------------------------------------------- bad search spaces
 
-@pytest.mark.parametrize("key, spec, words", [
-    ("optimizer.lr", {"loguniform": [0.1]}, ["give [low, high]"]),
-    ("optimizer.lr", {"logunifrom": [0.1, 1.0]}, ["did you mean 'loguniform'"]),
-    ("train.epochz", {"int": [1, 3]}, ["unknown key 'train.epochz'", "did you mean 'epochs'"]),
-    ("optimizer.betaz", {"uniform": [0.8, 0.9]}, ["takes no argument 'betaz'"]),
-    ("data.batch_size", {"uniform": [16, 64]}, ["use int: [low, high]"]),
-    ("optimizer.lr", {"uniform": [-1.0, 1.0]}, ["greater than 0"]),
-])
+
+@pytest.mark.parametrize(
+    "key, spec, words",
+    [
+        ("optimizer.lr", {"loguniform": [0.1]}, ["give [low, high]"]),
+        ("optimizer.lr", {"logunifrom": [0.1, 1.0]}, ["did you mean 'loguniform'"]),
+        ("train.epochz", {"int": [1, 3]}, ["unknown key 'train.epochz'", "did you mean 'epochs'"]),
+        ("optimizer.betaz", {"uniform": [0.8, 0.9]}, ["takes no argument 'betaz'"]),
+        ("data.batch_size", {"uniform": [16, 64]}, ["use int: [low, high]"]),
+        ("optimizer.lr", {"uniform": [-1.0, 1.0]}, ["greater than 0"]),
+    ],
+)
 def test_a_bad_search_space_exits_2_naming_the_key(key, spec, words, tmp_path, capsys):
     config = write(tmp_path / "tiny.yaml", sweep_config(params={key: spec}))
     code, _, err = cli_in_process(capsys, "sweep", str(config), "--out", str(tmp_path / "sw"))
@@ -221,15 +267,29 @@ def test_train_on_a_config_with_a_sweep_trains_the_base_config(tmp_path, no_repo
     import trainlab
 
     run = trainlab.train(sweep_config(), {"train.max_steps": 2}, out=tmp_path / "run", quiet=True)
-    assert run.status == "completed" and run.config.optimizer.lr == 0.01 and run.config.optimizer.name == "Adam"
+    assert (
+        run.status == "completed" and run.config.optimizer.lr == 0.01 and run.config.optimizer.name == "Adam"
+    )
 
 
 # ----------------------------------------------------------------------------- the grid
 
-def test_grid_runs_every_value_with_the_same_seed_and_overlays_all_losses(tmp_path, capsys, no_report, one_thread):
+
+def test_grid_runs_every_value_with_the_same_seed_and_overlays_all_losses(
+    tmp_path, capsys, no_report, one_thread
+):
     config = write(tmp_path / "tiny.yaml", sweep_config(epochs=2))
-    code, _, err = cli_in_process(capsys, "sweep", str(config), "--out", str(tmp_path / "sw"),
-                                  "--grid", "optimizer.lr=[0.001,0.03]", "--grid", "model.hidden=[[8, 8]]")
+    code, _, err = cli_in_process(
+        capsys,
+        "sweep",
+        str(config),
+        "--out",
+        str(tmp_path / "sw"),
+        "--grid",
+        "optimizer.lr=[0.001,0.03]",
+        "--grid",
+        "model.hidden=[[8, 8]]",
+    )
     assert code == 0, err[-3000:]
     trials = load_study(tmp_path / "sw").get_trials()
     assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
@@ -244,14 +304,22 @@ def test_grid_runs_every_value_with_the_same_seed_and_overlays_all_losses(tmp_pa
 
 def test_optimizers_grid_example_is_the_notes_five_optimizers(tmp_path):
     example = Path(__file__).resolve().parents[1] / "examples" / "optimizers_grid.yaml"
-    plan = make_plan(load_config(example), trials=None, out=tmp_path / "sw", storage=None, resume=False, grid=[])
+    plan = make_plan(
+        load_config(example), trials=None, out=tmp_path / "sw", storage=None, resume=False, grid=[]
+    )
     assert plan.grid and plan.trials == 5 and plan.pruner["name"] == "none"
     choices = plan.params["optimizer"]["choice"]
     assert [(c["name"], c.get("momentum")) for c in choices] == [
-        ("SGD", None), ("SGD", 0.9), ("Adagrad", None), ("RMSprop", None), ("Adam", None)]
+        ("SGD", None),
+        ("SGD", 0.9),
+        ("Adagrad", None),
+        ("RMSprop", None),
+        ("Adam", None),
+    ]
 
 
 # ----------------------------------------------------------------------------- recovery and folders
+
 
 def test_recover_requeues_dead_and_interrupted_trials_once(tmp_path):
     import socket
@@ -274,7 +342,9 @@ def test_recover_requeues_dead_and_interrupted_trials_once(tmp_path):
     study.tell(stopped, state=optuna.trial.TrialState.FAIL)
     assert sorted(recover_trials(study)) == [killed.number, stopped.number]
     states = {t.number: t.state.name for t in study.get_trials()}
-    assert states[killed.number] == "FAIL" and states[alive.number] == "RUNNING"  # a live process keeps its trial
+    assert (
+        states[killed.number] == "FAIL" and states[alive.number] == "RUNNING"
+    )  # a live process keeps its trial
     queued = [t for t in study.get_trials() if t.state.name == "WAITING"]
     assert sorted(t.params["x"] for t in queued) == sorted([killed.params["x"], stopped.params["x"]])
     assert recover_trials(study) == []  # queued once only

@@ -1,6 +1,7 @@
 """The Python API: `trainlab.train(config, overrides)` returns a Run; `trainlab.Trainer` trains any
 nn.Module on a Dataset or DataLoader; user callbacks; and the loop's options (early stopping,
 max_steps, grad_accum, grad_clip, bf16) through both the config and the Trainer."""
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ def summary(run: trainlab.Run) -> dict:
 
 # ----------------------------------------------------------------------------- trainlab.train
 
+
 def test_train_a_dict_config_returns_the_run(tmp_path, no_report):
     out = tmp_path / "run"
     run = trainlab.train(tiny_config(), {"train.epochs": 2}, out=out, quiet=True)
@@ -36,7 +38,8 @@ def test_train_a_dict_config_returns_the_run(tmp_path, no_report):
     # train.monitor: auto keeps the best validation accuracy for a classifier
     assert run.best["metric"] == "val_accuracy"
     assert run.best["epoch"] in (1, 2) and run.best["value"] == pytest.approx(
-        max(row["val_accuracy"] for row in run.history_rows))
+        max(row["val_accuracy"] for row in run.history_rows)
+    )
     assert set(run.final) == {"train", "val", "test", "test_last"} and 0 <= run.final["test"]["accuracy"] <= 1
     assert run.final["test"] == pytest.approx(summary(run)["final"]["test"])
     # The returned model holds the best checkpoint's weights (what was tested).
@@ -48,8 +51,14 @@ def test_train_a_dict_config_returns_the_run(tmp_path, no_report):
 
 
 def test_keyword_overrides_use_double_underscores_and_grad_accum_halves_the_steps(tmp_path, no_report):
-    run = trainlab.train(tiny_config(), out=tmp_path / "run", quiet=True, train__epochs=1, train__grad_accum=2,
-                         optimizer__lr=0.02)
+    run = trainlab.train(
+        tiny_config(),
+        out=tmp_path / "run",
+        quiet=True,
+        train__epochs=1,
+        train__grad_accum=2,
+        optimizer__lr=0.02,
+    )
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["grad_accum"] == 2 and saved["optimizer"]["lr"] == 0.02
     assert run.config.train.grad_accum == 2
@@ -59,15 +68,21 @@ def test_keyword_overrides_use_double_underscores_and_grad_accum_halves_the_step
 
 def test_early_stopping_stops_before_train_epochs(tmp_path, no_report):
     # min_delta larger than any possible improvement of the loss: no epoch after the first improves.
-    run = trainlab.train(tiny_config(), {"train.epochs": 6, "train.early_stopping.patience": 1,
-                                         "train.early_stopping.min_delta": 100.0}, out=tmp_path / "run", quiet=True)
+    run = trainlab.train(
+        tiny_config(),
+        {"train.epochs": 6, "train.early_stopping.patience": 1, "train.early_stopping.min_delta": 100.0},
+        out=tmp_path / "run",
+        quiet=True,
+    )
     assert run.status == "completed"
     assert [row["epoch"] for row in run.history_rows] == [1, 2]
     assert summary(run)["epochs_completed"] == 2
 
 
 def test_max_steps_stops_at_that_global_step(tmp_path, no_report):
-    run = trainlab.train(tiny_config(), {"train.epochs": 5, "train.max_steps": 27}, out=tmp_path / "run", quiet=True)
+    run = trainlab.train(
+        tiny_config(), {"train.epochs": 5, "train.max_steps": 27}, out=tmp_path / "run", quiet=True
+    )
     s = summary(run)
     assert s["global_step"] == 27 and s["status"] == "completed"
     assert s["epochs_completed"] == 2  # 20 steps, then 7 of the second epoch
@@ -87,12 +102,15 @@ def test_user_callback_passed_to_train_gets_the_test_metrics_at_the_end(tmp_path
             self.events.append(("train_end", logs.get("test")))
 
     recorder = Recorder()
-    run = trainlab.train(tiny_config(), {"train.epochs": 2}, out=tmp_path / "run", quiet=True, callbacks=[recorder])
+    run = trainlab.train(
+        tiny_config(), {"train.epochs": 2}, out=tmp_path / "run", quiet=True, callbacks=[recorder]
+    )
     assert [e[0] for e in recorder.events] == ["epoch_end", "epoch_end", "train_end"]
     assert recorder.events[-1][1] == pytest.approx(run.final["test"])
 
 
 # ----------------------------------------------------------------------------- Trainer
+
 
 def blobs(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """3 classes of 4-d points around different centres: (n, 4) float, (n,) long."""
@@ -115,9 +133,16 @@ def test_trainer_with_a_user_module_and_a_tensor_dataset_lowers_the_loss():
     torch.manual_seed(0)
     x, y = blobs()
     model = UserNet()
-    trainer = trainlab.Trainer.from_datasets(model, TensorDataset(x[:200], y[:200]), TensorDataset(x[200:], y[200:]),
-                               loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters(), lr=0.02),
-                               epochs=5, batch_size=32, device="cpu")
+    trainer = trainlab.Trainer.from_datasets(
+        model,
+        TensorDataset(x[:200], y[:200]),
+        TensorDataset(x[200:], y[200:]),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.Adam(model.parameters(), lr=0.02),
+        epochs=5,
+        batch_size=32,
+        device="cpu",
+    )
     history = trainer.fit()
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
     assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
@@ -129,9 +154,16 @@ def test_trainer_first_validation_sees_every_validation_sample():
     torch.manual_seed(0)
     x, y = blobs(96)
     model = UserNet()
-    trainer = trainlab.Trainer.from_datasets(model, TensorDataset(x[:64], y[:64]), TensorDataset(x[64:], y[64:]),
-                               loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-                               epochs=2, batch_size=32, device="cpu")
+    trainer = trainlab.Trainer.from_datasets(
+        model,
+        TensorDataset(x[:64], y[:64]),
+        TensorDataset(x[64:], y[64:]),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+        epochs=2,
+        batch_size=32,
+        device="cpu",
+    )
     history = trainer.fit()
     # lr 0: the weights never change, so both validations must give the same loss.
     assert history[0]["val_loss"] == pytest.approx(history[1]["val_loss"])
@@ -143,8 +175,15 @@ def test_trainer_takes_dataloaders():
     model = UserNet()
     train_loader = DataLoader(TensorDataset(x[:200], y[:200]), batch_size=25, shuffle=True)
     val_loader = DataLoader(TensorDataset(x[200:], y[200:]), batch_size=100)
-    trainer = trainlab.Trainer.from_datasets(model, train_loader, val_loader, loss_fn=nn.CrossEntropyLoss(),
-                               optimizer=torch.optim.Adam(model.parameters(), lr=0.02), epochs=4, device="cpu")
+    trainer = trainlab.Trainer.from_datasets(
+        model,
+        train_loader,
+        val_loader,
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.Adam(model.parameters(), lr=0.02),
+        epochs=4,
+        device="cpu",
+    )
     history = trainer.fit()
     assert trainer.global_step == 4 * 8  # the user's batch size (25), not the Trainer's default
     assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
@@ -157,9 +196,16 @@ def test_trainer_regression_infers_the_task_from_the_loss():
     y = (x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.5).unsqueeze(1)  # (256, 1)
     model = nn.Linear(4, 1)
     val_loader = DataLoader(TensorDataset(x[200:], y[200:]), batch_size=28)
-    trainer = trainlab.Trainer.from_datasets(model, TensorDataset(x[:200], y[:200]), val_loader,
-                               loss_fn=nn.MSELoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                               epochs=6, batch_size=20, device="cpu")
+    trainer = trainlab.Trainer.from_datasets(
+        model,
+        TensorDataset(x[:200], y[:200]),
+        val_loader,
+        loss_fn=nn.MSELoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=6,
+        batch_size=20,
+        device="cpu",
+    )
     history = trainer.fit()
     assert trainer.task == "regression"
     assert {"val_mse", "val_mae", "val_r2"} <= history[-1].keys()
@@ -198,9 +244,16 @@ def small_trainer(callbacks, lr: float = 0.1, **kwargs) -> trainlab.Trainer:
     torch.manual_seed(0)
     x, y = blobs(64)
     model = UserNet()
-    return trainlab.Trainer.from_datasets(model, TensorDataset(x, y), loss_fn=nn.CrossEntropyLoss(),
-                            optimizer=torch.optim.SGD(model.parameters(), lr=lr), batch_size=32, device="cpu",
-                            callbacks=callbacks, **kwargs)
+    return trainlab.Trainer.from_datasets(
+        model,
+        TensorDataset(x, y),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=lr),
+        batch_size=32,
+        device="cpu",
+        callbacks=callbacks,
+        **kwargs,
+    )
 
 
 def test_callback_hooks_come_in_order():
@@ -246,9 +299,17 @@ def test_grad_accum_of_two_half_batches_equals_one_full_batch():
     for batch_size, accum in ((16, 2), (32, 1)):
         torch.manual_seed(0)
         model = UserNet()
-        trainer = trainlab.Trainer.from_datasets(model, TensorDataset(x, y), loss_fn=nn.CrossEntropyLoss(),
-                                   optimizer=torch.optim.SGD(model.parameters(), lr=0.1), batch_size=batch_size,
-                                   grad_accum=accum, epochs=2, device="cpu", seed=3)
+        trainer = trainlab.Trainer.from_datasets(
+            model,
+            TensorDataset(x, y),
+            loss_fn=nn.CrossEntropyLoss(),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            batch_size=batch_size,
+            grad_accum=accum,
+            epochs=2,
+            device="cpu",
+            seed=3,
+        )
         trainer.fit()
         assert trainer.global_step == 2 * 128 // 32
         weights.append(model.state_dict())
@@ -287,9 +348,17 @@ def test_bf16_trainer_on_cpu_computes_under_autocast():
     torch.manual_seed(0)
     x, y = blobs(64)
     model = Probe()
-    trainer = trainlab.Trainer.from_datasets(model, TensorDataset(x, y), TensorDataset(x, y), loss_fn=nn.CrossEntropyLoss(),
-                               optimizer=torch.optim.Adam(model.parameters(), lr=0.02), batch_size=32, epochs=2,
-                               precision="bf16", device="cpu")
+    trainer = trainlab.Trainer.from_datasets(
+        model,
+        TensorDataset(x, y),
+        TensorDataset(x, y),
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.Adam(model.parameters(), lr=0.02),
+        batch_size=32,
+        epochs=2,
+        precision="bf16",
+        device="cpu",
+    )
     history = trainer.fit()
     assert dtypes and all(d == torch.bfloat16 for d in dtypes)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a bf16 model
@@ -299,8 +368,8 @@ def test_bf16_trainer_on_cpu_computes_under_autocast():
 def test_compile_falls_back_to_eager_with_a_warning_when_the_backend_fails(monkeypatch):
     import torch
 
-    from trainlab.data import build_data
     from trainlab.config import load_config
+    from trainlab.data import build_data
     from trainlab.pipeline import compile_model
 
     def broken(model, *a, **k):

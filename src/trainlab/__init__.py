@@ -10,17 +10,25 @@
 
 Attributes are imported on first use, so that `trainlab --help` and config errors answer quickly.
 """
+
 import importlib as _importlib
 
 _EXPORTS = {
-    "Config": "trainlab.config", "load_config": "trainlab.config", "TrainConfig": "trainlab.config",
+    "Config": "trainlab.config",
+    "load_config": "trainlab.config",
+    "TrainConfig": "trainlab.config",
     "Callback": "trainlab.engine.callbacks",
-    "Trainer": "trainlab.engine.loop", "evaluate": "trainlab.engine.evaluate",
-    "CheckpointError": "trainlab.errors", "ConfigError": "trainlab.errors", "DataError": "trainlab.errors",
+    "Trainer": "trainlab.engine.loop",
+    "evaluate": "trainlab.engine.evaluate",
+    "CheckpointError": "trainlab.errors",
+    "ConfigError": "trainlab.errors",
+    "DataError": "trainlab.errors",
     "TrainlabError": "trainlab.errors",
     "export_run": "trainlab.export",
-    "Run": "trainlab.run", "train": "trainlab.run",
-    "evaluate_run": "trainlab.finished", "load_run": "trainlab.finished",
+    "Run": "trainlab.run",
+    "train": "trainlab.run",
+    "evaluate_run": "trainlab.finished",
+    "load_run": "trainlab.finished",
     "run_sweep": "trainlab.sweep",
 }
 __all__ = sorted(_EXPORTS)

@@ -21,6 +21,7 @@ What an existing folder may hold (checked before anything is written):
   trainlab writes the resolved config to `<run dir>/config.yaml` and nowhere else, so the user
   chooses another folder (`--out proj/run`) rather than getting it under a surprising name.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -38,8 +39,19 @@ from trainlab.logging import RunDir
 
 LOCK_NAME = ".trainlab.lock"
 # Everything a run writes into its folder (the lock aside): what a fresh start moves out of a killed one.
-RUN_FILES = ("summary.json", "metrics.jsonl", "config.yaml", "model.safetensors", "model_summary.txt",
-             "layer_stats.jsonl", "report.html", "checkpoints", "tensorboard", "plots", "predictions")
+RUN_FILES = (
+    "summary.json",
+    "metrics.jsonl",
+    "config.yaml",
+    "model.safetensors",
+    "model_summary.txt",
+    "layer_stats.jsonl",
+    "report.html",
+    "checkpoints",
+    "tensorboard",
+    "plots",
+    "predictions",
+)
 _FINISHED = ("completed", "interrupted", "failed")
 
 _held: dict[Path, RunClaim] = {}  # this process's claims, by resolved folder
@@ -62,8 +74,9 @@ class RunClaim:
 
 
 def _owner_text() -> str:
-    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    )
 
 
 def _describe(text: str) -> str:
@@ -88,8 +101,10 @@ def _lock(folder: Path) -> tuple[RunClaim, str | None]:
             text = os.pread(fd, 4096, 0).decode(errors="replace")
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise TrainlabError(f"{folder} is being written by another training run ({_describe(text)}); "
-                                    f"wait for it, or use --out for another folder") from None
+                raise TrainlabError(
+                    f"{folder} is being written by another training run ({_describe(text)}); "
+                    f"wait for it, or use --out for another folder"
+                ) from None
             raise TrainlabError(f"cannot lock run directory {folder}: {e.strerror}") from None
         # The owner we waited for may have unlinked the file we opened: lock the one at the path.
         with contextlib.suppress(FileNotFoundError):
@@ -107,7 +122,9 @@ def _lock(folder: Path) -> tuple[RunClaim, str | None]:
 def _run_content(folder: Path) -> tuple[list[str], str | None, bool]:
     """(the run files present, summary.json's status, whether there is a checkpoint or exported weights)."""
     present = [f"checkpoints/{p.name}" for p in sorted((folder / "checkpoints").glob("*.pt"))]
-    present += [name for name in RUN_FILES if (folder / name).exists() and not (name == "checkpoints" and present)]
+    present += [
+        name for name in RUN_FILES if (folder / name).exists() and not (name == "checkpoints" and present)
+    ]
     status = None
     with contextlib.suppress(OSError, ValueError, AttributeError):
         status = json.loads((folder / "summary.json").read_text()).get("status")
@@ -128,8 +145,9 @@ def _move_aside(folder: Path, names: list[str]) -> Path:
     return aside
 
 
-def _check_content(folder: Path, resume: bool, restarted: bool, dead_owner: str | None,
-                   is_main: bool = True) -> list[str]:
+def _check_content(
+    folder: Path, resume: bool, restarted: bool, dead_owner: str | None, is_main: bool = True
+) -> list[str]:
     """Refuse a folder holding a run (without --resume) or files of no run; returns the run files a fresh
     start must move aside (those of a run killed before its first checkpoint, or of a restarted job's
     attempt that saved none)."""
@@ -144,20 +162,27 @@ def _check_content(folder: Path, resume: bool, restarted: bool, dead_owner: str 
         if resume:
             return []
         what = f"a {status} run" if status in _FINISHED else "a run"
-        how = ("use --resume to continue it, or --out for a new folder" if (folder / "checkpoints" / "last.pt").exists()
-               else "it has no checkpoints/last.pt to resume from: use --out for a new folder, or remove it")
-        raise TrainlabError(f"{folder} already holds {what} ({shown}); {how} (trainlab never writes over an "
-                            f"earlier run)")
+        how = (
+            "use --resume to continue it, or --out for a new folder"
+            if (folder / "checkpoints" / "last.pt").exists()
+            else "it has no checkpoints/last.pt to resume from: use --out for a new folder, or remove it"
+        )
+        raise TrainlabError(
+            f"{folder} already holds {what} ({shown}); {how} (trainlab never writes over an earlier run)"
+        )
     if not is_main:  # rank 0 decides about partial and foreign files (it may be writing them already)
         return []
     if dead_owner or status == "running":
         return [] if resume else tops  # killed before its first checkpoint
-    raise TrainlabError(f"{folder} holds {shown} but no run of it (no summary.json beside them): trainlab "
-                        f"would write over them; use --out for another folder, e.g. --out {folder / 'run'}")
+    raise TrainlabError(
+        f"{folder} holds {shown} but no run of it (no summary.json beside them): trainlab "
+        f"would write over them; use --out for another folder, e.g. --out {folder / 'run'}"
+    )
 
 
-def claim_run_dir(path: str | Path, resume: bool = False, *, restarted: bool = False,
-                  is_main: bool = True) -> RunDir | None:
+def claim_run_dir(
+    path: str | Path, resume: bool = False, *, restarted: bool = False, is_main: bool = True
+) -> RunDir | None:
     """Claim `path` for one training run: the RunDir (rank 0), or None on the other ranks of a torchrun
     job, which only check the folder (they must stop too when it is refused) and never lock it.
 
@@ -168,7 +193,9 @@ def claim_run_dir(path: str | Path, resume: bool = False, *, restarted: bool = F
     if folder.exists() and not folder.is_dir():
         raise TrainlabError(f"--out {folder}: a file is there, not a folder")
     if resume and not (folder / "checkpoints" / "last.pt").is_file():
-        raise CheckpointError(f"--resume: no checkpoint to resume from at {folder / 'checkpoints' / 'last.pt'}")
+        raise CheckpointError(
+            f"--resume: no checkpoint to resume from at {folder / 'checkpoints' / 'last.pt'}"
+        )
     if not is_main:
         if folder.is_dir():
             _check_content(folder, resume, restarted, dead_owner=None, is_main=False)
@@ -183,10 +210,14 @@ def claim_run_dir(path: str | Path, resume: bool = False, *, restarted: bool = F
     if to_move:
         aside = _move_aside(folder, to_move)
         why = f"by {dead_owner}" if dead_owner else "its summary.json still says running"
-        print(f"note: {folder} held a run that stopped before its first checkpoint ({why}); "
-              f"its files were moved to {aside.name}/ and this run starts clean")
+        print(
+            f"note: {folder} held a run that stopped before its first checkpoint ({why}); "
+            f"its files were moved to {aside.name}/ and this run starts clean"
+        )
     elif dead_owner:
-        print(f"note: took over the lock of {folder} left by a process that no longer holds it ({dead_owner})")
+        print(
+            f"note: took over the lock of {folder} left by a process that no longer holds it ({dead_owner})"
+        )
     run.release = claim.release
     return run
 

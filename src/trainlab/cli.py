@@ -4,6 +4,7 @@ Exit codes: 0 success; 2 bad usage, config, data or checkpoint (one paragraph, n
 1 any other failure, a diverged run included; 130 after SIGINT and 143 after SIGTERM, in both cases
 after saving a resumable checkpoint.
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,7 +21,10 @@ def _fail(message: str, code: int = 2) -> None:
 
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # under torchrun: say which process failed
         message = f"rank {os.environ.get('RANK', '?')}: {message}"
-    click.echo(textwrap.fill("error: " + message, width=100, break_long_words=False, break_on_hyphens=False), err=True)
+    click.echo(
+        textwrap.fill("error: " + message, width=100, break_long_words=False, break_on_hyphens=False),
+        err=True,
+    )
     sys.exit(code)
 
 
@@ -38,8 +42,11 @@ class _Group(click.Group):
         except RunFailed as e:  # diverged, out of memory
             _fail(str(e), 1)
         except KeyboardInterrupt:  # Ctrl-C outside the training loop's own handler (start-up, test, report)
-            click.echo("interrupted (SIGINT); what was already written is kept — a run with checkpoints/last.pt "
-                       "continues (and finishes its report) with --resume", err=True)
+            click.echo(
+                "interrupted (SIGINT); what was already written is kept — a run with checkpoints/last.pt "
+                "continues (and finishes its report) with --resume",
+                err=True,
+            )
             sys.exit(130)
 
 
@@ -62,12 +69,28 @@ def cli() -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="run directory (default runs/<name>)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars or epoch lines")
-@click.option("--smoke", is_flag=True, help="2 training steps, 1 validation and 1 test batch (train.smoke=true)")
-@click.option("--nproc", type=int, default=None, help="train with N processes on this machine (torchrun + DDP)")
-@click.option("--max-restarts", type=int, default=0, show_default=True,
-              help="with --nproc: restart all processes up to K times when one fails (they resume from last.pt)")
-def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, smoke: bool, nproc: int | None,
-          max_restarts: int) -> None:
+@click.option(
+    "--smoke", is_flag=True, help="2 training steps, 1 validation and 1 test batch (train.smoke=true)"
+)
+@click.option(
+    "--nproc", type=int, default=None, help="train with N processes on this machine (torchrun + DDP)"
+)
+@click.option(
+    "--max-restarts",
+    type=int,
+    default=0,
+    show_default=True,
+    help="with --nproc: restart all processes up to K times when one fails (they resume from last.pt)",
+)
+def train(
+    args: tuple[str, ...],
+    out: Path | None,
+    resume: bool,
+    quiet: bool,
+    smoke: bool,
+    nproc: int | None,
+    max_restarts: int,
+) -> None:
     """Train from CONFIG.yaml (default: the built-in digits example) with KEY=VALUE overrides."""
     from trainlab.config import load_config
 
@@ -77,7 +100,9 @@ def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, sm
         config = overrides.pop(0)
     for o in overrides:
         if "=" not in o:
-            raise TrainlabError(f"argument {o!r} is neither a config file (it must come first) nor a KEY=VALUE override")
+            raise TrainlabError(
+                f"argument {o!r} is neither a config file (it must come first) nor a KEY=VALUE override"
+            )
     if smoke:
         overrides.append("train.smoke=true")
     cfg = load_config(config, overrides)  # a bad key or value is reported before torch is even imported
@@ -87,8 +112,15 @@ def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, sm
         from trainlab.engine.distributed import launch
 
         out = out or default_run_dir(cfg, existing=resume)  # one folder for all ranks
-        argv = ["train", *([config] if config else []), *overrides, "--out", str(out),
-                *(["--resume"] if resume else []), *(["--quiet"] if quiet else [])]
+        argv = [
+            "train",
+            *([config] if config else []),
+            *overrides,
+            "--out",
+            str(out),
+            *(["--resume"] if resume else []),
+            *(["--quiet"] if quiet else []),
+        ]
         sys.exit(launch(nproc, argv, max_restarts))
     from trainlab.engine import distributed
     from trainlab.run import train as run_train
@@ -119,25 +151,50 @@ def train(args: tuple[str, ...], out: Path | None, resume: bool, quiet: bool, sm
 @click.argument("args", nargs=-1)
 @click.option("--trials", type=int, default=None, help="finished trials to reach (default: sweep.trials)")
 @click.option("--out", type=click.Path(path_type=Path), help="sweep folder (default runs/<name>-sweep)")
-@click.option("--storage", default=None, help="an Optuna RDB URL shared by machines (default: sqlite DIR/study.db)")
+@click.option(
+    "--storage", default=None, help="an Optuna RDB URL shared by machines (default: sqlite DIR/study.db)"
+)
 @click.option("--workers", type=int, default=1, show_default=True, help="trial processes on this machine")
 @click.option("--resume", is_flag=True, help="continue the sweep in --out: killed trials run again")
-@click.option("--grid", multiple=True, metavar="KEY=[v1,v2,...]",
-              help="repeatable: a full grid over these values, same seed, no pruning")
+@click.option(
+    "--grid",
+    multiple=True,
+    metavar="KEY=[v1,v2,...]",
+    help="repeatable: a full grid over these values, same seed, no pruning",
+)
 @click.option("--quiet", "-q", is_flag=True, help="no per-trial lines")
-def sweep(args: tuple[str, ...], trials: int | None, out: Path | None, storage: str | None, workers: int,
-          resume: bool, grid: tuple[str, ...], quiet: bool) -> None:
+def sweep(
+    args: tuple[str, ...],
+    trials: int | None,
+    out: Path | None,
+    storage: str | None,
+    workers: int,
+    resume: bool,
+    grid: tuple[str, ...],
+    quiet: bool,
+) -> None:
     """Hyperparameter search over the config's sweep.params (or --grid) with Optuna; one run per trial."""
     overrides = list(args)
     config = overrides.pop(0) if overrides and "=" not in overrides[0] else None
     for o in overrides:
         if "=" not in o:
-            raise TrainlabError(f"argument {o!r} is neither a config file (it must come first) nor a KEY=VALUE override")
+            raise TrainlabError(
+                f"argument {o!r} is neither a config file (it must come first) nor a KEY=VALUE override"
+            )
     from trainlab.sweep import WorkerFailed, run_sweep
 
     try:
-        run_sweep(config, overrides, trials=trials, out=out, storage=storage, workers=workers, resume=resume,
-                  grid=list(grid), quiet=quiet)
+        run_sweep(
+            config,
+            overrides,
+            trials=trials,
+            out=out,
+            storage=storage,
+            workers=workers,
+            resume=resume,
+            grid=list(grid),
+            quiet=quiet,
+        )
     except WorkerFailed as e:
         _fail(str(e), e.exit_code)
 
@@ -145,22 +202,34 @@ def sweep(args: tuple[str, ...], trials: int | None, out: Path | None, storage: 
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="the best weights (by train.monitor) or the last ones")
+@click.option(
+    "--checkpoint",
+    type=click.Choice(["best", "last"]),
+    default="best",
+    show_default=True,
+    help="the best weights (by train.monitor) or the last ones",
+)
 def eval_(run_dir: Path, split: str, checkpoint: str) -> None:
     """Evaluate a checkpoint of RUN_DIR and print its metrics."""
     from trainlab.finished import evaluate_run
 
     logs = evaluate_run(run_dir, split, checkpoint)
-    click.echo(f"{split}: " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()) + f" ({checkpoint} checkpoint)")
+    click.echo(
+        f"{split}: " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()) + f" ({checkpoint} checkpoint)"
+    )
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="CSV to write (default: print it)")
-@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
-              help="onnx: run RUN_DIR/export/model.onnx in ONNX Runtime (exported first when missing)")
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "onnx"]),
+    default="torch",
+    show_default=True,
+    help="onnx: run RUN_DIR/export/model.onnx in ONNX Runtime (exported first when missing)",
+)
 def predict(run_dir: Path, input_path: Path, out: Path | None, backend: str) -> None:
     """Predict on a CSV of feature rows or on image files / a folder, with the run's preprocessing."""
     from trainlab.predict import predict as run_predict
@@ -174,24 +243,50 @@ def predict(run_dir: Path, input_path: Path, out: Path | None, backend: str) -> 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--format", "format_", type=click.Choice(["onnx", "exported", "all"]), default="all", show_default=True,
-              help="onnx: model.onnx; exported: model.pt2 (torch.export); all: both")
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["onnx", "exported", "all"]),
+    default="all",
+    show_default=True,
+    help="onnx: model.onnx; exported: model.pt2 (torch.export); all: both",
+)
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="file to write (default RUN_DIR/export/model.onnx, model.pt2); with --format all its suffix "
-                   "becomes .onnx and .pt2")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="file to write (default RUN_DIR/export/model.onnx, model.pt2); with --format all its suffix "
+    "becomes .onnx and .pt2",
+)
 @click.option("--opset", type=int, default=None, help="ONNX opset version (default: the exporter's)")
-@click.option("--rtol", type=float, default=1e-4, show_default=True,
-              help="verification passes when max|exported - torch| <= rtol * max(1, max|torch|)")
-def export(run_dir: Path, format_: str, checkpoint: str, out: Path | None, opset: int | None, rtol: float) -> None:
+@click.option(
+    "--rtol",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="verification passes when max|exported - torch| <= rtol * max(1, max|torch|)",
+)
+def export(
+    run_dir: Path, format_: str, checkpoint: str, out: Path | None, opset: int | None, rtol: float
+) -> None:
     """Export the trained model to ONNX and/or a torch.export program, and verify them on the test data."""
     from trainlab.export import FORMATS, export_run
 
-    result = export_run(run_dir, list(FORMATS) if format_ == "all" else [format_], checkpoint=checkpoint, out=out,
-                        opset=opset, rtol=rtol)
+    result = export_run(
+        run_dir,
+        list(FORMATS) if format_ == "all" else [format_],
+        checkpoint=checkpoint,
+        out=out,
+        opset=opset,
+        rtol=rtol,
+    )
     if not result.passed:
-        _fail("verification failed: an exported model's outputs differ from the PyTorch model's beyond the "
-              "tolerance (see above)", 1)
+        _fail(
+            "verification failed: an exported model's outputs differ from the PyTorch model's beyond the "
+            "tolerance (see above)",
+            1,
+        )
 
 
 @cli.command()
@@ -207,8 +302,12 @@ def report(run_dir: Path) -> None:
 
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="folder for compare.png and compare.html (default: runs/compare, then runs/compare-2, ...)")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="folder for compare.png and compare.html (default: runs/compare, then runs/compare-2, ...)",
+)
 def compare(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     """Compare runs: config differences, best/final metrics, overlaid loss curves."""
     from trainlab.report.compare import compare_runs, default_compare_dir
@@ -221,15 +320,21 @@ def compare(run_dirs: tuple[Path, ...], out: Path | None) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--compare-shallow/--no-compare-shallow", default=None,
-              help="train a shallower model to tell model bias from optimization (default: when the training loss "
-                   "is large and the run trained for at most a minute)")
+@click.option(
+    "--compare-shallow/--no-compare-shallow",
+    default=None,
+    help="train a shallower model to tell model bias from optimization (default: when the training loss "
+    "is large and the run trained for at most a minute)",
+)
 @click.option("--batch-sizes", is_flag=True, help="also time updates for batch sizes 1, 2, 4, ...")
 def doctor(run_dir: Path, compare_shallow: bool | None, batch_sizes: bool) -> None:
     """Why is training not good? Loss flowchart, critical point, gradient health."""
-    from trainlab.diagnose.doctor import doctor as run_doctor, format_diagnosis
+    from trainlab.diagnose.doctor import doctor as run_doctor
+    from trainlab.diagnose.doctor import format_diagnosis
 
-    click.echo(format_diagnosis(run_doctor(run_dir, compare_shallow=compare_shallow, batch_sizes=batch_sizes)))
+    click.echo(
+        format_diagnosis(run_doctor(run_dir, compare_shallow=compare_shallow, batch_sizes=batch_sizes))
+    )
 
 
 @cli.command("lr-find")
@@ -237,7 +342,8 @@ def doctor(run_dir: Path, compare_shallow: bool | None, batch_sizes: bool) -> No
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="where to save lr_find.png")
 def lr_find(args: tuple[str, ...], out: Path | None) -> None:
     """LR range test on CONFIG.yaml: prints the suggested learning rate and saves the plot."""
-    from trainlab.diagnose.doctor import format_lr_find, lr_find as run_lr_find
+    from trainlab.diagnose.doctor import format_lr_find
+    from trainlab.diagnose.doctor import lr_find as run_lr_find
 
     overrides = list(args)
     config = overrides.pop(0) if overrides and "=" not in overrides[0] else None
@@ -245,18 +351,24 @@ def lr_find(args: tuple[str, ...], out: Path | None) -> None:
 
 
 _ALSO = {
-    "datasets": "any torchvision.datasets class by name (its arguments in data.options); \"module:attr\" for your own Dataset",
-    "models": "sequential (model.layers: a list of torch.nn layers); torchvision:<name> (any torchvision.models "
-              "builder); \"module:attr\" for your own nn.Module",
-    "losses": "any torch.nn loss class by name, with its keyword arguments; \"module:attr\"",
-    "optimizers": "any torch.optim class by name, with its keyword arguments; \"module:attr\"",
-    "schedulers": "any torch.optim.lr_scheduler class by name; warmup_steps/warmup_epochs in front of any of them",
+    "datasets": "any torchvision.datasets class by name (its arguments in data.options); "
+    '"module:attr" for your own Dataset',
+    "models": "sequential (model.layers: a list of torch.nn layers); "
+    "torchvision:<name> (any torchvision.models "
+    'builder); "module:attr" for your own nn.Module',
+    "losses": 'any torch.nn loss class by name, with its keyword arguments; "module:attr"',
+    "optimizers": 'any torch.optim class by name, with its keyword arguments; "module:attr"',
+    "schedulers": "any torch.optim.lr_scheduler class by name; "
+    "warmup_steps/warmup_epochs in front of any of them",
 }
 
 
 @cli.command("list")
-@click.argument("kind", required=False,
-                type=click.Choice(["datasets", "models", "losses", "optimizers", "schedulers", "metrics"]))
+@click.argument(
+    "kind",
+    required=False,
+    type=click.Choice(["datasets", "models", "losses", "optimizers", "schedulers", "metrics"]),
+)
 def list_(kind: str | None) -> None:
     """List the names trainlab knows, with a one-line description each."""
     from trainlab.registry import KINDS, load_builtins

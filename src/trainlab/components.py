@@ -1,10 +1,11 @@
 """Component lists: the notes' `nn.Sequential(...)` and `transforms.Compose([...])` written as YAML.
 
-    - ReLU                              # bare name: no arguments
-    - Conv2d: [3, 64, 3, 1, 1]          # positional arguments
-    - Normalize: {mean: [0.5], std: [0.5]}   # keyword arguments
-    - ToDtype: {dtype: float32, scale: true} # a value naming a torch dtype becomes that dtype
+- ReLU                              # bare name: no arguments
+- Conv2d: [3, 64, 3, 1, 1]          # positional arguments
+- Normalize: {mean: [0.5], std: [0.5]}   # keyword arguments
+- ToDtype: {dtype: float32, scale: true} # a value naming a torch dtype becomes that dtype
 """
+
 from __future__ import annotations
 
 import inspect
@@ -16,9 +17,26 @@ import torch
 from trainlab.errors import ConfigError, did_you_mean, short
 from trainlab.registry import check_kwargs, import_object
 
-_DTYPES = {name: getattr(torch, name) for name in (
-    "float32", "float64", "float16", "bfloat16", "uint8", "int8", "int16", "int32", "int64", "bool",
-    "float", "double", "half", "long", "int")}
+_DTYPES = {
+    name: getattr(torch, name)
+    for name in (
+        "float32",
+        "float64",
+        "float16",
+        "bfloat16",
+        "uint8",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "bool",
+        "float",
+        "double",
+        "half",
+        "long",
+        "int",
+    )
+}
 
 
 def to_dtype(value: Any) -> Any:
@@ -39,7 +57,7 @@ def parse_item(item: Any, key: str) -> tuple[str, list[Any], dict[str, Any]]:
     if isinstance(item, str):
         return item, [], {}
     if isinstance(item, dict) and len(item) == 1:
-        (name, value), = item.items()
+        ((name, value),) = item.items()
         if value is None:
             return name, [], {}
         if isinstance(value, dict):
@@ -49,8 +67,10 @@ def parse_item(item: Any, key: str) -> tuple[str, list[Any], dict[str, Any]]:
                 return name, [list(value)], {}  # `- Resize: [224, 224]` means size (224, 224)
             return name, [to_dtype(v) for v in value], {}
         return name, [to_dtype(value)], {}
-    raise ConfigError(f"{key}: {short(item)} is not a component: write a name (- ReLU), a name with a list of "
-                      f"positional arguments (- Conv2d: [1, 10, 5]) or with a mapping of keyword arguments")
+    raise ConfigError(
+        f"{key}: {short(item)} is not a component: write a name (- ReLU), a name with a list of "
+        f"positional arguments (- Conv2d: [1, 10, 5]) or with a mapping of keyword arguments"
+    )
 
 
 def resolve_class(name: str, namespaces: list[ModuleType], key: str) -> Any:
@@ -60,7 +80,9 @@ def resolve_class(name: str, namespaces: list[ModuleType], key: str) -> Any:
         obj = getattr(ns, name, None)
         if obj is not None and inspect.isclass(obj):
             return obj
-    known = sorted({n for ns in namespaces for n in dir(ns) if not n.startswith("_") and inspect.isclass(getattr(ns, n))})
+    known = sorted(
+        {n for ns in namespaces for n in dir(ns) if not n.startswith("_") and inspect.isclass(getattr(ns, n))}
+    )
     where = " or ".join(ns.__name__ for ns in namespaces)
     raise ConfigError(f"{key}: unknown class {name!r} in {where}{did_you_mean(name, known)}")
 
@@ -76,6 +98,6 @@ def build_list(items: list[Any] | None, namespaces: list[ModuleType], key: str) 
         try:
             built.append(cls(*args, **kwargs))
         except (TypeError, ValueError, RuntimeError) as e:  # RuntimeError: a size torch refuses (-5)
-            raise ConfigError(f"{where}: {name}({', '.join([*map(short, args), *(f'{k}={short(v)}' for k, v in kwargs.items())])}) "
-                              f"failed: {str(e).splitlines()[0][:300]}") from None
+            call = ", ".join([*map(short, args), *(f"{k}={short(v)}" for k, v in kwargs.items())])
+            raise ConfigError(f"{where}: {name}({call}) failed: {str(e).splitlines()[0][:300]}") from None
     return built

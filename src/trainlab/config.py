@@ -4,8 +4,10 @@ A config is YAML read with a safe loader only (`ConfigLoader`: no Python objects
 duplicate keys), then validated by pydantic; unknown keys, wrong
 types and out-of-range values become a `ConfigError` naming the key and the bad value.
 """
+
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import types
@@ -64,7 +66,9 @@ class OptimizerConfig(Component):
 
 class SchedulerConfig(Component):
     name: str = "none"
-    interval: Literal["epoch", "step"] | None = None  # default: step for onecycle/linear warmup-style, epoch else
+    interval: Literal["epoch", "step"] | None = (
+        None  # default: step for onecycle/linear warmup-style, epoch else
+    )
     warmup_steps: int = Field(default=0, ge=0)
     warmup_epochs: int = Field(default=0, ge=0)
     warmup_start_factor: float = Field(default=0.1, gt=0, le=1)
@@ -131,7 +135,9 @@ class TrainConfig(_Strict):
     checkpoint_every_n_steps: int | None = Field(default=None, ge=1)
     histogram_every: int | None = Field(default=None, ge=1)  # epochs between weight/grad histograms
     nan_policy: Literal["stop", "skip"] = "stop"
-    deterministic: bool = False  # deterministic kernels (torch.use_deterministic_algorithms, cuBLAS workspace)
+    deterministic: bool = (
+        False  # deterministic kernels (torch.use_deterministic_algorithms, cuBLAS workspace)
+    )
     peak_flops: float | None = Field(default=None, gt=0)  # for MFU; measured when not given
     # a value and the goal it must reach, e.g. {val_accuracy: 0.97}: summary.json's time_to_target
     target_metric: dict[str, float] | None = None
@@ -160,14 +166,20 @@ class ParamSpec(_Strict):
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("uniform", "loguniform", "int_", "choice") if getattr(self, k) is not None).rstrip("_")
+        return next(
+            k for k in ("uniform", "loguniform", "int_", "choice") if getattr(self, k) is not None
+        ).rstrip("_")
 
     @model_validator(mode="after")
     def _one_kind(self) -> ParamSpec:
-        kinds = [k.rstrip("_") for k in ("uniform", "loguniform", "int_", "choice") if getattr(self, k) is not None]
+        kinds = [
+            k.rstrip("_") for k in ("uniform", "loguniform", "int_", "choice") if getattr(self, k) is not None
+        ]
         if len(kinds) != 1:
-            raise ValueError("give exactly one of uniform: [low, high], loguniform: [low, high], int: [low, high] "
-                             "or choice: [values]" + (f" (got {' and '.join(kinds)})" if kinds else ""))
+            raise ValueError(
+                "give exactly one of uniform: [low, high], loguniform: [low, high], int: [low, high] "
+                "or choice: [values]" + (f" (got {' and '.join(kinds)})" if kinds else "")
+            )
         kind = kinds[0]
         if kind == "choice":
             if not self.choice:
@@ -212,7 +224,9 @@ class SweepConfig(_Strict):
     """`trainlab sweep`: a hyperparameter search over config keys (Optuna); `trainlab train` ignores it."""
 
     metric: str | None = None  # any logged value, e.g. val_accuracy; default: the resolved train.monitor
-    direction: Literal["maximize", "minimize"] | None = None  # default: from the metric (loss/error: minimize)
+    direction: Literal["maximize", "minimize"] | None = (
+        None  # default: from the metric (loss/error: minimize)
+    )
     trials: int = Field(default=20, ge=1)  # finished (complete or pruned) trials to reach; grid: its size
     sampler: SweepComponent = Field(default_factory=lambda: SweepComponent(name="tpe"))
     pruner: SweepComponent = Field(default_factory=lambda: SweepComponent(name="median"))
@@ -222,14 +236,19 @@ class SweepConfig(_Strict):
     @classmethod
     def _sampler(cls, v: SweepComponent) -> SweepComponent:
         if v.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {v.name!r}{did_you_mean(v.name, SAMPLERS)}; use one of {', '.join(SAMPLERS)}")
+            raise ValueError(
+                f"unknown sampler {v.name!r}{did_you_mean(v.name, SAMPLERS)}; "
+                f"use one of {', '.join(SAMPLERS)}"
+            )
         return v
 
     @field_validator("pruner")
     @classmethod
     def _pruner(cls, v: SweepComponent) -> SweepComponent:
         if v.name not in PRUNERS:
-            raise ValueError(f"unknown pruner {v.name!r}{did_you_mean(v.name, PRUNERS)}; use one of {', '.join(PRUNERS)}")
+            raise ValueError(
+                f"unknown pruner {v.name!r}{did_you_mean(v.name, PRUNERS)}; use one of {', '.join(PRUNERS)}"
+            )
         return v
 
 
@@ -266,6 +285,7 @@ class Config(_Strict):
 
 # ----------------------------------------------------------------------------- loading
 
+
 class ConfigLoader(yaml.SafeLoader):
     """yaml.SafeLoader for a config that may be hostile: it refuses what would cost time or memory later
     (aliases that expand a 1 KB file to a billion values, nesting deeper than any config needs, integers
@@ -287,8 +307,10 @@ class ConfigLoader(yaml.SafeLoader):
         self.depth += 1
         try:
             if self.depth > self.MAX_DEPTH:
-                raise ConfigError(f"{self.where(self.peek_event().start_mark)}: values nested more than "
-                                  f"{self.MAX_DEPTH} levels deep; a config is a few levels of keys and lists")
+                raise ConfigError(
+                    f"{self.where(self.peek_event().start_mark)}: values nested more than "
+                    f"{self.MAX_DEPTH} levels deep; a config is a few levels of keys and lists"
+                )
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -300,14 +322,21 @@ class ConfigLoader(yaml.SafeLoader):
         def expanded(n: Any) -> int:
             if id(n) not in sizes:
                 sizes[id(n)] = 0  # a recursive alias counts as nothing more while it is being counted
-                children = n.value if isinstance(n, yaml.SequenceNode) else \
-                    [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else []
+                children = (
+                    n.value
+                    if isinstance(n, yaml.SequenceNode)
+                    else [c for pair in n.value for c in pair]
+                    if isinstance(n, yaml.MappingNode)
+                    else []
+                )
                 sizes[id(n)] = min(1 + sum(expanded(c) for c in children), 10 * self.MAX_VALUES)
             return sizes[id(n)]
 
         if node is not None and expanded(node) > self.MAX_VALUES:
-            raise ConfigError(f"{self.source}: its aliases (*name) expand it to more than {self.MAX_VALUES:,} values; "
-                              f"trainlab refuses such a file (an alias bomb) instead of expanding it")
+            raise ConfigError(
+                f"{self.source}: its aliases (*name) expand it to more than {self.MAX_VALUES:,} values; "
+                f"trainlab refuses such a file (an alias bomb) instead of expanding it"
+            )
         return node
 
     def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
@@ -317,8 +346,10 @@ class ConfigLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise ConfigError(f"{self.source}: key {short(key)} is given twice, on lines {seen[key]} and "
-                                  f"{key_node.start_mark.line + 1}; keep one")
+                raise ConfigError(
+                    f"{self.source}: key {short(key)} is given twice, on lines {seen[key]} and "
+                    f"{key_node.start_mark.line + 1}; keep one"
+                )
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
@@ -326,8 +357,10 @@ class ConfigLoader(yaml.SafeLoader):
         try:
             return super().construct_yaml_int(node)
         except ValueError:  # Python reads at most 4300 digits
-            raise ConfigError(f"{self.where(node.start_mark)}: the integer {short(node.value)} is too long "
-                              f"({len(node.value)} digits)") from None
+            raise ConfigError(
+                f"{self.where(node.start_mark)}: the integer {short(node.value)} is too long "
+                f"({len(node.value)} digits)"
+            ) from None
 
 
 ConfigLoader.add_constructor("tag:yaml.org,2002:int", ConfigLoader.construct_yaml_int)
@@ -344,8 +377,10 @@ def _check_flow_depth(text: str, source: str) -> None:
     for bracket in re.findall(r"[\[\]{}]", text):
         depth += 1 if bracket in "[{" else -1
         if depth > ConfigLoader.MAX_DEPTH:
-            raise ConfigError(f"{source}: values nested more than {ConfigLoader.MAX_DEPTH} levels deep; a config is "
-                              f"a few levels of keys and lists")
+            raise ConfigError(
+                f"{source}: values nested more than {ConfigLoader.MAX_DEPTH} levels deep; a config is "
+                f"a few levels of keys and lists"
+            )
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -357,8 +392,10 @@ def parse_yaml(text: str, source: str) -> Any:
     try:
         return loader.get_single_data()
     except yaml.constructor.ConstructorError as e:
-        raise ConfigError(f"{loader.where(e.problem_mark)}: YAML tag refused ({short(e.problem)}); trainlab configs "
-                          f"are plain YAML (safe loading) and never construct Python objects") from None
+        raise ConfigError(
+            f"{loader.where(e.problem_mark)}: YAML tag refused ({short(e.problem)}); trainlab configs "
+            f"are plain YAML (safe loading) and never construct Python objects"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -373,8 +410,10 @@ def _decode(data: bytes, source: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{source}:{line}: byte 0x{data[e.start]:02x} is not UTF-8; save the file as UTF-8") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{source}:{line}: byte 0x{data[e.start]:02x} is not UTF-8; save the file as UTF-8"
+        ) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -388,7 +427,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a config is a mapping of keys (name, data, model, ...), not a {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: a config is a mapping of keys (name, data, model, ...), not a {type(raw).__name__}"
+        )
     return raw
 
 
@@ -400,8 +441,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:  # a byte that is not UTF-8 reaches sys.argv as a lone surrogate
-        raise ConfigError(f"override {key[:80]}: its text is not UTF-8 (byte 0x{ord(text[e.start]) & 0xff:02x} "
-                          f"at character {e.start + 1})") from None
+        raise ConfigError(
+            f"override {key[:80]}: its text is not UTF-8 (byte 0x{ord(text[e.start]) & 0xFF:02x} "
+            f"at character {e.start + 1})"
+        ) from None
     try:
         parsed = parse_yaml(value, f"override {key}") if value.strip() else None
     except ConfigError as e:
@@ -410,10 +453,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = value
     if isinstance(parsed, str) or parsed is None:
         # YAML reads 1e-3 as a string (no dot); be kind and accept it as a float.
-        try:
+        with contextlib.suppress(ValueError):
             parsed = float(value) if parsed is not None and any(c in value.lower() for c in "e.") else parsed
-        except ValueError:
-            pass
     return key.split("."), parsed
 
 
@@ -430,7 +471,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
-            elif isinstance(child, str) and part in ("model", "loss", "optimizer", "scheduler", "sampler", "pruner"):
+            elif isinstance(child, str) and part in (
+                "model",
+                "loss",
+                "optimizer",
+                "scheduler",
+                "sampler",
+                "pruner",
+            ):
                 child = node[part] = {"name": child}
             elif not isinstance(child, dict):
                 raise ConfigError(f"override {'.'.join(path)}: {part!r} holds {short(child)}, not a mapping")
@@ -464,7 +512,7 @@ def _format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
             continue
         # A value that fits none of a union's types (`bool | Literal["auto"]`) gets one error per
         # type, located at key.<type>: one line for the key, with every type's message.
-        key = ".".join(loc[:_field_depth(loc)])
+        key = ".".join(loc[: _field_depth(loc)])
         line = f"{key}: bad value {short(value)}: "
         if lines and lines[-1].startswith(line):
             lines[-1] += f", or {msg[0].lower()}{msg[1:]}"
@@ -546,12 +594,14 @@ def check_sweep_values(config: Config) -> None:
                 reason = str(e).removeprefix("invalid config: ")
                 if spec.kind != "int" and "valid integer" in reason:
                     reason += " (an integer key: use int: [low, high])"
-                raise ConfigError(f"sweep.params.{key}: the value {value!r} ({spec.kind}) gives a bad config: "
-                                  f"{reason}") from None
+                raise ConfigError(
+                    f"sweep.params.{key}: the value {value!r} ({spec.kind}) gives a bad config: {reason}"
+                ) from None
 
 
-def load_config(source: str | Path | dict[str, Any] | None = None,
-                overrides: list[str] | dict[str, Any] | None = None) -> Config:
+def load_config(
+    source: str | Path | dict[str, Any] | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> Config:
     """Read a config from a YAML path or a dict (None: the built-in default example), apply overrides."""
     from trainlab.registry import add_user_path
 

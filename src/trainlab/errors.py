@@ -1,6 +1,7 @@
 """Errors a user can cause. The CLI turns every `TrainlabError` into a one-paragraph message and
 exit code 2; a `RunFailed` (the run itself failed: it diverged, or ran out of device memory) into a
 message and exit code 1; anything else is a bug and exits 1 with its traceback."""
+
 from __future__ import annotations
 
 import difflib
@@ -58,20 +59,33 @@ def divergence_advice(train_cfg: Any, checkpoint_dir: Any = None, bad: Iterable[
     such), and only the remedies not already in use (`train_cfg`: the config's `train` section)."""
     from pathlib import Path
 
-    kept = [n for n in ("last.pt", "best.pt") if checkpoint_dir is not None and (Path(checkpoint_dir) / n).is_file()]
-    parts = [f"{' and '.join(kept)} keep{'s' if len(kept) == 1 else ''} the last finite weights" if kept
-             else "no checkpoint was written before it"]
+    kept = [
+        n
+        for n in ("last.pt", "best.pt")
+        if checkpoint_dir is not None and (Path(checkpoint_dir) / n).is_file()
+    ]
+    parts = [
+        f"{' and '.join(kept)} keep{'s' if len(kept) == 1 else ''} the last finite weights"
+        if kept
+        else "no checkpoint was written before it"
+    ]
     stats = [b for b in bad if b.endswith(("running_mean", "running_var"))]
     if stats:
-        parts.append(f"the NaN/Inf is in BatchNorm running statistics ({', '.join(stats[:3])}): a batch of "
-                     f"non-finite or huge activations updated them; check the inputs' scale or add grad_clip")
+        parts.append(
+            f"the NaN/Inf is in BatchNorm running statistics ({', '.join(stats[:3])}): a batch of "
+            f"non-finite or huge activations updated them; check the inputs' scale or add grad_clip"
+        )
     remedies = ["a lower optimizer.lr"]
     if getattr(train_cfg, "grad_clip", None) is None:
         remedies.append("train.grad_clip")
     if getattr(train_cfg, "nan_policy", "stop") != "skip":
         remedies.append("train.nan_policy=skip")
-    return "; ".join(parts) + ". Try " + (", ".join(remedies[:-1]) + " or " + remedies[-1] if len(remedies) > 1
-                                          else remedies[0]) + "."
+    return (
+        "; ".join(parts)
+        + ". Try "
+        + (", ".join(remedies[:-1]) + " or " + remedies[-1] if len(remedies) > 1 else remedies[0])
+        + "."
+    )
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
@@ -103,4 +117,8 @@ def short(value: Any) -> str:
     try:
         return _SHORT.repr(value)
     except ValueError:  # an int past Python's 4300-digit str limit
-        return f"<a {value.bit_length()}-bit integer>" if isinstance(value, int) else f"<a {type(value).__name__}>"
+        return (
+            f"<a {value.bit_length()}-bit integer>"
+            if isinstance(value, int)
+            else f"<a {type(value).__name__}>"
+        )

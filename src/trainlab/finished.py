@@ -1,5 +1,6 @@
 """Reading a finished run: its config, data, loss and model with a checkpoint's weights, and
 evaluating it (`trainlab eval`, `predict`, `doctor`, `export`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,8 +50,9 @@ def checkpoint_file(run_dir: str | Path, checkpoint: str = "best") -> Path:
     return folder / name
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = True,
-             model: nn.Module | None = None) -> LoadedRun:
+def load_run(
+    run_dir: str | Path, checkpoint: str = "best", with_data: bool = True, model: nn.Module | None = None
+) -> LoadedRun:
     """The run's config, data (rebuilt from the config), loss and model with the weights of
     `checkpoint` (`best` (falls back to `last` when there is no best.pt), `last`, or a file name).
     `model`: a module of the run's architecture to load them into (a run trained from an instance)."""
@@ -71,9 +73,19 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = Tr
     prep = state.get("preprocessing") or {}
     input_shape = tuple(prep.get("input_shape") or (bundle.input_shape if bundle else ()))
     task = prep.get("task") or (bundle.task if bundle else "classification")
-    output_dim = int(prep.get("output_dim") or (bundle.output_dim if bundle else
-                                                 len(prep.get("class_names") or []) if task == "classification" else 1))
-    model = (model if model is not None else build_model(config.model, input_shape, output_dim, task)).to(device)
+    output_dim = int(
+        prep.get("output_dim")
+        or (
+            bundle.output_dim
+            if bundle
+            else len(prep.get("class_names") or [])
+            if task == "classification"
+            else 1
+        )
+    )
+    model = (model if model is not None else build_model(config.model, input_shape, output_dim, task)).to(
+        device
+    )
     if bundle is not None:
         check_same_data(bundle, prep, path)  # a CSV that gained a column, a class folder that vanished
         x, _ = sample_batch(bundle.train)
@@ -83,14 +95,27 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", with_data: bool = Tr
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not match the model of its config: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not match the model of its config: {str(e).splitlines()[0]}"
+        ) from None
     model.eval()
-    return LoadedRun(run.path, config, bundle, model, build_loss(config.loss, task), run.read_metrics(),
-                     run.read_summary(), state, device, path)
+    return LoadedRun(
+        run.path,
+        config,
+        bundle,
+        model,
+        build_loss(config.loss, task),
+        run.read_metrics(),
+        run.read_summary(),
+        state,
+        device,
+        path,
+    )
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best",
-                 model: nn.Module | None = None) -> dict[str, float]:
+def evaluate_run(
+    run_dir: str | Path, split: str = "test", checkpoint: str = "best", model: nn.Module | None = None
+) -> dict[str, float]:
     """Loss and metrics of a checkpoint of the run on one split of its data."""
     loaded = load_run(run_dir, checkpoint, model=model)
     b = loaded.bundle
@@ -98,7 +123,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     if ds is None or len(ds) == 0:
         raise TrainlabError(f"--split {split}: this run's data has no {split} split")
     cfg = loaded.config
-    loader = make_loader(ds, eval_batch_size(cfg), shuffle=False, device=loaded.device, in_memory=cfg.data.in_memory)
+    loader = make_loader(
+        ds, eval_batch_size(cfg), shuffle=False, device=loaded.device, in_memory=cfg.data.in_memory
+    )
     metrics = TaskMetrics.for_data(b, cfg.metrics).to(loaded.device)
     logs, _ = evaluate(loaded.model, loader, loaded.loss_fn, metrics, loaded.device)
     return logs

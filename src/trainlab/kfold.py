@@ -1,6 +1,7 @@
 """k-fold cross-validation: `data.k_fold: K` trains K models (fold i validates on part i of the
 training data; the test split stays fixed), each in its own run directory, then summarises every
 metric as mean ± std over the folds in `<out>/kfold_summary.json`."""
+
 from __future__ import annotations
 
 import statistics
@@ -40,7 +41,11 @@ def train_kfold(cfg: Config, out: str | Path | None = None, quiet: bool = False)
             runs.append(train_one(fold_cfg, out / f"fold_{fold}", resume=False, quiet=quiet, callbacks=[]))
         finally:
             release_all()  # each fold's folder is locked while it trains
-    summary: dict[str, Any] = {"k_fold": cfg.data.k_fold, "folds": [str(r.run_dir) for r in runs], "metrics": {}}
+    summary: dict[str, Any] = {
+        "k_fold": cfg.data.k_fold,
+        "folds": [str(r.run_dir) for r in runs],
+        "metrics": {},
+    }
     for split in ("val", "test"):
         values: dict[str, list[float]] = {}
         for r in runs:
@@ -51,7 +56,10 @@ def train_kfold(cfg: Config, out: str | Path | None = None, quiet: bool = False)
             if name in ("samples_per_second", "data_wait_fraction"):
                 continue
             summary["metrics"][f"{split}_{name}"] = {
-                "mean": statistics.fmean(vs), "std": statistics.stdev(vs) if len(vs) > 1 else 0.0, "values": vs}
+                "mean": statistics.fmean(vs),
+                "std": statistics.stdev(vs) if len(vs) > 1 else 0.0,
+                "values": vs,
+            }
     write_json_atomic(out / "kfold_summary.json", summary)
     if not quiet:
         print(f"\n{cfg.data.k_fold}-fold cross-validation ({out}):")

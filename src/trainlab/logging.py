@@ -1,5 +1,6 @@
 """The run directory and what is written into it while training: metrics.jsonl, TensorBoard scalars,
 summary.json, and the console progress (tqdm bars and one line per epoch)."""
+
 from __future__ import annotations
 
 import json
@@ -125,7 +126,9 @@ class MetricsFile(Callback):
     """Appends one JSON object per line to metrics.jsonl: step rows ("kind": "step") every log
     interval and epoch rows ("kind": "epoch") for each split."""
 
-    def __init__(self, path: Path, truncate_after_step: int | None = None, completed_epochs: int | None = None):
+    def __init__(
+        self, path: Path, truncate_after_step: int | None = None, completed_epochs: int | None = None
+    ):
         self.path = path
         if truncate_after_step is not None and path.is_file():
             # Resuming: drop rows written after the checkpoint we resume from, so that no step is
@@ -138,12 +141,20 @@ class MetricsFile(Callback):
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                unfinished = completed_epochs is not None and row.get("kind") == "epoch" \
+                unfinished = (
+                    completed_epochs is not None
+                    and row.get("kind") == "epoch"
                     and row.get("epoch", 0) > completed_epochs
-                if row.get("step", 0) <= truncate_after_step and row.get("split") != "test" and not unfinished:
+                )
+                if (
+                    row.get("step", 0) <= truncate_after_step
+                    and row.get("split") != "test"
+                    and not unfinished
+                ):
                     keep.append(line)
-            path.write_text("".join(l + "\n" for l in keep))
-        self.file = open(path, "a")
+            path.write_text("".join(kept + "\n" for kept in keep))
+        # stays open for the whole run (rows are appended as they come); on_train_end closes it
+        self.file = open(path, "a")  # noqa: SIM115
 
     def write(self, row: dict[str, Any]) -> None:
         self.file.write(json.dumps(_plain(row)) + "\n")
@@ -151,19 +162,44 @@ class MetricsFile(Callback):
 
     def on_batch_end(self, step: int, logs: dict[str, Any]) -> None:
         if "loss" in logs:
-            self.write({"epoch": logs["epoch"], "step": step, "split": "train", "kind": "step",
-                        "loss": logs["loss"], "lr": logs.get("lr"), "samples_per_second": logs.get("samples_per_second"),
-                        **({"lrs": logs["lrs"]} if "lrs" in logs else {})})
+            self.write(
+                {
+                    "epoch": logs["epoch"],
+                    "step": step,
+                    "split": "train",
+                    "kind": "step",
+                    "loss": logs["loss"],
+                    "lr": logs.get("lr"),
+                    "samples_per_second": logs.get("samples_per_second"),
+                    **({"lrs": logs["lrs"]} if "lrs" in logs else {}),
+                }
+            )
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         for split in ("train", "val"):
             if logs.get(split):
-                self.write({"epoch": epoch, "step": logs["step"], "split": split, "kind": "epoch", **logs[split],
-                            **({"lr": logs.get("lr")} if split == "train" else {})})
+                self.write(
+                    {
+                        "epoch": epoch,
+                        "step": logs["step"],
+                        "split": split,
+                        "kind": "epoch",
+                        **logs[split],
+                        **({"lr": logs.get("lr")} if split == "train" else {}),
+                    }
+                )
 
     def on_train_end(self, logs: dict[str, Any]) -> None:
         if logs.get("test"):
-            self.write({"epoch": logs["epoch"], "step": logs["step"], "split": "test", "kind": "epoch", **logs["test"]})
+            self.write(
+                {
+                    "epoch": logs["epoch"],
+                    "step": logs["step"],
+                    "split": "test",
+                    "kind": "epoch",
+                    **logs["test"],
+                }
+            )
         self.file.close()
 
 
@@ -230,10 +266,14 @@ class TensorBoardScalars(Callback):
         config = self.hparams
         if config is None:  # the run directory's config.yaml, beside or above the event files' folder
             log_dir = Path(self.writer.log_dir)
-            path = next((p for p in (log_dir / "config.yaml", log_dir.parent / "config.yaml") if p.is_file()), None)
+            path = next(
+                (p for p in (log_dir / "config.yaml", log_dir.parent / "config.yaml") if p.is_file()), None
+            )
             config = yaml.safe_load(path.read_text()) if path is not None else None
         if isinstance(config, dict) and self.metric_tags:
-            tags = [t for t in self.metric_tags if not t.endswith(("samples_per_second", "data_wait_fraction"))]
+            tags = [
+                t for t in self.metric_tags if not t.endswith(("samples_per_second", "data_wait_fraction"))
+            ]
             log_hparams(self.writer, config, tags)
         self.writer.flush()
 
@@ -253,8 +293,11 @@ def _number(name: str, value: float) -> str:
 
 
 def _fmt(logs: dict[str, Any]) -> str:
-    return " ".join(f"{_SHORT.get(k, k)} {_number(k, v)}" for k, v in logs.items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_METRICS)
+    return " ".join(
+        f"{_SHORT.get(k, k)} {_number(k, v)}"
+        for k, v in logs.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_METRICS
+    )
 
 
 def in_notebook() -> bool:
@@ -295,9 +338,16 @@ def show_model_summary(text: str, stream: Any = None) -> None:
 
         from IPython.display import HTML, display
 
-        total = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Total params")), "")
-        display(HTML(f"<details><summary>model summary ({total} parameters)</summary>"
-                     f"<pre>{html.escape(text)}</pre></details>"))
+        total = next(
+            (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Total params")),
+            "",
+        )
+        display(
+            HTML(
+                f"<details><summary>model summary ({total} parameters)</summary>"
+                f"<pre>{html.escape(text)}</pre></details>"
+            )
+        )
         return
     print(text, file=stream or sys.stdout, flush=True)
 
@@ -311,15 +361,26 @@ class ConsoleProgress(Callback):
         self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
         self.quiet = quiet
         self.stream = stream or sys.stderr
-        self.tqdm = None if quiet or os.environ.get("TQDM_DISABLE", "") not in ("", "0") else progress_bar_class(self.stream)
+        self.tqdm = (
+            None
+            if quiet or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+            else progress_bar_class(self.stream)
+        )
         self.bars_off = self.tqdm is None
         self.bar = None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None:
         if not self.bars_off:
-            self.bar = self.tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.epochs}", leave=False,
-                                 initial=logs.get("position", 0), file=self.stream, dynamic_ncols=True, mininterval=0.25,
-                                 disable=False)  # we decided above; tqdm reads TQDM_DISABLE only at import
+            self.bar = self.tqdm(
+                total=self.steps_per_epoch,
+                desc=f"epoch {epoch}/{self.epochs}",
+                leave=False,
+                initial=logs.get("position", 0),
+                file=self.stream,
+                dynamic_ncols=True,
+                mininterval=0.25,
+                disable=False,
+            )  # we decided above; tqdm reads TQDM_DISABLE only at import
         self._start = time.perf_counter()
 
     def on_batch_end(self, step: int, logs: dict[str, Any]) -> None:
@@ -333,8 +394,12 @@ class ConsoleProgress(Callback):
                     post["samples/s"] = f"{logs['samples_per_second']:,.0f}"
                 if logs.get("data_wait_fraction") is not None:
                     post["data wait"] = f"{100 * logs['data_wait_fraction']:.0f}%"
-                if logs.get("mfu") is not None:  # of the measured peak of the precision in use (mfu_peak: bf16, ...)
-                    post[f"mfu({logs['mfu_peak']})" if logs.get("mfu_peak") else "mfu"] = f"{100 * logs['mfu']:.1f}%"
+                if (
+                    logs.get("mfu") is not None
+                ):  # of the measured peak of the precision in use (mfu_peak: bf16, ...)
+                    post[f"mfu({logs['mfu_peak']})" if logs.get("mfu_peak") else "mfu"] = (
+                        f"{100 * logs['mfu']:.1f}%"
+                    )
                 self.bar.set_postfix(post, refresh=False)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ KLDivLoss, the output) to what the torch loss needs, so the same loader works wi
                                                  "batchmean", the true KL divergence.
 A user's own loss gets the output and target unchanged.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,16 +43,29 @@ AUTO = {"classification": "CrossEntropyLoss", "binary": "BCEWithLogitsLoss", "re
 
 # How each usable loss wants its target, and for which tasks that makes sense.
 ADAPT = {
-    "CrossEntropyLoss": "class_index", "NLLLoss": "class_index", "MultiMarginLoss": "class_index",
+    "CrossEntropyLoss": "class_index",
+    "NLLLoss": "class_index",
+    "MultiMarginLoss": "class_index",
     "MultiLabelMarginLoss": "label_list",
-    "BCEWithLogitsLoss": "binary", "BCELoss": "binary", "MultiLabelSoftMarginLoss": "binary",
+    "BCEWithLogitsLoss": "binary",
+    "BCELoss": "binary",
+    "MultiLabelSoftMarginLoss": "binary",
     "SoftMarginLoss": "sign",
-    "MSELoss": "value", "L1Loss": "value", "SmoothL1Loss": "value", "HuberLoss": "value", "PoissonNLLLoss": "value",
+    "MSELoss": "value",
+    "L1Loss": "value",
+    "SmoothL1Loss": "value",
+    "HuberLoss": "value",
+    "PoissonNLLLoss": "value",
     "KLDivLoss": "distribution",
 }
-TASKS = {"class_index": ("classification",), "label_list": ("classification",),
-         "binary": ("classification", "binary", "regression"), "sign": ("classification", "binary"),
-         "value": ("classification", "binary", "regression"), "distribution": ("classification", "binary")}
+TASKS = {
+    "class_index": ("classification",),
+    "label_list": ("classification",),
+    "binary": ("classification", "binary", "regression"),
+    "sign": ("classification", "binary"),
+    "value": ("classification", "binary", "regression"),
+    "distribution": ("classification", "binary"),
+}
 
 # Losses whose inputs are not one (prediction, target) pair: what they need instead.
 REFUSED = {
@@ -62,16 +76,18 @@ REFUSED = {
     "HingeEmbeddingLoss": "distances between pairs of inputs (e.g. |x1 - x2|) and targets of ±1",
     "CTCLoss": "log-probabilities (T, B, C), target sequences, and the input and target lengths",
     "GaussianNLLLoss": "a predicted mean, a target and a predicted variance",
-    "AdaptiveLogSoftmaxWithLoss": "hidden features and targets; it is a layer with its own weights, not a loss",
-    "LinearCrossEntropyLoss": "hidden features and targets; it holds the classifier's Linear weights itself (a layer "
-                              "fused with the loss), which the optimizer of the model would not train",
+    "AdaptiveLogSoftmaxWithLoss": "hidden features and targets; "
+    "it is a layer with its own weights, not a loss",
+    "LinearCrossEntropyLoss": "hidden features and targets; it holds the classifier's Linear weights itself "
+    "(a layer fused with the loss), which the optimizer of the model would not train",
 }
 
 _DESCRIPTIONS = {
     "CrossEntropyLoss": "classification: logits (B, C) vs class indices (log-softmax inside)",
     "NLLLoss": "classification: log-probabilities (B, C) (end the model with LogSoftmax) vs class indices",
     "MultiMarginLoss": "classification: multi-class hinge loss on scores (B, C) vs class indices",
-    "MultiLabelMarginLoss": "classification: multi-label hinge loss; class indices become (class, -1, ...) rows",
+    "MultiLabelMarginLoss": "classification: multi-label hinge loss; "
+    "class indices become (class, -1, ...) rows",
     "BCEWithLogitsLoss": "binary: one logit vs 0/1 (sigmoid inside); one-hot rows for C classes",
     "BCELoss": "binary: a probability (end the model with Sigmoid) vs 0/1",
     "MultiLabelSoftMarginLoss": "multi-label: logits (B, C) vs 0/1 rows (one-hot from class indices)",
@@ -87,8 +103,11 @@ _DESCRIPTIONS = {
 
 def _loss_classes() -> dict[str, type]:
     """Every torch.nn loss class by name (those of torch.nn.modules.loss plus AdaptiveLogSoftmaxWithLoss)."""
-    return {n: c for n, c in vars(nn).items()
-            if inspect.isclass(c) and n.endswith("Loss") and issubclass(c, nn.Module)}
+    return {
+        n: c
+        for n, c in vars(nn).items()
+        if inspect.isclass(c) and n.endswith("Loss") and issubclass(c, nn.Module)
+    }
 
 
 def _fallback(name: str) -> Entry | None:
@@ -100,8 +119,9 @@ def _fallback(name: str) -> Entry | None:
     return None
 
 
-LOSSES.register("auto", "CrossEntropyLoss (classification), BCEWithLogitsLoss (binary) or MSELoss (regression)")(
-    lambda task="classification", **kwargs: getattr(nn, AUTO[task])(**kwargs))
+LOSSES.register(
+    "auto", "CrossEntropyLoss (classification), BCEWithLogitsLoss (binary) or MSELoss (regression)"
+)(lambda task="classification", **kwargs: getattr(nn, AUTO[task])(**kwargs))
 for _name, _text in _DESCRIPTIONS.items():
     LOSSES.add(_name, getattr(nn, _name), _text)
 LOSSES.fallback = _fallback
@@ -150,8 +170,10 @@ class TargetAdapter(nn.Module):
             elif not target.is_floating_point() and output.dim() == 2 and target.numel() == output.shape[0]:
                 target = F.one_hot(target.reshape(-1).long(), output.shape[1])
             else:
-                raise ConfigError(f"loss: the model's output has shape {tuple(output.shape)} but the target has shape "
-                                  f"{tuple(target.shape)}; the last layer must give one value per target")
+                raise ConfigError(
+                    f"loss: the model's output has shape {tuple(output.shape)} but the target has shape "
+                    f"{tuple(target.shape)}; the last layer must give one value per target"
+                )
         return target.to(output.dtype)
 
     def _binary(self, output, target):
@@ -207,25 +229,38 @@ def build_loss(cfg: LossConfig, task: str) -> nn.Module:
         return TargetAdapter(functools.partial(entry.factory, **kwargs) if kwargs else entry.factory, None)
     cls_name = entry.name
     if cls_name in REFUSED:
-        raise ConfigError(f"loss.name: {cls_name} needs {REFUSED[cls_name]}, not one (prediction, target) pair "
-                          f"per batch, so it cannot train this model directly. Write a custom loss "
-                          f"`loss.name: \"my_losses:MyLoss\"` (a module:attr class or function taking "
-                          f"(output, target)) that builds those inputs.")
+        raise ConfigError(
+            f"loss.name: {cls_name} needs {REFUSED[cls_name]}, not one (prediction, target) pair "
+            f"per batch, so it cannot train this model directly. Write a custom loss "
+            f'`loss.name: "my_losses:MyLoss"` (a module:attr class or function taking '
+            f"(output, target)) that builds those inputs."
+        )
     adapt = ADAPT.get(cls_name)
     if adapt is None:
-        raise ConfigError(f"loss.name: trainlab does not know how to feed {cls_name}; use a custom `module:attr` loss")
+        raise ConfigError(
+            f"loss.name: trainlab does not know how to feed {cls_name}; use a custom `module:attr` loss"
+        )
     if task not in TASKS[adapt]:
-        hint = {"binary": "a binary task has one output (a logit); use BCEWithLogitsLoss (the default) or set "
-                          "`task: classification` for one output per class",
-                "regression": "a regression task has real-valued targets; use MSELoss, L1Loss or HuberLoss"}[task] \
-            if task in ("binary", "regression") else ""
-        raise ConfigError(f"loss.name: {cls_name} needs {' or '.join(TASKS[adapt])} targets, but the task is "
-                          f"{task!r}: {hint}")
+        hint = (
+            {
+                "binary": "a binary task has one output (a logit); use BCEWithLogitsLoss (the default) "
+                "or set `task: classification` for one output per class",
+                "regression": "a regression task has real-valued targets; use MSELoss, L1Loss or HuberLoss",
+            }[task]
+            if task in ("binary", "regression")
+            else ""
+        )
+        raise ConfigError(
+            f"loss.name: {cls_name} needs {' or '.join(TASKS[adapt])} targets, but the task is "
+            f"{task!r}: {hint}"
+        )
     kwargs = check_kwargs(entry.factory, kwargs, "loss")
     reductions = ("mean", "sum", "none", *(("batchmean",) if cls_name == "KLDivLoss" else ()))
     if kwargs.get("reduction", "mean") not in reductions:  # torch would only notice at the first step
-        raise ConfigError(f"loss.reduction: {kwargs['reduction']!r} is not a reduction"
-                          f"{did_you_mean(str(kwargs['reduction']), reductions)}; use one of {', '.join(reductions)}")
+        raise ConfigError(
+            f"loss.reduction: {kwargs['reduction']!r} is not a reduction"
+            f"{did_you_mean(str(kwargs['reduction']), reductions)}; use one of {', '.join(reductions)}"
+        )
     if cls_name == "KLDivLoss":
         kwargs.setdefault("reduction", "batchmean")  # "mean" averages over classes too: not the KL divergence
     return TargetAdapter(_build(entry.factory, _tensor_kwargs(kwargs), cls_name), adapt)
@@ -235,4 +270,6 @@ def _build(cls: type, kwargs: dict[str, Any], name: str) -> nn.Module:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"loss: {name}({', '.join(f'{k}={short(v)}' for k, v in kwargs.items())}) failed: {str(e)[:300]}") from None
+        raise ConfigError(
+            f"loss: {name}({', '.join(f'{k}={short(v)}' for k, v in kwargs.items())}) failed: {str(e)[:300]}"
+        ) from None

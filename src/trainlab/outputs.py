@@ -1,5 +1,6 @@
 """The end of a training run: test the best and the last weights, and write summary.json,
 model.safetensors, predictions/*.npz and the report."""
+
 from __future__ import annotations
 
 import os
@@ -26,17 +27,27 @@ def test_runs(trainer: Trainer, pipe: Pipeline, run: RunDir | None) -> dict[str,
     final: dict[str, Any] = {}
     metrics = TaskMetrics.for_data(pipe.bundle, pipe.config.metrics).to(pipe.device)
     if pipe.test_loader is not None:
-        final["test_last"], _ = evaluate(trainer.model, pipe.test_loader, pipe.loss_fn, metrics, pipe.device,
-                                         trainer.autocast)
+        final["test_last"], _ = evaluate(
+            trainer.model, pipe.test_loader, pipe.loss_fn, metrics, pipe.device, trainer.autocast
+        )
     if run is not None and run.best.exists():
         unwrap(trainer.model).load_state_dict(ckpt.load_checkpoint(run.best)["model"])
     distributed.broadcast_weights(trainer.model)  # every rank tests the best weights rank 0 loaded
     for split, loader in (("val", pipe.val_loader), ("test", pipe.test_loader)):
         if loader is None:
             continue
-        logs, kept = evaluate(trainer.model, loader, pipe.loss_fn, metrics, pipe.device, trainer.autocast,
-                              keep_outputs=run is not None or trainer.world_size > 1)
-        kept = distributed.gather_eval_outputs(kept, trainer.rank, trainer.world_size)  # whole split on rank 0
+        logs, kept = evaluate(
+            trainer.model,
+            loader,
+            pipe.loss_fn,
+            metrics,
+            pipe.device,
+            trainer.autocast,
+            keep_outputs=run is not None or trainer.world_size > 1,
+        )
+        kept = distributed.gather_eval_outputs(
+            kept, trainer.rank, trainer.world_size
+        )  # whole split on rank 0
         if split == "test":
             final["test"] = logs
         if run is not None and kept is not None:
@@ -44,23 +55,37 @@ def test_runs(trainer: Trainer, pipe: Pipeline, run: RunDir | None) -> dict[str,
     return final
 
 
-def write_summary(trainer: Trainer, pipe: Pipeline, run: RunDir, status: str, final: dict[str, Any],
-                  best: dict[str, Any]) -> dict[str, Any]:
+def write_summary(
+    trainer: Trainer, pipe: Pipeline, run: RunDir, status: str, final: dict[str, Any], best: dict[str, Any]
+) -> dict[str, Any]:
     speed = trainer.samples_seen / trainer.train_time if trainer.train_time > 0 else None
-    mfu = speed * trainer.flops_per_sample / trainer.peak_flops \
-        if speed and trainer.flops_per_sample and trainer.peak_flops else None
+    mfu = (
+        speed * trainer.flops_per_sample / trainer.peak_flops
+        if speed and trainer.flops_per_sample and trainer.peak_flops
+        else None
+    )
     return run.update_summary(
-        status=status, epochs_completed=trainer.epoch, global_step=trainer.global_step, best=best, final=final,
+        status=status,
+        epochs_completed=trainer.epoch,
+        global_step=trainer.global_step,
+        best=best,
+        final=final,
         samples_per_second=speed,
         data_wait_fraction=trainer.data_wait / trainer.train_time if trainer.train_time > 0 else None,
         eval_samples_per_second=trainer.eval_samples / trainer.eval_time if trainer.eval_time > 0 else None,
-        flops_per_sample=trainer.flops_per_sample, mfu=mfu, peak_flops=trainer.peak_flops,
-        peak_flops_precision=trainer.precision.peak_label, precision=trainer.precision.name,
-        nan_skipped=trainer.nan_skipped, channels_last=trainer.channels_last,
+        flops_per_sample=trainer.flops_per_sample,
+        mfu=mfu,
+        peak_flops=trainer.peak_flops,
+        peak_flops_precision=trainer.precision.peak_label,
+        precision=trainer.precision.name,
+        nan_skipped=trainer.nan_skipped,
+        channels_last=trainer.channels_last,
         threads=torch.get_num_threads() if pipe.device.type == "cpu" else None,
         time_to_target=time_to_target(trainer.history, pipe.config.train.target_metric),
-        train_time_seconds=trainer.train_time, stop_reason=trainer.stop_reason,
-        diverging=divergence(trainer, pipe) if status == "completed" else None)
+        train_time_seconds=trainer.train_time,
+        stop_reason=trainer.stop_reason,
+        diverging=divergence(trainer, pipe) if status == "completed" else None,
+    )
 
 
 def divergence(trainer: Trainer, pipe: Pipeline) -> dict[str, Any] | None:
@@ -73,7 +98,12 @@ def divergence(trainer: Trainer, pipe: Pipeline) -> dict[str, Any] | None:
     from trainlab.diagnose.flowchart import baseline_loss
 
     loss = (trainer.history[-1] if trainer.history else {}).get("train_loss")
-    if loss is None or pipe.config.loss.name not in ("auto", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss"):
+    if loss is None or pipe.config.loss.name not in (
+        "auto",
+        "CrossEntropyLoss",
+        "BCEWithLogitsLoss",
+        "MSELoss",
+    ):
         return None
     base = baseline_loss(pipe.bundle.task, targets_of(pipe.bundle.train))
     if math.isfinite(loss) and (base <= 0 or loss < 10 * base):
@@ -85,8 +115,10 @@ def best_and_final(trainer: Trainer) -> tuple[dict[str, Any], dict[str, Any]]:
     """summary.json's `best` (the monitored value, its epoch and that epoch's values) and the last
     epoch's train/val values for `final`."""
     last_row = trainer.history[-1] if trainer.history else {}
-    final = {"train": {k[6:]: v for k, v in last_row.items() if k.startswith("train_")},
-             "val": {k[4:]: v for k, v in last_row.items() if k.startswith("val_")}}
+    final = {
+        "train": {k[6:]: v for k, v in last_row.items() if k.startswith("train_")},
+        "val": {k[4:]: v for k, v in last_row.items() if k.startswith("val_")},
+    }
     best = {**trainer.best}
     best_row = next((r for r in trainer.history if r["epoch"] == best.get("epoch")), None)
     if best_row:
@@ -99,12 +131,17 @@ def time_to_target(history: list[dict[str, Any]], target: dict[str, float] | Non
     `{val_accuracy: 0.97}`; a loss-like value must fall to it)."""
     if not target:
         return None
-    (metric, goal), = target.items()
+    ((metric, goal),) = target.items()
     lower = any(w in metric for w in ("loss", "error", "mse", "mae"))
     for row in history:
         value = row.get(metric)
         if value is not None and (value <= goal if lower else value >= goal):
-            return {"metric": metric, "target": goal, "epoch": row["epoch"], "seconds": row.get("elapsed_seconds")}
+            return {
+                "metric": metric,
+                "target": goal,
+                "epoch": row["epoch"],
+                "seconds": row.get("elapsed_seconds"),
+            }
     return None
 
 
@@ -135,7 +172,9 @@ def save_predictions(run: RunDir, split: str, kept: dict[str, torch.Tensor], pip
             if len(wrong):
                 imgs = x[torch.as_tensor(wrong)]
                 imgs = imgs.float() / 255 if imgs.dtype == torch.uint8 else imgs.float()
-                arrays.update(images=imgs.numpy(), image_index=wrong, image_target=target[wrong], image_pred=pred[wrong])
+                arrays.update(
+                    images=imgs.numpy(), image_index=wrong, image_target=target[wrong], image_pred=pred[wrong]
+                )
     run.predictions.mkdir(exist_ok=True)
     np.savez_compressed(run.predictions / f"{split}.npz", **arrays)
 
@@ -146,23 +185,38 @@ def closing_lines(summary: dict[str, Any], pipe: Pipeline, run: RunDir) -> list[
     if summary.get("diverging"):
         d = summary["diverging"]
         times = f"{d['ratio']:.3g}x" if d.get("ratio") else "far above"
-        lines.append(f"\nwarning: the final training loss ({d['train_loss']:.4g}) is {times} the loss of a constant "
-                     f"prediction ({d['baseline_loss']:.4g}): the run diverged or did not learn. Try a lower "
-                     f"optimizer.lr (trainlab lr-find), then trainlab doctor {run.path}")
+        lines.append(
+            f"\nwarning: the final training loss ({d['train_loss']:.4g}) is {times} the loss of a constant "
+            f"prediction ({d['baseline_loss']:.4g}): the run diverged or did not learn. Try a lower "
+            f"optimizer.lr (trainlab lr-find), then trainlab doctor {run.path}"
+        )
     wait = summary.get("data_wait_fraction")
-    if wait is not None and wait > 0.3 and pipe.config.data.num_workers == 0 \
-            and not isinstance(pipe.train_loader, TensorLoader):
-        lines.append(f"\nnote: {wait:.0%} of the training time waited for data (decoded in this process); "
-                     f"data.num_workers=N decodes in N worker processes (worth it with cores to spare)")
+    if (
+        wait is not None
+        and wait > 0.3
+        and pipe.config.data.num_workers == 0
+        and not isinstance(pipe.train_loader, TensorLoader)
+    ):
+        lines.append(
+            f"\nnote: {wait:.0%} of the training time waited for data (decoded in this process); "
+            f"data.num_workers=N decodes in N worker processes (worth it with cores to spare)"
+        )
     if summary.get("stop_reason"):
         lines.append(summary["stop_reason"])
     lines.append(f"\nrun directory: {run.path}")
     final, best = summary.get("final") or {}, summary.get("best") or {}
     if final.get("test"):
-        where = f"best checkpoint: epoch {best['epoch']} by {best['metric']}" if best.get("epoch") else "last weights"
+        where = (
+            f"best checkpoint: epoch {best['epoch']} by {best['metric']}"
+            if best.get("epoch")
+            else "last weights"
+        )
         lines.append(f"test: {_values(final['test'])} ({where})")
         if final.get("test_last") and final["test_last"] != final["test"]:
-            lines.append(f"test (last weights, epoch {summary.get('epochs_completed')}): " + _values(final["test_last"]))
+            lines.append(
+                f"test (last weights, epoch {summary.get('epochs_completed')}): "
+                + _values(final["test_last"])
+            )
     lines.append(f"report: {run.report}")
     return lines
 

@@ -2,6 +2,7 @@
 data's targets), optimizer, LR schedule and the monitored value; and the model's last preparations
 (layout, DDP, torch.compile, FLOPs).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,7 +20,13 @@ from trainlab.data.base import DataBundle
 from trainlab.data.loaders import default_eval_batch_size, make_loader
 from trainlab.data.peek import sample_batch
 from trainlab.engine import distributed
-from trainlab.engine.device import resolve_channels_last, resolve_compile, resolve_device, resolve_precision, unwrap
+from trainlab.engine.device import (
+    resolve_channels_last,
+    resolve_compile,
+    resolve_device,
+    resolve_precision,
+    unwrap,
+)
 from trainlab.engine.loop import steps_per_epoch
 from trainlab.engine.monitor import Monitor
 from trainlab.errors import ConfigError
@@ -48,8 +55,13 @@ class Pipeline:
     summary: str = ""
 
 
-def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int = 0, world_size: int = 1,
-                   model: nn.Module | None = None) -> Pipeline:
+def build_pipeline(
+    config: Config,
+    bundle: DataBundle | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    model: nn.Module | None = None,
+) -> Pipeline:
     """Data, loaders, model (shape-checked by a dry forward pass), loss, optimizer and schedule.
     `model`: a module instance to use instead of building `config.model`."""
     from trainlab.data import build_data
@@ -63,19 +75,39 @@ def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int =
     resolve_precision(config.train.precision, device)  # a precision this device lacks is a config error now
     bundle = bundle or build_data(config)
     d = config.data
-    loader_args = dict(seed=config.seed, device=device, num_workers=d.num_workers, pin_memory=d.pin_memory,
-                       persistent_workers=d.persistent_workers, in_memory=d.in_memory)
-    train_loader = make_loader(bundle.train, d.batch_size, shuffle=d.shuffle, drop_last=d.drop_last,
-                               rank=rank, world_size=world_size, **loader_args)
+    loader_args = dict(
+        seed=config.seed,
+        device=device,
+        num_workers=d.num_workers,
+        pin_memory=d.pin_memory,
+        persistent_workers=d.persistent_workers,
+        in_memory=d.in_memory,
+    )
+    train_loader = make_loader(
+        bundle.train,
+        d.batch_size,
+        shuffle=d.shuffle,
+        drop_last=d.drop_last,
+        rank=rank,
+        world_size=world_size,
+        **loader_args,
+    )
     # Evaluation shards: every sample on exactly one rank (no padding), reduced by sums across ranks.
     val_set, test_set = (distributed.eval_shard(s, rank, world_size) for s in (bundle.val, bundle.test))
-    val_loader = make_loader(val_set, eval_batch_size(config), shuffle=False, **loader_args) \
-        if val_set is not None and len(bundle.val) else None
-    test_loader = make_loader(test_set, eval_batch_size(config), shuffle=False, **loader_args) \
-        if test_set is not None and len(bundle.test) else None
+    val_loader = (
+        make_loader(val_set, eval_batch_size(config), shuffle=False, **loader_args)
+        if val_set is not None and len(bundle.val)
+        else None
+    )
+    test_loader = (
+        make_loader(test_set, eval_batch_size(config), shuffle=False, **loader_args)
+        if test_set is not None and len(bundle.test)
+        else None
+    )
     if config.train.smoke:  # one batch of each evaluation split (the training steps: train.max_steps)
-        val_loader, test_loader = (FirstBatches(loader, 1) if loader is not None else None
-                                   for loader in (val_loader, test_loader))
+        val_loader, test_loader = (
+            FirstBatches(loader, 1) if loader is not None else None for loader in (val_loader, test_loader)
+        )
     if model is None:
         model = build_model(config.model, bundle.input_shape, bundle.output_dim, bundle.task)
     model = model.to(device)
@@ -86,10 +118,28 @@ def build_pipeline(config: Config, bundle: DataBundle | None = None, rank: int =
     check_loss(loss_fn, model, x.to(device), y.to(device), bundle.task)
     optimizer = build_optimizer(config.optimizer, model)
     monitor = Monitor.for_run(config.train.monitor, config.train.mode, bundle.task, val_loader is not None)
-    scheduler = build_scheduler(config.scheduler, optimizer, steps_per_epoch(len(train_loader), config.train.grad_accum),
-                                config.train.epochs, config.train.max_steps, monitor)
-    return Pipeline(config, bundle, model, loss_fn, optimizer, scheduler, monitor, train_loader, val_loader,
-                    test_loader, device, summary)
+    scheduler = build_scheduler(
+        config.scheduler,
+        optimizer,
+        steps_per_epoch(len(train_loader), config.train.grad_accum),
+        config.train.epochs,
+        config.train.max_steps,
+        monitor,
+    )
+    return Pipeline(
+        config,
+        bundle,
+        model,
+        loss_fn,
+        optimizer,
+        scheduler,
+        monitor,
+        train_loader,
+        val_loader,
+        test_loader,
+        device,
+        summary,
+    )
 
 
 def eval_batch_size(config: Config) -> int:
@@ -121,9 +171,11 @@ def check_loss(loss_fn: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         with torch.no_grad():
             loss_fn(model(x), y)
     except (RuntimeError, ValueError, IndexError) as e:
-        raise ConfigError(f"loss: {type(getattr(loss_fn, 'loss', loss_fn)).__name__} cannot take this model's output "
-                          f"and the data's targets (task {task}, target dtype {y.dtype}, shape "
-                          f"{tuple(y.shape)}): {str(e).splitlines()[0]}") from None
+        raise ConfigError(
+            f"loss: {type(getattr(loss_fn, 'loss', loss_fn)).__name__} cannot take this model's output "
+            f"and the data's targets (task {task}, target dtype {y.dtype}, shape "
+            f"{tuple(y.shape)}): {str(e).splitlines()[0]}"
+        ) from None
     finally:
         model.train()
 
@@ -146,18 +198,24 @@ def prepare_model(pipe: Pipeline, rank: int, world_size: int) -> bool:
 
 
 def compile_model(model: nn.Module, bundle: DataBundle, device: torch.device) -> nn.Module:
-    """torch.compile, tried on one batch; where the backend is missing or fails, the eager model with a warning."""
+    """torch.compile, tried on one batch; where the backend is missing or fails,
+    the eager model with a warning."""
     try:
         compiled = torch.compile(model)
         x, _ = sample_batch(bundle.train)
         saved = {k: v.clone() for k, v in model.state_dict().items()}  # e.g. BatchNorm statistics
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # keep the training RNG
+        with torch.random.fork_rng(
+            devices=[device] if device.type == "cuda" else []
+        ):  # keep the training RNG
             compiled(x.to(device))
         model.load_state_dict(saved)
         return compiled
     except Exception as e:  # noqa: BLE001 - any backend failure means: train eagerly
-        warnings.warn(f"train.compile: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                      f"training without it", stacklevel=2)
+        warnings.warn(
+            f"train.compile: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"training without it",
+            stacklevel=2,
+        )
         return model
 
 
@@ -176,9 +234,14 @@ def measure_flops(pipe: Pipeline) -> tuple[float | None, float | None]:
 
 
 def data_line(bundle: DataBundle) -> str:
-    sizes = ", ".join(f"{k} {len(v)}" for k, v in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
-                      if v is not None)
+    sizes = ", ".join(
+        f"{k} {len(v)}"
+        for k, v in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
+        if v is not None
+    )
     classes = f", {bundle.output_dim} classes" if bundle.task == "classification" else ""
     target = f"; target {bundle.info['target']!r}" if bundle.info.get("target") is not None else ""
-    return (f"data: {bundle.info.get('source', '?')} ({bundle.task}{classes}; input {tuple(bundle.input_shape)}"
-            f"{target}; {sizes})")
+    return (
+        f"data: {bundle.info.get('source', '?')} ({bundle.task}{classes}; input {tuple(bundle.input_shape)}"
+        f"{target}; {sizes})"
+    )

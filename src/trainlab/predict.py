@@ -9,6 +9,7 @@ Two backends run the model on the prepared inputs; everything else is shared:
     torch  the PyTorch model rebuilt from the checkpoint (the default)
     onnx   RUN_DIR/export/model.onnx in ONNX Runtime (see trainlab.export), with export/preprocessing.json
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,7 +28,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 BACKENDS = ("torch", "onnx")
 
 
-def predict(run_dir: str | Path, input_path: str | Path, out: str | Path | None = None, backend: str = "torch") -> str:
+def predict(
+    run_dir: str | Path, input_path: str | Path, out: str | Path | None = None, backend: str = "torch"
+) -> str:
     """The output CSV's text (also written to `out` when given)."""
     if backend not in BACKENDS:
         raise TrainlabError(f"--backend: {backend!r} is not a backend; choose from {', '.join(BACKENDS)}")
@@ -42,8 +45,10 @@ def predict(run_dir: str | Path, input_path: str | Path, out: str | Path | None 
         model_file = onnx_for_predict(run_dir)
         prep_file = model_file.parent / "preprocessing.json"
         if not prep_file.is_file():
-            raise TrainlabError(f"{prep_file} is missing (it says how to prepare inputs for {model_file}); "
-                                f"export again: trainlab export {run_dir} --format onnx")
+            raise TrainlabError(
+                f"{prep_file} is missing (it says how to prepare inputs for {model_file}); "
+                f"export again: trainlab export {run_dir} --format onnx"
+            )
         prep = json.loads(prep_file.read_text())
         names, x = prepare_inputs(input_path, prep)
         output = run_onnx(model_file, x)
@@ -83,11 +88,17 @@ def _read_csv(path: Path, prep: dict[str, Any]) -> tuple[list[str], torch.Tensor
 
     features = prep.get("feature_names")
     if not features:
-        raise TrainlabError(f"this run was not trained on CSV/tabular features, so {path} cannot be its input; "
-                            f"give an image file or folder")
+        raise TrainlabError(
+            f"this run was not trained on CSV/tabular features, so {path} cannot be its input; "
+            f"give an image file or folder"
+        )
     # A CSV run saved how its file was read; a built-in tabular set (iris, ...) only its feature names.
-    csv_info = prep.get("csv") or {"features": list(features), "columns": list(features), "header": True,
-                                   "delimiter": None}
+    csv_info = prep.get("csv") or {
+        "features": list(features),
+        "columns": list(features),
+        "header": True,
+        "delimiter": None,
+    }
     x = read_features(path, csv_info)  # (N, F), matched by column name when the file has a header
     if prep.get("scaler"):
         x = apply_scaler(x, prep["scaler"])
@@ -103,9 +114,19 @@ def _read_images(path: Path, prep: dict[str, Any]) -> tuple[list[str], torch.Ten
     from trainlab.data.transforms import eval_transform_from_preprocessing
 
     if "image_mode" not in prep and "eval_transforms" not in prep:
-        raise TrainlabError(f"this run was not trained on images, so {path} cannot be its input; give a CSV of features")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and
-                   not any(part.startswith(".") for part in p.relative_to(path).parts)) if path.is_dir() else [path]
+        raise TrainlabError(
+            f"this run was not trained on images, so {path} cannot be its input; give a CSV of features"
+        )
+    files = (
+        sorted(
+            p
+            for p in path.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        if path.is_dir()
+        else [path]
+    )
     if not files:
         raise DataError(f"{path}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     transform = eval_transform_from_preprocessing(prep)

@@ -1,11 +1,12 @@
 """Name -> factory tables, one per kind of component, and `package.module:attr` imports of user code.
 
-    @MODELS.register("mlp", "multi-layer perceptron: hidden, activation, dropout, batch_norm")
-    def mlp(...): ...
+@MODELS.register("mlp", "multi-layer perceptron: hidden, activation, dropout, batch_norm")
+def mlp(...): ...
 
-    MODELS.get("mlp")          # the factory
-    MODELS.get("my_net:Net")   # imports my_net.py from the config's folder or the working directory
+MODELS.get("mlp")          # the factory
+MODELS.get("my_net:Net")   # imports my_net.py from the config's folder or the working directory
 """
+
 from __future__ import annotations
 
 import importlib
@@ -43,18 +44,25 @@ def import_object(spec: str, key: str = "name") -> Any:
     except ModuleNotFoundError as e:
         if e.name and module_name.startswith(e.name):
             raise ConfigError(
-                f"{key}: cannot import module {module_name!r} for {spec!r}: no file {module_name.replace('.', '/')}.py "
+                f"{key}: cannot import module {module_name!r} for {spec!r}: no file "
+                f"{module_name.replace('.', '/')}.py "
                 f"in the config's folder, the working directory or the Python path"
             ) from None
-        raise ConfigError(f"{key}: importing module {module_name!r} ({_where(e)}) failed: it imports {e.name!r}, "
-                          f"which is not installed ({_first_line(e)})") from None
+        raise ConfigError(
+            f"{key}: importing module {module_name!r} ({_where(e)}) failed: it imports {e.name!r}, "
+            f"which is not installed ({_first_line(e)})"
+        ) from None
     except Exception as e:  # noqa: BLE001 - the user's module raised while it was imported
-        raise ConfigError(f"{key}: importing module {module_name!r} ({_where(e)}) failed: {_first_line(e)}") from None
+        raise ConfigError(
+            f"{key}: importing module {module_name!r} ({_where(e)}) failed: {_first_line(e)}"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]
-            raise ConfigError(f"{key}: module {module_name!r} has no attribute {part!r}{did_you_mean(part, names)}")
+            raise ConfigError(
+                f"{key}: module {module_name!r} has no attribute {part!r}{did_you_mean(part, names)}"
+            )
         obj = getattr(obj, part)
     return obj
 
@@ -66,8 +74,11 @@ def _where(error: BaseException) -> str:
 
     if isinstance(error, SyntaxError) and error.filename:
         return f"{error.filename}:{error.lineno}"
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<frozen")
-              and f.filename != __file__ and "/importlib/" not in f.filename]
+    frames = [
+        f
+        for f in traceback.extract_tb(error.__traceback__)
+        if not f.filename.startswith("<frozen") and f.filename != __file__ and "/importlib/" not in f.filename
+    ]
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
@@ -124,8 +135,10 @@ class Registry:
             if found is not None:
                 return found
         known = self.names() + self.extra_names()
-        raise ConfigError(f"{key}: unknown {self.kind} {name!r}{did_you_mean(name, known)}. "
-                          f"`trainlab list {self.kind}s` shows the known names.")
+        raise ConfigError(
+            f"{key}: unknown {self.kind} {name!r}{did_you_mean(name, known)}. "
+            f"`trainlab list {self.kind}s` shows the known names."
+        )
 
     def get(self, name: str, key: str = "name") -> Callable[..., Any]:
         return self.entry(name, key).factory
@@ -138,11 +151,19 @@ OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
 METRICS = Registry("metric")
 
-KINDS = {"datasets": DATASETS, "models": MODELS, "losses": LOSSES, "optimizers": OPTIMIZERS,
-         "schedulers": SCHEDULERS, "metrics": METRICS}
+KINDS = {
+    "datasets": DATASETS,
+    "models": MODELS,
+    "losses": LOSSES,
+    "optimizers": OPTIMIZERS,
+    "schedulers": SCHEDULERS,
+    "metrics": METRICS,
+}
 
 
-def check_kwargs(factory: Callable, kwargs: dict[str, Any], key: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+def check_kwargs(
+    factory: Callable, kwargs: dict[str, Any], key: str, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Check the keyword arguments a config gives `factory` before anything is built: a name it does
     not take, or a value that fits neither its annotation nor the type of its default, is a ConfigError
     naming `key.name`; so is a NaN or infinite number. Returns the kwargs with numbers written as strings
@@ -159,8 +180,13 @@ def check_kwargs(factory: Callable, kwargs: dict[str, Any], key: str, skip: tupl
     return checked
 
 
-def check_kwarg_names(factory: Callable, names: list[str], key: str, skip: tuple[str, ...] = (),
-                      sig: inspect.Signature | None = None) -> None:
+def check_kwarg_names(
+    factory: Callable,
+    names: list[str],
+    key: str,
+    skip: tuple[str, ...] = (),
+    sig: inspect.Signature | None = None,
+) -> None:
     """A ConfigError naming `key.name` for a keyword `factory` does not take (any, with **kwargs)."""
     try:
         params = (sig or _signature(factory)).parameters
@@ -168,13 +194,19 @@ def check_kwarg_names(factory: Callable, names: list[str], key: str, skip: tuple
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    accepted = [n for n, p in params.items()
-                if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-                and n not in skip and n != "self"]
+    accepted = [
+        n
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and n not in skip
+        and n != "self"
+    ]
     for name in names:
         if name not in accepted:
-            raise ConfigError(f"{key}.{name}: {getattr(factory, '__name__', factory)!s} takes no argument {name!r}"
-                              f"{did_you_mean(name, accepted)}; it takes: {', '.join(accepted) or 'nothing'}")
+            raise ConfigError(
+                f"{key}.{name}: {getattr(factory, '__name__', factory)!s} takes no argument {name!r}"
+                f"{did_you_mean(name, accepted)}; it takes: {', '.join(accepted) or 'nothing'}"
+            )
 
 
 def _signature(factory: Callable) -> inspect.Signature:
@@ -263,7 +295,11 @@ def _numbers_for_strings(original: Any, converted: Any) -> Any:
     """The original value, with each string that `converted` holds as a number replaced by that number."""
     if isinstance(original, str) and isinstance(converted, (int, float)) and not isinstance(converted, bool):
         return converted
-    if isinstance(original, (list, tuple)) and isinstance(converted, (list, tuple)) and len(original) == len(converted):
+    if (
+        isinstance(original, (list, tuple))
+        and isinstance(converted, (list, tuple))
+        and len(original) == len(converted)
+    ):
         return type(original)(_numbers_for_strings(o, c) for o, c in zip(original, converted))
     return original
 

@@ -8,6 +8,7 @@ top to bottom; the parts live in `pipeline.py` (building), `engine/` (the loop) 
     run.best, run.final    # metrics
     run.model, run.run_dir
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainlab.claim import claim_run_dir, release_all
 from trainlab import outputs
+from trainlab.claim import claim_run_dir, release_all
 from trainlab.config import Config, apply_overrides, load_config, validate
 from trainlab.data.peek import sample_batch
 from trainlab.engine import checkpoint as ckpt
@@ -33,8 +34,8 @@ from trainlab.logging import ConsoleProgress, MetricsFile, RunDir, TensorBoardSc
 from trainlab.metrics import TaskMetrics
 from trainlab.pipeline import Pipeline, build_pipeline, data_line, measure_flops, prepare_model
 
-
 # ----------------------------------------------------------------------------- the run
+
 
 @dataclass
 class Run:
@@ -100,9 +101,17 @@ def default_run_dir(config: Config, existing: bool = False) -> Path:
     return latest
 
 
-def train(config: str | Path | dict[str, Any] | Config | None = None, overrides: list[str] | dict[str, Any] | None = None,
-          *, out: str | Path | None = None, resume: bool = False, quiet: bool = False,
-          callbacks: list[Callback] = (), model: nn.Module | None = None, **kw_overrides: Any) -> Run:
+def train(
+    config: str | Path | dict[str, Any] | Config | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    callbacks: list[Callback] = (),
+    model: nn.Module | None = None,
+    **kw_overrides: Any,
+) -> Run:
     """Train from a YAML path, a dict or a Config; `overrides` are dotted keys (`["optimizer.lr=0.1"]` or
     `{"optimizer.lr": 0.1}`); keyword overrides use `__` for dots (`optimizer__lr=0.1`).
 
@@ -114,13 +123,18 @@ def train(config: str | Path | dict[str, Any] | Config | None = None, overrides:
         model = model or config.get("model")
     if model is not None:
         kind = type(model)
-        overrides = {**(dict(overrides) if isinstance(overrides, dict) else _as_dict(overrides or [])),
-                     "model": {"name": f"{kind.__module__}:{kind.__qualname__}"}}
+        overrides = {
+            **(dict(overrides) if isinstance(overrides, dict) else _as_dict(overrides or [])),
+            "model": {"name": f"{kind.__module__}:{kind.__qualname__}"},
+        }
     overrides = dict(overrides) if isinstance(overrides, dict) else list(overrides or [])
     if kw_overrides:
         extra = {k.replace("__", "."): v for k, v in kw_overrides.items()}
-        overrides = {**overrides, **extra} if isinstance(overrides, dict) else \
-            [*overrides, *(f"{k}={_yaml_value(v)}" for k, v in extra.items())]
+        overrides = (
+            {**overrides, **extra}
+            if isinstance(overrides, dict)
+            else [*overrides, *(f"{k}={_yaml_value(v)}" for k, v in extra.items())]
+        )
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     if isinstance(config, Config) and overrides:
         cfg = validate(apply_overrides(config.to_dict(), overrides))
@@ -128,12 +142,14 @@ def train(config: str | Path | dict[str, Any] | Config | None = None, overrides:
         cfg = validate(apply_overrides(cfg.to_dict(), {"train.max_steps": min(cfg.train.max_steps or 2, 2)}))
     if cfg.data.k_fold and cfg.data.fold is None:
         from trainlab.kfold import train_kfold
+
         return train_kfold(cfg, out=out, quiet=quiet)
     if out is None:
         rank, world_size, _ = distributed.setup(resolve_device(cfg.train.device))
         # Under torchrun every rank uses rank 0's choice (rank 0 may have created the folder already).
-        out = distributed.broadcast_object(default_run_dir(cfg, existing=resume or distributed.restarted())
-                                           if rank == 0 else None)
+        out = distributed.broadcast_object(
+            default_run_dir(cfg, existing=resume or distributed.restarted()) if rank == 0 else None
+        )
     try:
         return train_one(cfg, Path(out), resume=resume, quiet=quiet, callbacks=list(callbacks), model=model)
     finally:
@@ -148,19 +164,31 @@ def _as_dict(overrides: list[str]) -> dict[str, Any]:
 
 def _yaml_value(v: Any) -> str:
     import yaml
+
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: list[Callback],
-              model: nn.Module | None = None) -> Run:
+def train_one(
+    cfg: Config,
+    out: Path,
+    *,
+    resume: bool,
+    quiet: bool,
+    callbacks: list[Callback],
+    model: nn.Module | None = None,
+) -> Run:
     """One run into `out`: set up, fit, finish."""
     note = apply_determinism(cfg.train.deterministic)  # before CUDA starts (cuBLAS reads its variable then)
     rank, world_size, _ = distributed.setup(resolve_device(cfg.train.device))  # joins torchrun's group
     if note and rank == 0 and not quiet:
         print(note)
-    restarted = distributed.restarted()  # an elastic restart continues from last.pt (none yet: from the start)
+    restarted = (
+        distributed.restarted()
+    )  # an elastic restart continues from last.pt (none yet: from the start)
     resume = resume or (restarted and (out / "checkpoints" / "last.pt").exists())
-    run = claim_run_dir(out, resume, restarted=restarted, is_main=rank == 0)  # one owner; a used folder needs resume
+    run = claim_run_dir(
+        out, resume, restarted=restarted, is_main=rank == 0
+    )  # one owner; a used folder needs resume
     resume_state, cfg = _resume(out, cfg) if resume else (None, cfg)
     if run is not None:
         ckpt.clean_temp_files(run.checkpoints)
@@ -169,17 +197,31 @@ def train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: l
     writer = _open_run(run, pipe, resume_state, quiet, world_size)
     flops, peak = measure_flops(pipe)
     trainer = Trainer(
-        pipe.model, pipe.train_loader, pipe.val_loader, loss_fn=pipe.loss_fn, optimizer=pipe.optimizer,
-        scheduler=pipe.scheduler, task=pipe.bundle.task,
-        callbacks=[*_run_callbacks(run, pipe, resume_state, writer, quiet), *callbacks,
-                   *distributed.fault_callbacks(rank)],
+        pipe.model,
+        pipe.train_loader,
+        pipe.val_loader,
+        loss_fn=pipe.loss_fn,
+        optimizer=pipe.optimizer,
+        scheduler=pipe.scheduler,
+        task=pipe.bundle.task,
+        callbacks=[
+            *_run_callbacks(run, pipe, resume_state, writer, quiet),
+            *callbacks,
+            *distributed.fault_callbacks(rank),
+        ],
         train=cfg.train.model_copy(update={"channels_last": channels_last}),
         metrics=TaskMetrics.for_data(pipe.bundle, cfg.metrics).to(pipe.device),
-        checkpoint_dir=run.checkpoints if run else None, rank=rank, world_size=world_size,
-        flops_per_sample=flops, peak_flops=peak,
+        checkpoint_dir=run.checkpoints if run else None,
+        rank=rank,
+        world_size=world_size,
+        flops_per_sample=flops,
+        peak_flops=peak,
         # predict and eval rebuild the model from the checkpoint alone (without the data)
-        extra_state={"config": cfg.to_dict(),
-                     "preprocessing": {**pipe.bundle.preprocessing, "output_dim": pipe.bundle.output_dim}})
+        extra_state={
+            "config": cfg.to_dict(),
+            "preprocessing": {**pipe.bundle.preprocessing, "output_dim": pipe.bundle.output_dim},
+        },
+    )
     trainer.caller_ends_training = True  # after testing, below
 
     status, error = "failed", None
@@ -199,8 +241,9 @@ def train_one(cfg: Config, out: Path, *, resume: bool, quiet: bool, callbacks: l
         _write_outputs(trainer, pipe, run, status, final, best, writer, quiet)
     if error is not None:
         raise error
-    return Run(out, cfg, unwrap(pipe.model), trainer.history, best, final, status,
-               run.read_summary() if run else {})
+    return Run(
+        out, cfg, unwrap(pipe.model), trainer.history, best, final, status, run.read_summary() if run else {}
+    )
 
 
 def _resume(out: Path, cfg: Config) -> tuple[dict[str, Any], Config]:
@@ -212,8 +255,9 @@ def _resume(out: Path, cfg: Config) -> tuple[dict[str, Any], Config]:
     return state, cfg
 
 
-def _open_run(run: RunDir | None, pipe: Pipeline, resume_state: dict[str, Any] | None, quiet: bool,
-              world_size: int) -> Any:
+def _open_run(
+    run: RunDir | None, pipe: Pipeline, resume_state: dict[str, Any] | None, quiet: bool, world_size: int
+) -> Any:
     """Writes config.yaml, model_summary.txt and the first summary.json; prints the run's header;
     returns the TensorBoard writer (None on ranks other than 0)."""
     if run is None:
@@ -231,17 +275,26 @@ def _open_run(run: RunDir | None, pipe: Pipeline, resume_state: dict[str, Any] |
         print(f"monitor: {pipe.monitor.name} ({pipe.monitor.mode}) decides best.pt")
         if world_size > 1:
             accum = f" x grad_accum {cfg.train.grad_accum}" if cfg.train.grad_accum > 1 else ""
-            print(f"distributed: {world_size} processes x batch {cfg.data.batch_size}{accum} = "
-                  f"effective batch size {world_size * cfg.data.batch_size * cfg.train.grad_accum}")
-    run.update_summary(status="running", name=cfg.name, task=pipe.bundle.task, class_names=pipe.bundle.class_names,
-                       data_info=pipe.bundle.info, monitor={"metric": pipe.monitor.name, "mode": pipe.monitor.mode})
+            print(
+                f"distributed: {world_size} processes x batch {cfg.data.batch_size}{accum} = "
+                f"effective batch size {world_size * cfg.data.batch_size * cfg.train.grad_accum}"
+            )
+    run.update_summary(
+        status="running",
+        name=cfg.name,
+        task=pipe.bundle.task,
+        class_names=pipe.bundle.class_names,
+        data_info=pipe.bundle.info,
+        monitor={"metric": pipe.monitor.name, "mode": pipe.monitor.mode},
+    )
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(run.tensorboard), purge_step=resume_state["epoch"] + 1 if resume_state else None)
 
 
-def _run_callbacks(run: RunDir | None, pipe: Pipeline, resume_state: dict[str, Any] | None, writer: Any,
-                   quiet: bool) -> list[Callback]:
+def _run_callbacks(
+    run: RunDir | None, pipe: Pipeline, resume_state: dict[str, Any] | None, writer: Any, quiet: bool
+) -> list[Callback]:
     """metrics.jsonl, TensorBoard, the console, layer statistics (rank 0 only)."""
     from trainlab.diagnose.gradients import LayerStatsCallback
     from trainlab.report.tensorboard_extras import TensorBoardExtras
@@ -249,24 +302,46 @@ def _run_callbacks(run: RunDir | None, pipe: Pipeline, resume_state: dict[str, A
     if run is None:
         return []
     cfg = pipe.config
-    return [MetricsFile(run.metrics, truncate_after_step=resume_state["global_step"] if resume_state else None,
-                        completed_epochs=resume_state["epoch"] if resume_state else None),
-            TensorBoardScalars(writer, hparams=cfg.to_dict()),
-            ConsoleProgress(steps_per_epoch(len(pipe.train_loader), cfg.train.grad_accum), cfg.train.epochs, quiet=quiet),
-            LayerStatsCallback(run.path),
-            TensorBoardExtras(writer, cfg.train.histogram_every, sample_batch(pipe.bundle.train, 16),
-                              pipe.bundle.class_names, run_dir=run.path)]
+    return [
+        MetricsFile(
+            run.metrics,
+            truncate_after_step=resume_state["global_step"] if resume_state else None,
+            completed_epochs=resume_state["epoch"] if resume_state else None,
+        ),
+        TensorBoardScalars(writer, hparams=cfg.to_dict()),
+        ConsoleProgress(
+            steps_per_epoch(len(pipe.train_loader), cfg.train.grad_accum), cfg.train.epochs, quiet=quiet
+        ),
+        LayerStatsCallback(run.path),
+        TensorBoardExtras(
+            writer,
+            cfg.train.histogram_every,
+            sample_batch(pipe.bundle.train, 16),
+            pipe.bundle.class_names,
+            run_dir=run.path,
+        ),
+    ]
 
 
-def _write_outputs(trainer: Trainer, pipe: Pipeline, run: RunDir, status: str, final: dict[str, Any],
-                   best: dict[str, Any], writer: Any, quiet: bool) -> None:
+def _write_outputs(
+    trainer: Trainer,
+    pipe: Pipeline,
+    run: RunDir,
+    status: str,
+    final: dict[str, Any],
+    best: dict[str, Any],
+    writer: Any,
+    quiet: bool,
+) -> None:
     from trainlab.report import write_report
 
     if status == "completed" or run.best.exists():
         outputs.write_safetensors(run)
     summary = outputs.write_summary(trainer, pipe, run, status, final, best)
-    trainer.callbacks.call("on_train_end", {"epoch": trainer.epoch, "step": trainer.global_step,
-                                            "test": final.get("test"), "status": status})
+    trainer.callbacks.call(
+        "on_train_end",
+        {"epoch": trainer.epoch, "step": trainer.global_step, "test": final.get("test"), "status": status},
+    )
     writer.close()
     write_report(run.path)
     lines = outputs.closing_lines(summary, pipe, run)
@@ -276,7 +351,8 @@ def _write_outputs(trainer: Trainer, pipe: Pipeline, run: RunDir, status: str, f
 
 
 RUN_SHAPED = ("cosine", "linear", "polynomial", "onecycle", "cosineannealinglr", "onecyclelr")
-# Defaults that changed after runs were saved with the old ones (train.monitor was val_loss, precision fp32, ...)
+# Defaults that changed after runs were saved with the old ones (train.monitor was
+# val_loss, precision fp32, ...)
 CHANGED_DEFAULTS = {"train.monitor", "train.precision", "train.compile", "scheduler.monitor"}
 
 
@@ -290,22 +366,30 @@ def _resume_state(out: Path, cfg: Config) -> tuple[dict[str, Any], Config]:
     # A run saved by an earlier trainlab: keys it did not have, and defaults that changed since, keep
     # the run's own values when the config leaves them at today's default.
     saved_flat, defaults = _flatten(saved), _flatten(validate({}).to_dict())
-    kept = {k: a for k, a, b in diffs if (k not in saved_flat or k in CHANGED_DEFAULTS) and b == defaults.get(k)}
+    kept = {
+        k: a for k, a, b in diffs if (k not in saved_flat or k in CHANGED_DEFAULTS) and b == defaults.get(k)
+    }
     if any(k in saved_flat for k in kept):
         cfg = validate(apply_overrides(cfg.to_dict(), {k: v for k, v in kept.items() if k in saved_flat}))
     diffs = [d for d in diffs if d[0] not in kept]
     allowed = {"train.epochs", "train.max_steps", "train.device"}  # a device change: check_resume_device
     refused = [d for d in diffs if d[0] not in allowed and not d[0].startswith("train.early_stopping")]
-    longer = [(k, a, b) for k, a, b in diffs if k in ("train.epochs", "train.max_steps") and a and b and b > a]
+    longer = [
+        (k, a, b) for k, a, b in diffs if k in ("train.epochs", "train.max_steps") and a and b and b > a
+    ]
     if longer and not refused and cfg.scheduler.name.lower() in RUN_SHAPED:
         k, a, b = longer[0]
-        warn(f"{k}: {a} -> {b}, but the {cfg.scheduler.name} schedule was planned for the first run and has "
-             f"ended: the extra training runs at its final learning rate (about 0 for cosine and linear). Start "
-             f"a new run with --out for a schedule over the longer run.")
+        warn(
+            f"{k}: {a} -> {b}, but the {cfg.scheduler.name} schedule was planned for the first run and has "
+            "ended: the extra training runs at its final learning rate (about 0 for cosine and linear). "
+            "Start a new run with --out for a schedule over the longer run."
+        )
     if refused:
         lines = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, a, b in refused)
-        raise ConfigError(f"--resume refused: the config differs from the run's ({lines}). Resume with the same "
-                          f"config (only train.epochs and train.max_steps may change), or start a new run with --out.")
+        raise ConfigError(
+            f"--resume refused: the config differs from the run's ({lines}). Resume with the same "
+            f"config (only train.epochs and train.max_steps may change), or start a new run with --out."
+        )
     return state, cfg
 
 
@@ -321,6 +405,8 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def _config_diffs(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     fa, fb = _flatten(a), _flatten(b)
     ignore = {"name"}
-    return [(k, fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if k not in ignore and fa.get(k) != fb.get(k)]
-
-
+    return [
+        (k, fa.get(k), fb.get(k))
+        for k in sorted(set(fa) | set(fb))
+        if k not in ignore and fa.get(k) != fb.get(k)
+    ]

@@ -9,6 +9,7 @@ Optuna RDB storage (DIR/study.db, SQLite, unless `storage` names another databas
 worker processes, or machines sharing a database, run trials of one study; a killed sweep continues
 with `resume=True`. What each worker needs travels as a `SweepPlan` of plain types (DIR/sweep_plan.json).
 """
+
 from __future__ import annotations
 
 import json
@@ -72,11 +73,21 @@ class WorkerFailed(TrainlabError):
 
 # ----------------------------------------------------------------------------- the verb
 
-def run_sweep(config: str | Path | dict[str, Any] | None, overrides: list[str] | dict[str, Any] | None = None, *,
-              trials: int | None = None, out: str | Path | None = None, storage: str | None = None,
-              workers: int = 1, resume: bool = False, grid: list[str] | None = None,
-              quiet: bool = False) -> SweepResult:
-    """Run (or with `resume`, continue) the sweep of a config; write sweep_summary.json and sweep_report.html."""
+
+def run_sweep(
+    config: str | Path | dict[str, Any] | None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    trials: int | None = None,
+    out: str | Path | None = None,
+    storage: str | None = None,
+    workers: int = 1,
+    resume: bool = False,
+    grid: list[str] | None = None,
+    quiet: bool = False,
+) -> SweepResult:
+    """Run (or with `resume`, continue) the sweep of a config;
+    write sweep_summary.json and sweep_report.html."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -91,8 +102,10 @@ def run_sweep(config: str | Path | dict[str, Any] | None, overrides: list[str] |
     out_dir = Path(plan.out)
     write_json_atomic(out_dir / "sweep_plan.json", asdict(plan))
     if not quiet:
-        print(f"sweep: {plan.study_name}, {plan.trials} trials, {plan.direction} {plan.metric}, "
-              f"sampler {plan.sampler['name']}, pruner {plan.pruner['name']}; study {plan.storage}")
+        print(
+            f"sweep: {plan.study_name}, {plan.trials} trials, {plan.direction} {plan.metric}, "
+            f"sampler {plan.sampler['name']}, pruner {plan.pruner['name']}; study {plan.storage}"
+        )
     try:
         _run_rounds(plan, study, workers, out_dir / "sweep_plan.json")
     finally:
@@ -101,14 +114,23 @@ def run_sweep(config: str | Path | dict[str, Any] | None, overrides: list[str] |
     if not quiet:
         best = summary["best"]
         if best:
-            print(f"\nbest: trial {best['trial']} {plan.metric}={best['value']:.4g} {describe(best['params'])}"
-                  f"\n      {best['run_dir']}")
+            print(
+                f"\nbest: trial {best['trial']} {plan.metric}={best['value']:.4g} {describe(best['params'])}"
+                f"\n      {best['run_dir']}"
+            )
         print(f"summary: {out_dir / 'sweep_summary.json'}\nreport: {report}")
     return SweepResult(out_dir, summary, report, study)
 
 
-def make_plan(cfg: Config, *, trials: int | None, out: str | Path | None, storage: str | None, resume: bool,
-              grid: list[str]) -> SweepPlan:
+def make_plan(
+    cfg: Config,
+    *,
+    trials: int | None,
+    out: str | Path | None,
+    storage: str | None,
+    resume: bool,
+    grid: list[str],
+) -> SweepPlan:
     """Check the search space and resolve the metric, direction, folder and storage, before any trial runs."""
     sweep_cfg = cfg.sweep.model_copy(deep=True) if cfg.sweep is not None else SweepConfig()
     if grid:  # the notes' comparison: every combination, full curves (no pruning)
@@ -117,18 +139,24 @@ def make_plan(cfg: Config, *, trials: int | None, out: str | Path | None, storag
         sweep_cfg.pruner = sweep_cfg.pruner.model_validate("none")
         cfg = validate({**cfg.to_dict(), "sweep": sweep_cfg.model_dump(by_alias=True, exclude_none=True)})
     if not sweep_cfg.params:
-        raise ConfigError("sweep.params: nothing to search; give sweep.params (e.g. optimizer.lr: {loguniform: "
-                          "[1.0e-4, 0.1]}) in the config, or --grid KEY=[v1,v2,...]")
+        raise ConfigError(
+            "sweep.params: nothing to search; give sweep.params (e.g. optimizer.lr: {loguniform: "
+            "[1.0e-4, 0.1]}) in the config, or --grid KEY=[v1,v2,...]"
+        )
     base = cfg.to_dict()
     base.pop("sweep", None)
     check_component_keys(base, sweep_cfg.params)
     if cfg.data.k_fold:
-        raise ConfigError("sweep: data.k_fold runs are not swept (a trial is one run); sweep without k_fold, "
-                          "then cross-validate the best trial's config")
+        raise ConfigError(
+            "sweep: data.k_fold runs are not swept (a trial is one run); sweep without k_fold, "
+            "then cross-validate the best trial's config"
+        )
     metric = sweep_cfg.metric or resolve_monitor(cfg)
     if metric.partition("_")[0] not in ("train", "val") or not metric.partition("_")[2]:
-        raise ConfigError(f"sweep.metric: {metric!r} is not a logged value; name one as val_<name> or train_<name> "
-                          f"(val_loss, val_accuracy, train_loss, ...)")
+        raise ConfigError(
+            f"sweep.metric: {metric!r} is not a logged value; name one as val_<name> or train_<name> "
+            f"(val_loss, val_accuracy, train_loss, ...)"
+        )
     mode = cfg.train.mode if metric == cfg.train.monitor else "auto"
     direction = sweep_cfg.direction or ("minimize" if resolve_mode(metric, mode) == "min" else "maximize")
     is_grid = sweep_cfg.sampler.name == "grid"
@@ -137,13 +165,19 @@ def make_plan(cfg: Config, *, trials: int | None, out: str | Path | None, storag
         n_grid = math.prod(len(v) for v in grid_space(sweep_cfg.params).values())
         n_trials = min(trials or (n_grid if grid else sweep_cfg.trials), n_grid)
     out_dir = Path(out) if out is not None else default_sweep_dir(cfg, existing=resume)
-    plan = SweepPlan(base=base, params={k: v.model_dump(by_alias=True, exclude_defaults=True)
-                                        for k, v in sweep_cfg.params.items()},
-                     metric=metric, direction=direction, trials=n_trials,
-                     sampler={"name": sweep_cfg.sampler.name, **sweep_cfg.sampler.kwargs()},
-                     pruner={"name": sweep_cfg.pruner.name, **sweep_cfg.pruner.kwargs()},
-                     out=str(out_dir), storage=storage or f"sqlite:///{(out_dir / 'study.db').resolve()}",
-                     study_name=cfg.name, grid=is_grid)
+    plan = SweepPlan(
+        base=base,
+        params={k: v.model_dump(by_alias=True, exclude_defaults=True) for k, v in sweep_cfg.params.items()},
+        metric=metric,
+        direction=direction,
+        trials=n_trials,
+        sampler={"name": sweep_cfg.sampler.name, **sweep_cfg.sampler.kwargs()},
+        pruner={"name": sweep_cfg.pruner.name, **sweep_cfg.pruner.kwargs()},
+        out=str(out_dir),
+        storage=storage or f"sqlite:///{(out_dir / 'study.db').resolve()}",
+        study_name=cfg.name,
+        grid=is_grid,
+    )
     make_sampler(plan)  # their arguments are checked before anything is written
     make_pruner(plan)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +185,8 @@ def make_plan(cfg: Config, *, trials: int | None, out: str | Path | None, storag
 
 
 def default_sweep_dir(cfg: Config, existing: bool = False) -> Path:
-    """runs/<name>-sweep; when that already holds a sweep, runs/<name>-sweep-2, -3, ... (`existing`: the latest)."""
+    """runs/<name>-sweep; when that already holds a sweep,
+    runs/<name>-sweep-2, -3, ... (`existing`: the latest)."""
     base = Path("runs") / f"{cfg.name}-sweep"
     latest = base
     for path in [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 10_000)]:
@@ -175,6 +210,7 @@ def resolve_monitor(cfg: Config) -> str:
 
 
 # ----------------------------------------------------------------------------- one trial
+
 
 class PruningCallback(Callback):
     """Reports the sweep's metric to the trial at every epoch end; stops training when the pruner says so."""
@@ -208,7 +244,10 @@ class Objective:
 
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
-        for attr in ("interrupted", "diverged"):  # a queued retry inherits the attributes of the trial it repeats
+        for attr in (
+            "interrupted",
+            "diverged",
+        ):  # a queued retry inherits the attributes of the trial it repeats
             trial.set_user_attr(attr, None)
         values = suggest(trial, self.plan.base, self.specs)
         run_dir = Path(self.plan.out) / "trials" / str(trial.number)
@@ -244,20 +283,35 @@ def trial_value(run_dir: Path, metric: str, direction: str, mode: str = "auto") 
     value, kept by the same rule (`mode`: train.mode), else from the epoch rows of metrics.jsonl."""
     run = RunDir.open(run_dir)
     best = run.read_summary().get("best") or {}
-    if best.get("metric") == metric and best.get("value") is not None \
-            and resolve_mode(metric, mode) == ("min" if direction == "minimize" else "max"):
+    if (
+        best.get("metric") == metric
+        and best.get("value") is not None
+        and resolve_mode(metric, mode) == ("min" if direction == "minimize" else "max")
+    ):
         return float(best["value"])
     split, _, name = metric.partition("_")
     rows = [r for r in run.read_metrics() if r.get("kind", "epoch") == "epoch" and r.get("split") == split]
-    values = [float(r[name]) for r in rows if isinstance(r.get(name), (int, float)) and math.isfinite(r[name])]
+    values = [
+        float(r[name]) for r in rows if isinstance(r.get(name), (int, float)) and math.isfinite(r[name])
+    ]
     if not values:
-        logged = sorted({f"{r.get('split')}_{k}" for r in run.read_metrics() if r.get("kind", "epoch") == "epoch"
-                         for k, v in r.items() if isinstance(v, (int, float)) and k not in ("epoch", "step")})
-        raise ConfigError(f"sweep.metric: {metric!r} is not a logged value of the trials; logged: {', '.join(logged)}")
+        logged = sorted(
+            {
+                f"{r.get('split')}_{k}"
+                for r in run.read_metrics()
+                if r.get("kind", "epoch") == "epoch"
+                for k, v in r.items()
+                if isinstance(v, (int, float)) and k not in ("epoch", "step")
+            }
+        )
+        raise ConfigError(
+            f"sweep.metric: {metric!r} is not a logged value of the trials; logged: {', '.join(logged)}"
+        )
     return min(values) if direction == "minimize" else max(values)
 
 
 # ----------------------------------------------------------------------------- the study
+
 
 def make_storage(url: str) -> Any:
     """Optuna's RDB storage with a heartbeat: a trial whose process stopped beating for GRACE_SECONDS
@@ -268,9 +322,13 @@ def make_storage(url: str) -> Any:
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-                                          grace_period=GRACE_SECONDS,
-                                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+        )
 
 
 def make_sampler(plan: SweepPlan, offset: int = 0) -> Any:
@@ -282,8 +340,12 @@ def make_sampler(plan: SweepPlan, offset: int = 0) -> Any:
     from trainlab.registry import check_kwargs
 
     name, kwargs = plan.sampler["name"], {k: v for k, v in plan.sampler.items() if k != "name"}
-    classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-               "grid": optuna.samplers.GridSampler, "cmaes": optuna.samplers.CmaEsSampler}
+    classes = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "grid": optuna.samplers.GridSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+    }
     check_kwargs(classes[name], kwargs, "sweep.sampler", skip=("search_space",))
     kwargs.setdefault("seed", plan.base.get("seed", 0) + (0 if plan.grid else offset))
     if name == "grid":
@@ -302,8 +364,11 @@ def make_pruner(plan: SweepPlan) -> Any:
     from trainlab.registry import check_kwargs
 
     name, kwargs = plan.pruner["name"], {k: v for k, v in plan.pruner.items() if k != "name"}
-    classes = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
-               "none": optuna.pruners.NopPruner}
+    classes = {
+        "median": optuna.pruners.MedianPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "none": optuna.pruners.NopPruner,
+    }
     check_kwargs(classes[name], kwargs, "sweep.pruner")
     if name == "hyperband":
         kwargs.setdefault("max_resource", plan.base["train"]["epochs"])  # resource = epochs
@@ -318,23 +383,34 @@ def open_study(plan: SweepPlan, *, create: bool = False, resume: bool = False, w
     storage = make_storage(plan.storage)
     existing = plan.study_name in {s.study_name for s in storage.get_all_studies()}
     if create and existing and not resume and plan.storage.endswith(f"{Path(plan.out).resolve()}/study.db"):
-        raise TrainlabError(f"{plan.out} already holds a sweep (study.db); --resume continues it, "
-                            f"--out DIR starts another")
-    study = optuna.create_study(storage=storage, study_name=plan.study_name, direction=plan.direction,
-                                sampler=make_sampler(plan), pruner=make_pruner(plan), load_if_exists=True)
+        raise TrainlabError(
+            f"{plan.out} already holds a sweep (study.db); --resume continues it, --out DIR starts another"
+        )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=plan.study_name,
+        direction=plan.direction,
+        sampler=make_sampler(plan),
+        pruner=make_pruner(plan),
+        load_if_exists=True,
+    )
     space = {"metric": plan.metric, "direction": plan.direction, "params": plan.params}
     saved = study.user_attrs.get("space")
     if saved is None:
         study.set_user_attr("space", space)
     elif saved != space:
-        raise ConfigError(f"study {plan.study_name!r} in {plan.storage} holds another sweep ({_diff(saved, space)}); "
-                          f"change sweep.params back, or use --out / --storage for a new study")
+        raise ConfigError(
+            f"study {plan.study_name!r} in {plan.storage} holds another sweep ({_diff(saved, space)}); "
+            f"change sweep.params back, or use --out / --storage for a new study"
+        )
     study.sampler = make_sampler(plan, offset=worker + 1000 * len(study.get_trials(deepcopy=False)))
     return study
 
 
 def _diff(saved: dict[str, Any], now: dict[str, Any]) -> str:
-    return "; ".join(f"{k}: {saved.get(k)!r} in the study, {now.get(k)!r} now" for k in now if saved.get(k) != now.get(k))
+    return "; ".join(
+        f"{k}: {saved.get(k)!r} in the study, {now.get(k)!r} now" for k in now if saved.get(k) != now.get(k)
+    )
 
 
 def recover_trials(study: Any) -> list[int]:
@@ -350,7 +426,11 @@ def recover_trials(study: Any) -> list[int]:
     host = socket.gethostname()
     again = []
     for t in trials:
-        dead = t.state == TrialState.RUNNING and t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid"))
+        dead = (
+            t.state == TrialState.RUNNING
+            and t.user_attrs.get("host") == host
+            and not _alive(t.user_attrs.get("pid"))
+        )
         stopped = t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried
         if dead:
             try:
@@ -385,10 +465,14 @@ def _counts(study: Any) -> tuple[int, int]:
     from optuna.trial import TrialState
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    return (sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states), states.count(TrialState.RUNNING))
+    return (
+        sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
+        states.count(TrialState.RUNNING),
+    )
 
 
 # ----------------------------------------------------------------------------- workers
+
 
 def _run_rounds(plan: SweepPlan, study: Any, workers: int, plan_path: Path) -> None:
     """Run trials until `plan.trials` are finished: the missing number is split among the workers (each
@@ -419,14 +503,21 @@ def _spawn(plan_path: Path, shares: list[int]) -> None:
     threads = str(max(1, (os.cpu_count() or 1) // len(shares)))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
     code = "import sys; from trainlab.sweep import worker_main; sys.exit(worker_main(*sys.argv[1:]))"
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(plan_path), str(n), str(i), str(os.getpid())],
-                              env=env) for i, n in enumerate(shares)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(plan_path), str(n), str(i), str(os.getpid())], env=env
+        )
+        for i, n in enumerate(shares)
+    ]
     codes = [p.wait() for p in procs]
     failed = [(i, c) for i, c in enumerate(codes) if c != 0]
     if failed:
         i, c = failed[0]
-        raise WorkerFailed(f"sweep worker {i} exited with code {c} (its message is above); finished trials are "
-                           f"kept, --resume continues", exit_code=2 if c == 2 else 1)
+        raise WorkerFailed(
+            f"sweep worker {i} exited with code {c} (its message is above); finished trials are "
+            f"kept, --resume continues",
+            exit_code=2 if c == 2 else 1,
+        )
 
 
 def worker_main(plan_path: str, n_trials: str, index: str, parent: str) -> int:
@@ -459,21 +550,34 @@ def _term_with_parent(parent: int) -> None:
 
 
 def _print_trial(study: Any, trial: Any) -> None:
-    value = f"{study.user_attrs['space']['metric']}={trial.value:.4g}" if trial.value is not None else "no value"
+    value = (
+        f"{study.user_attrs['space']['metric']}={trial.value:.4g}" if trial.value is not None else "no value"
+    )
     state = trial.state.name.lower() + (" (diverged)" if trial.user_attrs.get("diverged") else "")
-    print(f"trial {trial.number} {state}: {value} | {describe(trial.user_attrs.get('values', trial.params))}",
-          flush=True)
+    print(
+        f"trial {trial.number} {state}: {value} | {describe(trial.user_attrs.get('values', trial.params))}",
+        flush=True,
+    )
 
 
 # ----------------------------------------------------------------------------- results
+
 
 def write_summary(study: Any, plan: SweepPlan) -> dict[str, Any]:
     """DIR/sweep_summary.json: the metric, direction, best trial and every trial."""
     from optuna.trial import TrialState
 
-    trials = [{"number": t.number, "state": t.state.name.lower(), "value": t.value,
-               "params": t.user_attrs.get("values", t.params), "run_dir": t.user_attrs.get("run_dir")}
-              for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    trials = [
+        {
+            "number": t.number,
+            "state": t.state.name.lower(),
+            "value": t.value,
+            "params": t.user_attrs.get("values", t.params),
+            "run_dir": t.user_attrs.get("run_dir"),
+        }
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.WAITING
+    ]
     complete = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
     best = None
     if complete:

@@ -1,6 +1,7 @@
 """The search space of a sweep: drawing a trial's config values from `sweep.params` (define-by-run, so
 that a keyword of a component is drawn only for the names that take it), the grid of `--grid`, and
 the checks that every swept key exists before any trial runs."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,14 +37,22 @@ def encode_choices(choices: list[Any]) -> list[Any]:
 
 def flow(value: Any) -> str:
     """A value as one line of YAML, keys in their order: `{name: SGD, lr: 0.05}`, `[128, 64]`."""
-    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).strip() \
-        .removesuffix("...").strip()
+    return (
+        yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)
+        .strip()
+        .removesuffix("...")
+        .strip()
+    )
 
 
 def describe(values: dict[str, Any], short: bool = False) -> str:
     """`optimizer.lr=0.01, model.hidden=[64]` (`short`: the last part of each key, 3 digits)."""
+
     def text(v: Any) -> str:
-        return f"{v:.3g}" if short and isinstance(v, float) else f"{v:.4g}" if isinstance(v, float) else flow(v)
+        return (
+            f"{v:.3g}" if short and isinstance(v, float) else f"{v:.4g}" if isinstance(v, float) else flow(v)
+        )
+
     return ", ".join(f"{k.split('.')[-1] if short else k}={text(v)}" for k, v in values.items())
 
 
@@ -61,7 +70,9 @@ def grid_space(params: dict[str, ParamSpec]) -> dict[str, list[Any]]:
             low, high = spec.int_
             space[key] = list(range(low, high + 1, int(spec.step or 1)))
         else:
-            raise ConfigError(f"sweep.params.{key}: the grid sampler takes choice or int values, not {spec.kind}")
+            raise ConfigError(
+                f"sweep.params.{key}: the grid sampler takes choice or int values, not {spec.kind}"
+            )
     return space
 
 
@@ -100,8 +111,11 @@ def _component_factory(section: str, name: str) -> tuple[Any, tuple[str, ...]] |
 
     load_builtins()
     table = {"model": MODELS, "loss": LOSSES, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}[section]
-    skip = {"model": ("input_shape", "output_dim"), "optimizer": ("params",),
-            "scheduler": ("optimizer", "last_epoch")}.get(section, ())
+    skip = {
+        "model": ("input_shape", "output_dim"),
+        "optimizer": ("params",),
+        "scheduler": ("optimizer", "last_epoch"),
+    }.get(section, ())
     if section == "model" and name not in table:
         return None
     try:
@@ -140,7 +154,9 @@ def check_component_keys(base: dict[str, Any], params: dict[str, ParamSpec]) -> 
             continue
         section, kwarg = target
         name_spec = params.get(f"{section}.name")
-        names = list(name_spec.choice) if name_spec is not None and name_spec.choice else [base[section]["name"]]
+        names = (
+            list(name_spec.choice) if name_spec is not None and name_spec.choice else [base[section]["name"]]
+        )
         errors = [_kwarg_error(section, str(n), kwarg) for n in names]
         if all(errors):
             raise ConfigError(f"sweep.params.{key}: no {section} of this sweep takes {kwarg!r}: {errors[0]}")

@@ -4,6 +4,7 @@ A source returns a `SourceData`: one dataset (split later by `data.splits`) or i
 datasets, plus what is known about it (task, class names). Tensor-backed data is an `ArrayDataset`,
 which the fast in-memory loader batches by indexing (no per-sample `__getitem__`, no collate).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -24,7 +25,12 @@ class ArrayDataset(Dataset):
     kept as uint8 (N, C, H, W) and converted to float per batch, which saves 4x memory.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
         self.x, self.y, self.transform = x, y, transform

@@ -27,6 +27,7 @@ use: a cache cut short by a kill, or written by another version, is rebuilt, nev
 mode reads a valid disk cache when there is one, and writes none. Caches of other keys are left in
 the folder (another config may use them): delete the folder to free the space.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,6 +60,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, RuntimeError, EOFError)
 
 
 # ----------------------------------------------------------------------------- decoding
+
 
 def decode_file(path: str | Path, mode: str) -> torch.Tensor:
     """One image file as a uint8 (C, H, W) tensor in `mode` ('RGB' or 'L').
@@ -93,8 +95,10 @@ Shape = tuple[int, int, int]  # (C, H, W)
 def head_shapes(head: list[Any], channels: int, sizes: list[tuple[int, int]]) -> dict[tuple[int, int], Shape]:
     """{(H, W) of a file: (C, H, W) after `head`}, computed on meta tensors (shapes only, no pixels)."""
     compose = v2.Compose([v2.Identity(), *build_list(head, [v2], "data.transforms")])
-    return {(h, w): tuple(compose(torch.empty(channels, h, w, dtype=torch.uint8, device="meta")).shape)
-            for h, w in set(sizes)}
+    return {
+        (h, w): tuple(compose(torch.empty(channels, h, w, dtype=torch.uint8, device="meta")).shape)
+        for h, w in set(sizes)
+    }
 
 
 class Plan:
@@ -112,7 +116,7 @@ class Plan:
     def row(self, storage: torch.Tensor, i: int) -> torch.Tensor:
         if self.fixed:
             return storage[i]
-        return storage[int(self.offsets[i]): int(self.offsets[i + 1])].view(self.shapes[i])
+        return storage[int(self.offsets[i]) : int(self.offsets[i + 1])].view(self.shapes[i])
 
 
 class CachedImages(Dataset):
@@ -128,7 +132,7 @@ class CachedImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         c, h, w = self.shapes[i]
         start = self.offsets[i]
-        return self.flat[start: start + c * h * w].view(c, h, w), self.targets[i]
+        return self.flat[start : start + c * h * w].view(c, h, w), self.targets[i]
 
 
 def _threads() -> int:
@@ -139,8 +143,9 @@ def _threads() -> int:
     return max(1, min(8, cores))
 
 
-def decode_into(out: torch.Tensor, plan: Plan, files: list[Path], mode: str, size: list[int] | None,
-                desc: str) -> list[tuple[int, BaseException]]:
+def decode_into(
+    out: torch.Tensor, plan: Plan, files: list[Path], mode: str, size: list[int] | None, desc: str
+) -> list[tuple[int, BaseException]]:
     """Decode `files` (in a thread pool: decoding and resizing release the GIL) through `size` and the
     plan's head into `out`; returns [(index, error)] for the files that failed."""
     from tqdm.auto import tqdm
@@ -160,8 +165,10 @@ def decode_into(out: torch.Tensor, plan: Plan, files: list[Path], mode: str, siz
         return None
 
     failed = []
-    with ThreadPoolExecutor(_threads()) as pool, tqdm(total=len(files), desc=desc, unit="img", leave=False,
-                                                      mininterval=0.5) as bar:
+    with (
+        ThreadPoolExecutor(_threads()) as pool,
+        tqdm(total=len(files), desc=desc, unit="img", leave=False, mininterval=0.5) as bar,
+    ):
         for i, error in enumerate(pool.map(one, range(len(files)))):
             bar.update()
             if error is not None:
@@ -170,6 +177,7 @@ def decode_into(out: torch.Tensor, plan: Plan, files: list[Path], mode: str, siz
 
 
 # ----------------------------------------------------------------------------- the disk cache
+
 
 def default_cache_dir(root: Path) -> Path:
     """<root>/.trainlab-cache when the data folder is writable, else the user's cache folder."""
@@ -181,8 +189,20 @@ def default_cache_dir(root: Path) -> Path:
 def cache_key(files: list[Path], mode: str, size: list[int] | None, plan: Plan) -> str:
     """A hash of everything the cached pixels depend on."""
     h = hashlib.sha256()
-    h.update(json.dumps({"version": CACHE_VERSION, "mode": mode, "image_size": size, "head": plan.head,
-                         "shapes": plan.shapes, "n": len(files)}, sort_keys=True, default=str).encode())
+    h.update(
+        json.dumps(
+            {
+                "version": CACHE_VERSION,
+                "mode": mode,
+                "image_size": size,
+                "head": plan.head,
+                "shapes": plan.shapes,
+                "n": len(files),
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     for f in files:
         st = f.stat()
         h.update(f"{Path(f).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -203,8 +223,11 @@ def read_disk_cache(folder: Path, split: str, key: str) -> tuple[torch.Tensor, l
         rows = np.load(npy, mmap_mode="c")  # copy-on-write: writable for torch, the file is never changed
     except (OSError, ValueError, json.JSONDecodeError):
         return None
-    if (rows.dtype != np.uint8 or list(rows.shape) != manifest.get("shape")
-            or npy.stat().st_size != rows.offset + rows.nbytes):
+    if (
+        rows.dtype != np.uint8
+        or list(rows.shape) != manifest.get("shape")
+        or npy.stat().st_size != rows.offset + rows.nbytes
+    ):
         return None
     return torch.from_numpy(rows), list(manifest["kept"])
 
@@ -213,8 +236,9 @@ def _replace(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)  # atomic on one file system: readers see the old file or the whole new one
 
 
-def write_disk_cache(folder: Path, split: str, key: str, shape: tuple[int, ...],
-                     fill: Callable[[torch.Tensor], list[int]]) -> tuple[torch.Tensor, list[int]]:
+def write_disk_cache(
+    folder: Path, split: str, key: str, shape: tuple[int, ...], fill: Callable[[torch.Tensor], list[int]]
+) -> tuple[torch.Tensor, list[int]]:
     """Create `<split>-<key>.npy` of `shape` uint8, let `fill` write it (it returns the kept files), then
     the manifest; both under temporary names first. Returns the mapped array and the kept files."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -228,22 +252,33 @@ def write_disk_cache(folder: Path, split: str, key: str, shape: tuple[int, ...],
         _replace(tmp, npy)
     finally:
         tmp.unlink(missing_ok=True)
-    manifest = {"version": CACHE_VERSION, "key": key, "shape": list(shape), "kept": kept,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    manifest = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "shape": list(shape),
+        "kept": kept,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     tmp_manifest = folder / f".{manifest_path.name}.{os.getpid()}.tmp"
     tmp_manifest.write_text(json.dumps(manifest))
     _replace(tmp_manifest, manifest_path)
     found = read_disk_cache(folder, split, key)
     if found is None:
-        raise DataError(f"data.cache_dir: the image cache {npy} could not be read back after writing it; "
-                        f"check the disk (free space), or set data.cache: memory")
+        raise DataError(
+            f"data.cache_dir: the image cache {npy} could not be read back after writing it; "
+            f"check the disk (free space), or set data.cache: memory"
+        )
     return found
 
 
 # ----------------------------------------------------------------------------- splits
 
-def split_heads(train_items: list[Any] | None, eval_list: list[Any] | None, k_fold: int | None,
-                ) -> tuple[list[Any], list[Any]]:
+
+def split_heads(
+    train_items: list[Any] | None,
+    eval_list: list[Any] | None,
+    k_fold: int | None,
+) -> tuple[list[Any], list[Any]]:
     """(head of the training folder, head of the source's own val/test folders).
 
     Validation and test splits cut from the training folder get the training folder's rows, so its
@@ -251,8 +286,11 @@ def split_heads(train_items: list[Any] | None, eval_list: list[Any] | None, k_fo
     list, unless k-fold pools them with the training data.
     """
     train_items = normalize_items(train_items, "data.transforms")
-    eval_list = (normalize_items(eval_list, "data.eval_transforms") if eval_list is not None
-                 else eval_items(train_items))
+    eval_list = (
+        normalize_items(eval_list, "data.eval_transforms")
+        if eval_list is not None
+        else eval_items(train_items)
+    )
     train_head, eval_head = cache_head(train_items), cache_head(eval_list, "data.eval_transforms")
     shared = []
     for a, b in zip(train_head, eval_head):
@@ -277,9 +315,19 @@ def memory_limit_mb(setting: float | None) -> float:
     return 0.25 * total if total else 4096.0
 
 
-def decode_split(files: list[Path], targets: list[int], mode: str, size: list[int] | None, plan: Plan, *,
-                 split: str, where: str, folder: Path | None, skip_bad: bool,
-                 info: dict[str, Any]) -> tuple[ArrayDataset | CachedImages, bool]:
+def decode_split(
+    files: list[Path],
+    targets: list[int],
+    mode: str,
+    size: list[int] | None,
+    plan: Plan,
+    *,
+    split: str,
+    where: str,
+    folder: Path | None,
+    skip_bad: bool,
+    info: dict[str, Any],
+) -> tuple[ArrayDataset | CachedImages, bool]:
     """One split decoded once, in memory or on disk: an ArrayDataset when the plan has one size, else
     CachedImages. Returns (dataset, whether a cache of an earlier run was read)."""
     n = len(files)
@@ -290,8 +338,10 @@ def decode_split(files: list[Path], targets: list[int], mode: str, size: list[in
         failed = decode_into(out, plan, files, mode, size, desc)
         if failed and not skip_bad:
             i, e = failed[0]
-            raise DataError(f"image {files[i]}: cannot decode ({e}); replace or remove it, or set "
-                            f"data.skip_bad_files: true")
+            raise DataError(
+                f"image {files[i]}: cannot decode ({e}); replace or remove it, or set "
+                f"data.skip_bad_files: true"
+            )
         bad = {i for i, _ in failed}
         return [i for i in range(n) if i not in bad]
 
@@ -312,20 +362,25 @@ def decode_split(files: list[Path], targets: list[int], mode: str, size: list[in
     if not plan.fixed:  # files that failed to decode leave a gap in the buffer
         shapes = [plan.shapes[i] for i in kept]
         return CachedImages(storage, plan.offsets[index].tolist(), shapes, y[index]), found is not None
-    if len(kept) < n:  # rows of files that failed to decode are dropped (a copy; rare after the scan's checks)
+    if (
+        len(kept) < n
+    ):  # rows of files that failed to decode are dropped (a copy; rare after the scan's checks)
         storage, y = storage[index], y[index]
     return ArrayDataset(storage, y), found is not None
 
 
 def summary_line(done: list[tuple[int, Plan, bool]], where: str, folder: Path, seconds: float) -> str:
     """E.g. 'decoded 990 images once at 64×64 into memory, 12 MB, 2.1 s'."""
+
     def parts(group: list[tuple[int, Plan, bool]]) -> str:
         counts: dict[str, int] = {}
         for n, plan, _ in group:
             if plan.fixed:
                 what = "at {}×{}".format(*plan.shapes[0][1:])
             else:
-                what = "at their own sizes (up to {}×{})".format(*max(plan.shapes, key=lambda s: s[1] * s[2])[1:])
+                what = "at their own sizes (up to {}×{})".format(
+                    *max(plan.shapes, key=lambda s: s[1] * s[2])[1:]
+                )
             counts[what] = counts.get(what, 0) + n
         return " and ".join(f"{n:,} images {what}" for what, n in counts.items())
 
@@ -337,13 +392,21 @@ def summary_line(done: list[tuple[int, Plan, bool]], where: str, folder: Path, s
         place = "into memory" if where == "memory" else f"into the disk cache {folder}"
         phrases.append(f"decoded {parts(decoded).replace(' at ', ' once at ', 1)} {place}")
     if read:
-        phrases.append(f"read {parts(read)} (decoded by an earlier run) from {folder}"
-                       + (" into memory" if where == "memory" else ""))
+        phrases.append(
+            f"read {parts(read)} (decoded by an earlier run) from {folder}"
+            + (" into memory" if where == "memory" else "")
+        )
     return f"{'; '.join(phrases)}, {total_mb:.0f} MB, {seconds:.1f} s"
 
 
-def cache_splits(splits: dict[str, tuple[list[Path], list[int], list[tuple[int, int]]]], cfg: Any, root: Path,
-                 mode: str, size: list[int] | None, info: dict[str, Any]) -> dict[str, Dataset]:
+def cache_splits(
+    splits: dict[str, tuple[list[Path], list[int], list[tuple[int, int]]]],
+    cfg: Any,
+    root: Path,
+    mode: str,
+    size: list[int] | None,
+    info: dict[str, Any],
+) -> dict[str, Dataset]:
     """Every split with files ({name: (files, targets, (H, W) per file)}) decoded once: an ArrayDataset
     when its head brings the files to one size, else CachedImages (with a note in `info["notes"]`).
     `cfg` is the DataConfig (transforms, eval_transforms, k_fold, cache, cache_memory_mb, cache_dir)."""
@@ -362,8 +425,11 @@ def cache_splits(splits: dict[str, tuple[list[Path], list[int], list[tuple[int, 
         # k-fold pools the folders' samples, and rows of two sizes cannot share one tensor
         plans = {s: Plan(p.head, p.shapes, stack=False) for s, p in plans.items()}
     limit = memory_limit_mb(cfg.cache_memory_mb)
-    where = cfg.cache if cfg.cache in ("memory", "disk") else (
-        "memory" if sum(p.nbytes for p in plans.values()) / 2**20 <= limit else "disk")
+    where = (
+        cfg.cache
+        if cfg.cache in ("memory", "disk")
+        else ("memory" if sum(p.nbytes for p in plans.values()) / 2**20 <= limit else "disk")
+    )
     for s, plan in list(plans.items()):
         if plan.fixed:
             continue
@@ -372,15 +438,19 @@ def cache_splits(splits: dict[str, tuple[list[Path], list[int], list[tuple[int, 
             # Pixels at the files' own sizes take 20x the bytes of their JPEGs (the benchmark's folder): too
             # much to write beside the data unasked, and slower to read back from disk than to decode.
             del plans[s]
-            notes.append(f"not cached: the {s} images keep several sizes through the transforms before the first "
-                         f"random item ({names}) and do not fit data.cache_memory_mb at those sizes, so they are "
-                         f"decoded every epoch (data.cache: disk caches them; a list that starts with "
-                         f"Resize: [H, W] caches them small)")
+            notes.append(
+                f"not cached: the {s} images keep several sizes through the transforms before the first "
+                f"random item ({names}) and do not fit data.cache_memory_mb at those sizes, so they are "
+                f"decoded every epoch (data.cache: disk caches them; a list that starts with "
+                f"Resize: [H, W] caches them small)"
+            )
         else:
-            notes.append(f"the {s} images keep several sizes through the transforms before the first random item "
-                         f"({names}): they are decoded once at their own sizes and transformed per sample in the "
-                         f"DataLoader; a list that starts with Resize: [H, W] (or data.image_size) takes the batched "
-                         f"fast path")
+            notes.append(
+                f"the {s} images keep several sizes through the transforms before the first random item "
+                f"({names}): they are decoded once at their own sizes and transformed per sample in the "
+                f"DataLoader; a list that starts with Resize: [H, W] (or data.image_size) takes the batched "
+                f"fast path"
+            )
     if not plans:
         return {}
 
@@ -391,13 +461,28 @@ def cache_splits(splits: dict[str, tuple[list[Path], list[int], list[tuple[int, 
     done = []
     for s, plan in plans.items():
         files, targets, _ = splits[s]
-        datasets[s], was_cached = decode_split(files, targets, mode, size, plan, split=s, where=where,
-                                               folder=folder, skip_bad=cfg.skip_bad_files, info=info)
+        datasets[s], was_cached = decode_split(
+            files,
+            targets,
+            mode,
+            size,
+            plan,
+            split=s,
+            where=where,
+            folder=folder,
+            skip_bad=cfg.skip_bad_files,
+            info=info,
+        )
         done.append((len(datasets[s]), plan, was_cached))
     seconds = time.perf_counter() - start
-    info["cache"] = {"where": where, "dir": str(folder) if where == "disk" or any(d[2] for d in done) else None,
-                     "images": sum(d[0] for d in done), "mb": round(total_mb, 1), "seconds": round(seconds, 2),
-                     "memory_limit_mb": round(limit),
-                     "shapes": {s: list(p.shapes[0]) if p.fixed else "several" for s, p in plans.items()}}
+    info["cache"] = {
+        "where": where,
+        "dir": str(folder) if where == "disk" or any(d[2] for d in done) else None,
+        "images": sum(d[0] for d in done),
+        "mb": round(total_mb, 1),
+        "seconds": round(seconds, 2),
+        "memory_limit_mb": round(limit),
+        "shapes": {s: list(p.shapes[0]) if p.fixed else "several" for s, p in plans.items()},
+    }
     notes.append(summary_line(done, where, folder, seconds))
     return datasets

@@ -14,6 +14,7 @@ Both orders are a pure function of (seed, epoch), so a resumed run sees the same
 uninterrupted one; both shard by rank the way DistributedSampler does (pad by wrapping, then
 `order[rank::world_size]`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -35,7 +36,9 @@ _PRECOMPUTE_CHUNK = 8192  # samples transformed at a time while precomputing (bo
 GPU_DATA_SHARE = 0.3
 
 
-def epoch_order(n: int, epoch: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+def epoch_order(
+    n: int, epoch: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
     """Sample indices of one epoch for one rank (the DistributedSampler recipe: pad, then stride)."""
     if shuffle:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -95,18 +98,34 @@ def split_transform(transform: Callable | None) -> tuple[Callable | None, Callab
         if not x.is_floating_point():  # BatchTransform's last step: images become floats in [0, 1]
             x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         return x.as_subclass(torch.Tensor)
+
     return head, rest
 
 
 def _is_deterministic(t: Any) -> bool:
     from torchvision.transforms import v2
 
-    return isinstance(t, (v2.ToImage, v2.PILToTensor, v2.ToPureTensor, v2.Identity, v2.ToDtype, v2.ConvertImageDtype,
-                          v2.Normalize, v2.Resize, v2.CenterCrop, v2.Pad, v2.Grayscale))
+    return isinstance(
+        t,
+        (
+            v2.ToImage,
+            v2.PILToTensor,
+            v2.ToPureTensor,
+            v2.Identity,
+            v2.ToDtype,
+            v2.ConvertImageDtype,
+            v2.Normalize,
+            v2.Resize,
+            v2.CenterCrop,
+            v2.Pad,
+            v2.Grayscale,
+        ),
+    )
 
 
-def precompute(x: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
-               limit_bytes: int = PRECOMPUTE_LIMIT_BYTES) -> torch.Tensor | None:
+def precompute(
+    x: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], limit_bytes: int = PRECOMPUTE_LIMIT_BYTES
+) -> torch.Tensor | None:
     """head(x) for the whole split, in chunks; None when the result would exceed `limit_bytes`."""
     if not len(x):
         return None
@@ -119,8 +138,9 @@ def precompute(x: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
     return out
 
 
-def data_placement(nbytes: int, device: torch.device, share: float | None = None,
-                   free_bytes: int | None = None) -> str:
+def data_placement(
+    nbytes: int, device: torch.device, share: float | None = None, free_bytes: int | None = None
+) -> str:
     """Where a split of `nbytes` lives for training on `device`: "device" (all of it there; batches are
     gathered on the device, no copy per step) or "pinned" (CUDA only, when it does not fit `share` of
     the free GPU memory: batches are gathered on the host into pinned memory and copied asynchronously).
@@ -143,9 +163,19 @@ class TensorLoader(_Resumable):
     (`data_placement`) stays on the host: batches come to the device by pinned, non_blocking copies.
     """
 
-    def __init__(self, dataset: ArrayDataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False,
-                 seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                 precompute_limit: int = PRECOMPUTE_LIMIT_BYTES):
+    def __init__(
+        self,
+        dataset: ArrayDataset,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        precompute_limit: int = PRECOMPUTE_LIMIT_BYTES,
+    ):
         self.dataset = dataset
         self.device = torch.device(device)
         self.placement = data_placement(dataset.x.nbytes + dataset.y.nbytes, self.device)
@@ -194,7 +224,9 @@ class TensorLoader(_Resumable):
 class ResumableSampler(Sampler[tuple[int, int]], _Resumable):
     """Yields (epoch, index) pairs: the epoch travels with each index into the workers."""
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, n: int, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1
+    ):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
 
@@ -238,18 +270,37 @@ class _SeededItems(Dataset):
 class ResumableDataLoader(_Resumable):
     """A torch DataLoader over a ResumableSampler; tracks the position in batches."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False,
-                 seed: int = 0, num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool | None = None,
-                 rank: int = 0, world_size: int = 1, collate_fn=None):
-        self.sampler = ResumableSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, rank=rank,
-                                        world_size=world_size)
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        collate_fn=None,
+    ):
+        self.sampler = ResumableSampler(
+            len(dataset), batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size
+        )
         self.batch_size, self.drop_last = batch_size, drop_last
         self.dataset = dataset
-        self.loader = DataLoader(_SeededItems(dataset, seed),
-                                 batch_size=batch_size, sampler=self.sampler, drop_last=drop_last,
-                                 num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_fn,
-                                 # workers live across epochs unless the user says otherwise
-                                 persistent_workers=num_workers > 0 and persistent_workers is not False)
+        self.loader = DataLoader(
+            _SeededItems(dataset, seed),
+            batch_size=batch_size,
+            sampler=self.sampler,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            collate_fn=collate_fn,
+            # workers live across epochs unless the user says otherwise
+            persistent_workers=num_workers > 0 and persistent_workers is not False,
+        )
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -271,35 +322,77 @@ class ResumableDataLoader(_Resumable):
         self.epoch, self.position = self.epoch + 1, 0
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool = False, seed: int = 0,
-                device: torch.device | str = "cpu", num_workers: int = 0, pin_memory: bool | str = "auto",
-                persistent_workers: bool | None = None, in_memory: bool | str = "auto", rank: int = 0,
-                world_size: int = 1) -> TensorLoader | ResumableDataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    drop_last: bool = False,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    pin_memory: bool | str = "auto",
+    persistent_workers: bool | None = None,
+    in_memory: bool | str = "auto",
+    rank: int = 0,
+    world_size: int = 1,
+) -> TensorLoader | ResumableDataLoader:
     """The fast path for tensor-backed data, the DataLoader path for everything else."""
     device = torch.device(device)
     if isinstance(dataset, ArrayDataset) and in_memory is not False:
-        return TensorLoader(dataset, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device,
-                            rank=rank, world_size=world_size)
+        return TensorLoader(
+            dataset,
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=seed,
+            device=device,
+            rank=rank,
+            world_size=world_size,
+        )
     if pin_memory == "auto":
         pin_memory = device.type == "cuda"
-    return ResumableDataLoader(dataset, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
-                               num_workers=num_workers, pin_memory=bool(pin_memory),
-                               persistent_workers=persistent_workers, rank=rank, world_size=world_size)
+    return ResumableDataLoader(
+        dataset,
+        batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        seed=seed,
+        num_workers=num_workers,
+        pin_memory=bool(pin_memory),
+        persistent_workers=persistent_workers,
+        rank=rank,
+        world_size=world_size,
+    )
 
 
-def as_loader(data: Any, batch_size: int, *, shuffle: bool, seed: int = 0, device: torch.device | str = "cpu",
-              rank: int = 0, world_size: int = 1) -> Any:
+def as_loader(
+    data: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+) -> Any:
     """`data` as a loader: a loader (anything iterable that is not a Dataset) as it is; a
     `TensorDataset` of (inputs, targets) on the in-memory fast path; any other Dataset on the
     resumable DataLoader path."""
     if not isinstance(data, Dataset) and hasattr(data, "__iter__"):
         return data
-    if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset) and len(data.dataset.tensors) == 2:
+    if (
+        isinstance(data, Subset)
+        and isinstance(data.dataset, TensorDataset)
+        and len(data.dataset.tensors) == 2
+    ):
         index = torch.as_tensor(data.indices, dtype=torch.long)  # random_split(TensorDataset(x, y), ...)
         data = ArrayDataset(*(t[index] for t in data.dataset.tensors))
     elif isinstance(data, TensorDataset) and len(data.tensors) == 2:
         data = ArrayDataset(*data.tensors)  # the same samples, batched by index_select instead of per item
-    return make_loader(data, batch_size, shuffle=shuffle, seed=seed, device=device, rank=rank, world_size=world_size)
+    return make_loader(
+        data, batch_size, shuffle=shuffle, seed=seed, device=device, rank=rank, world_size=world_size
+    )
 
 
 def default_eval_batch_size(batch_size: int) -> int:

@@ -4,6 +4,7 @@ check, FLOP counting, the layout trial, TensorBoard's sample images and the metr
 Peeking moves no loader position and no random stream the training run depends on (the global RNG is
 forked; a batch transform's own generator is restored), so a run with more peeks is the same run.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,7 +21,9 @@ def sample_batch(source: Any, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     # a loader's dataset (TensorLoader, ResumableDataLoader, DataLoader); a Dataset as it is (a
     # TransformedDataset's own `.dataset` is the data before its transforms)
     dataset = source if isinstance(source, Dataset) else getattr(source, "dataset", source)
-    transform = getattr(source, "transform", None) if not isinstance(source, ArrayDataset) else source.transform
+    transform = (
+        getattr(source, "transform", None) if not isinstance(source, ArrayDataset) else source.transform
+    )
     generator = getattr(transform, "generator", None)  # a BatchTransform's own random stream
     saved = generator.get_state() if generator is not None else None
     try:
@@ -32,8 +35,10 @@ def sample_batch(source: Any, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
                 x = dataset.x[:n]
                 return (dataset.transform(x) if dataset.transform is not None else x), dataset.y[:n]
             items = [dataset[i] for i in range(min(n, len(dataset)))]
-            return (torch.stack([torch.as_tensor(a) for a, _ in items]),
-                    torch.stack([torch.as_tensor(b) for _, b in items]))
+            return (
+                torch.stack([torch.as_tensor(a) for a, _ in items]),
+                torch.stack([torch.as_tensor(b) for _, b in items]),
+            )
     finally:
         if generator is not None:
             generator.set_state(saved)

@@ -4,6 +4,7 @@
 user-code modules are imported when present (they are optional while they are being written);
 an error inside a module that exists is not hidden.
 """
+
 from __future__ import annotations
 
 import importlib

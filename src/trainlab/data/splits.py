@@ -10,6 +10,7 @@ Classification targets are split stratified (each split keeps the class proporti
 scikit-learn; when a class is too small for that, the split falls back to a plain shuffled one and
 `info["stratified"]` says so.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -55,8 +56,9 @@ def _labels_for_stratify(targets: torch.Tensor | None, stratified: bool) -> np.n
     return targets.cpu().numpy()
 
 
-def split_off(index: np.ndarray, size: float | int, targets: torch.Tensor | None, seed: int,
-              stratified: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+def split_off(
+    index: np.ndarray, size: float | int, targets: torch.Tensor | None, seed: int, stratified: bool
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """Split `index` into (kept, taken) with `size` of it taken; returns whether it was stratified.
 
     `size` is a fraction of `index` (float) or a count (int), as in sklearn's `train_test_split`.
@@ -72,8 +74,9 @@ def split_off(index: np.ndarray, size: float | int, targets: torch.Tensor | None
     return np.sort(kept), np.sort(taken), False
 
 
-def kfold_indices(targets: torch.Tensor | np.ndarray | int, k: int, seed: int,
-                  stratified: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def kfold_indices(
+    targets: torch.Tensor | np.ndarray | int, k: int, seed: int, stratified: bool
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """k (train_idx, val_idx) pairs whose val parts partition range(N); shuffled with `seed`.
 
     `targets` is the (N,) targets (or just N when there is nothing to stratify on). Stratified folds
@@ -103,8 +106,9 @@ def _concat(a: Dataset, b: Dataset) -> Dataset:
     return ConcatDataset([a, b])
 
 
-def split_source(source: SourceData, cfg: DataConfig, seed: int,
-                 stratified: bool) -> tuple[Dataset, Dataset | None, Dataset | None, dict[str, Any]]:
+def split_source(
+    source: SourceData, cfg: DataConfig, seed: int, stratified: bool
+) -> tuple[Dataset, Dataset | None, Dataset | None, dict[str, Any]]:
     """(train, val, test, info) from a source, following `cfg.val_fraction`, `test_fraction`, k-fold."""
     info: dict[str, Any] = {}
     if cfg.fold is not None and cfg.k_fold is None:
@@ -130,12 +134,16 @@ def split_source(source: SourceData, cfg: DataConfig, seed: int,
     if cfg.k_fold is not None:
         fold = cfg.fold if cfg.fold is not None else 0
         if fold >= cfg.k_fold:
-            raise ConfigError(f"data.fold: {fold} is not a fold of data.k_fold={cfg.k_fold} (use 0..{cfg.k_fold - 1})")
+            raise ConfigError(
+                f"data.fold: {fold} is not a fold of data.k_fold={cfg.k_fold} (use 0..{cfg.k_fold - 1})"
+            )
         pool: Dataset = take(train, index)
         if val is not None:  # the source's own val split joins the pool that is cut into folds
             pool = _concat(pool, val)
         pool_targets = targets_of(pool)
-        folds = kfold_indices(pool_targets if pool_targets.ndim == 1 else len(pool), cfg.k_fold, seed, stratified)
+        folds = kfold_indices(
+            pool_targets if pool_targets.ndim == 1 else len(pool), cfg.k_fold, seed, stratified
+        )
         train_idx, val_idx = folds[fold]
         train, val = take(pool, train_idx), take(pool, val_idx)
         info.update(k_fold=cfg.k_fold, fold=fold)
@@ -143,8 +151,10 @@ def split_source(source: SourceData, cfg: DataConfig, seed: int,
         whole = len(source.train) if source.test is None else len(index)
         count = int(round(cfg.val_fraction * whole))
         if count < 1 or count >= len(index):
-            raise DataError(f"data.val_fraction: {cfg.val_fraction} of {whole} samples leaves no validation or "
-                            f"no training samples; change data.val_fraction (0 turns validation off)")
+            raise DataError(
+                f"data.val_fraction: {cfg.val_fraction} of {whole} samples leaves no validation or "
+                f"no training samples; change data.val_fraction (0 turns validation off)"
+            )
         index, val_idx, strat = split_off(index, count, targets, seed, stratified)
         info["stratified"] = info.get("stratified", True) and strat
         val = take(train, val_idx)
@@ -160,4 +170,6 @@ def split_source(source: SourceData, cfg: DataConfig, seed: int,
 def _check_size(n: int, fraction: float, key: str) -> None:
     taken = int(np.ceil(fraction * n))
     if taken < 1 or taken >= n:
-        raise DataError(f"{key}: {fraction} of {n} samples leaves an empty split; change {key} (0 turns it off)")
+        raise DataError(
+            f"{key}: {fraction} of {n} samples leaves an empty split; change {key} (0 turns it off)"
+        )

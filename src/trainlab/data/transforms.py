@@ -12,6 +12,7 @@ Whatever the list, images come out as float tensors (uint8 / 255), and the list 
 `preprocessing` (plain YAML-like data, `Normalize: auto` resolved to numbers) rebuilds the
 evaluation transforms in `predict`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,13 +33,27 @@ from trainlab.data.base import ArrayDataset
 from trainlab.errors import ConfigError
 
 # Augmentations left out of the default evaluation list (besides every Random* class).
-_AUGMENT = {"ColorJitter", "GaussianBlur", "GaussianNoise", "ElasticTransform", "AutoAugment", "RandAugment",
-            "TrivialAugmentWide", "AugMix", "MixUp", "CutMix", "ScaleJitter", "JPEG", "RandomErasing"}
+_AUGMENT = {
+    "ColorJitter",
+    "GaussianBlur",
+    "GaussianNoise",
+    "ElasticTransform",
+    "AutoAugment",
+    "RandAugment",
+    "TrivialAugmentWide",
+    "AugMix",
+    "MixUp",
+    "CutMix",
+    "ScaleJitter",
+    "JPEG",
+    "RandomErasing",
+}
 _TO_FLOAT = {"ToDtype", "ConvertImageDtype"}
 _NORMALIZE_SAMPLES = 2000  # lazy datasets: images read to estimate `Normalize: auto`
 
 
 # ----------------------------------------------------------------------------- component lists
+
 
 def _item(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     """(name, args, kwargs) -> a YAML-like list item, the inverse of `components.parse_item`."""
@@ -98,8 +113,14 @@ def resolve_auto(items: list[Any], stats: tuple[list[float], list[float]] | None
             _, _, kwargs = parse_item(item, "")
             mean = kwargs.get("mean", "auto")
             std = kwargs.get("std", "auto")
-            out.append({"Normalize": {"mean": stats[0] if mean == "auto" else mean,
-                                      "std": stats[1] if std == "auto" else std}})
+            out.append(
+                {
+                    "Normalize": {
+                        "mean": stats[0] if mean == "auto" else mean,
+                        "std": stats[1] if std == "auto" else std,
+                    }
+                }
+            )
         else:
             out.append(copy.deepcopy(item))
     return out
@@ -112,10 +133,13 @@ def _built(items: list[Any], key: str) -> list[Any]:
 def build_transforms(items: list[Any] | None, key: str = "data.transforms") -> v2.Compose:
     """A per-sample v2 Compose; PIL images and uint8 tensors in, float (C, H, W) tensors out."""
     items = normalize_items(items, key)
-    return v2.Compose([*_built(items, key), v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()])
+    return v2.Compose(
+        [*_built(items, key), v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()]
+    )
 
 
 # ----------------------------------------------------------------------------- batched operations
+
 
 def _rand(n: int, generator: torch.Generator | None) -> torch.Tensor:
     # Drawn on the CPU (the generator's device, and the RNG state the loop checkpoints), moved later.
@@ -188,8 +212,9 @@ def _batched_op(t: Any) -> Callable[[torch.Tensor, torch.Generator | None], torc
     if isinstance(t, v2.ConvertImageDtype):
         return lambda x, g: F.to_dtype(x, t.dtype, scale=True)
     if isinstance(t, v2.Normalize):
-        return lambda x, g: F.normalize(x if x.is_floating_point() else F.to_dtype(x, torch.float32, scale=True),
-                                        t.mean, t.std)
+        return lambda x, g: F.normalize(
+            x if x.is_floating_point() else F.to_dtype(x, torch.float32, scale=True), t.mean, t.std
+        )
     if isinstance(t, v2.RandomCrop) and not isinstance(t.fill, dict):
         return lambda x, g: _random_crop(x, t, g)
     if isinstance(t, v2.RandomHorizontalFlip):
@@ -199,8 +224,9 @@ def _batched_op(t: Any) -> Callable[[torch.Tensor, torch.Generator | None], torc
     if isinstance(t, v2.RandomResizedCrop):
         return lambda x, g: _random_resized_crop(x, t, g)
     if isinstance(t, v2.Resize):
-        return lambda x, g: F.resize(x, t.size, interpolation=t.interpolation, max_size=t.max_size,
-                                     antialias=t.antialias)
+        return lambda x, g: F.resize(
+            x, t.size, interpolation=t.interpolation, max_size=t.max_size, antialias=t.antialias
+        )
     if isinstance(t, v2.CenterCrop):
         return lambda x, g: F.center_crop(x, t.size)
     if isinstance(t, v2.Pad) and not isinstance(t.fill, dict):
@@ -216,7 +242,9 @@ class BatchTransform:
     Random items draw one value per sample from `generator` (None: the global torch RNG).
     """
 
-    def __init__(self, items: list[Any] | None, key: str = "data.transforms", generator: torch.Generator | None = None):
+    def __init__(
+        self, items: list[Any] | None, key: str = "data.transforms", generator: torch.Generator | None = None
+    ):
         self.items = normalize_items(items, key)
         self.transforms = _built(self.items, key)
         self.ops = [_batched_op(t) for t in self.transforms]
@@ -263,6 +291,7 @@ class TransformedDataset(Dataset):
 
 # ----------------------------------------------------------------------------- Normalize: auto
 
+
 def _as_float_image(x: Any) -> torch.Tensor:
     """A PIL image or uint8/float tensor -> float (C, H, W) in [0, 1] (float inputs unchanged)."""
     if isinstance(x, PIL.Image.Image):
@@ -282,7 +311,7 @@ def channel_stats(dataset: Dataset, max_samples: int = _NORMALIZE_SAMPLES) -> tu
     count = 0
     if isinstance(dataset, ArrayDataset):
         x = dataset.x
-        chunks = (x[i:i + 4096] for i in range(0, len(x), 4096))
+        chunks = (x[i : i + 4096] for i in range(0, len(x), 4096))
     else:
         n = len(dataset)  # type: ignore[arg-type]
         index = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_samples]
@@ -295,7 +324,9 @@ def channel_stats(dataset: Dataset, max_samples: int = _NORMALIZE_SAMPLES) -> tu
         total_sq = sq if total_sq is None else total_sq + sq
         count += c.shape[0] * c.shape[2] * c.shape[3]
     if not count:
-        raise ConfigError("data.transforms: Normalize: auto needs training images, but the training split is empty")
+        raise ConfigError(
+            "data.transforms: Normalize: auto needs training images, but the training split is empty"
+        )
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
     return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
@@ -303,12 +334,15 @@ def channel_stats(dataset: Dataset, max_samples: int = _NORMALIZE_SAMPLES) -> tu
 
 # ----------------------------------------------------------------------------- attaching to splits
 
+
 def _peek(dataset: Dataset) -> Any:
     return dataset[0][0] if len(dataset) else None  # type: ignore[arg-type]
 
 
 def _is_image(x: Any) -> bool:
-    return isinstance(x, PIL.Image.Image) or (isinstance(x, torch.Tensor) and x.ndim == 3 and x.dtype == torch.uint8)
+    return isinstance(x, PIL.Image.Image) or (
+        isinstance(x, torch.Tensor) and x.ndim == 3 and x.dtype == torch.uint8
+    )
 
 
 def _attach(dataset: Dataset | None, items: list[Any], key: str, force: bool) -> tuple[Dataset | None, bool]:
@@ -318,8 +352,10 @@ def _attach(dataset: Dataset | None, items: list[Any], key: str, force: bool) ->
     if isinstance(dataset, ArrayDataset):
         image = dataset.x.ndim == 4
         if not image and items:
-            raise ConfigError(f"{key}: transforms apply to images (C, H, W), but this source gives samples of "
-                              f"shape {tuple(dataset.x.shape[1:])}")
+            raise ConfigError(
+                f"{key}: transforms apply to images (C, H, W), but this source gives samples of "
+                f"shape {tuple(dataset.x.shape[1:])}"
+            )
         if not (items or force or dataset.x.dtype == torch.uint8):
             return dataset, True  # float images, no transforms: left as they are
         if not BatchTransform.unsupported(items, key):
@@ -332,22 +368,30 @@ def _attach(dataset: Dataset | None, items: list[Any], key: str, force: bool) ->
 
 def _check_one_size(compose: Callable, channels: int, key: str) -> None:
     """Images of different sizes must leave the transforms at one size, or batches cannot be stacked."""
-    shapes = {tuple(compose(torch.zeros(channels, h, w, dtype=torch.uint8)).shape) for h, w in ((61, 47), (37, 83))}
+    shapes = {
+        tuple(compose(torch.zeros(channels, h, w, dtype=torch.uint8)).shape) for h, w in ((61, 47), (37, 83))
+    }
     if len(shapes) > 1:
-        raise ConfigError(f"{key}: the images have different sizes and these transforms do not bring them to one "
-                          f"size (e.g. {sorted(shapes)}); set data.image_size: [H, W] (e.g. 224), or end the list "
-                          f"with a fixed-size item such as Resize: {{size: [224, 224]}} or RandomResizedCrop: 224")
+        raise ConfigError(
+            f"{key}: the images have different sizes and these transforms do not bring them to one "
+            f"size (e.g. {sorted(shapes)}); set data.image_size: [H, W] (e.g. 224), or end the list "
+            f"with a fixed-size item such as Resize: {{size: [224, 224]}} or RandomResizedCrop: 224"
+        )
 
 
 def _check_user_items(items: list[Any], key: str) -> None:
     """Build the user's own list once, so that a bad item is named by its index in that list (the
     normalised list holds items trainlab inserted, e.g. a ToDtype before Normalize)."""
-    plain = ["ToImage" if parse_item(item, f"{key}[{i}]")[0] == "ToTensor" else item for i, item in enumerate(items)]
+    plain = [
+        "ToImage" if parse_item(item, f"{key}[{i}]")[0] == "ToTensor" else item
+        for i, item in enumerate(items)
+    ]
     build_list(plain, [v2], key)  # ToTensor (deprecated in v2) stands in as ToImage: same index, no warning
 
 
-def attach_transforms(train: Dataset, val: Dataset | None, test: Dataset | None, cfg: DataConfig,
-                      bundle_info: dict[str, Any]) -> tuple[Dataset, Dataset | None, Dataset | None, dict[str, Any]]:
+def attach_transforms(
+    train: Dataset, val: Dataset | None, test: Dataset | None, cfg: DataConfig, bundle_info: dict[str, Any]
+) -> tuple[Dataset, Dataset | None, Dataset | None, dict[str, Any]]:
     """Attach `cfg.transforms` to train and `cfg.eval_transforms` (default: the deterministic part of the
     training list) to val and test. Returns the splits and the plain-typed `preprocessing` entries
     (empty for data that is not images and has no transforms)."""
@@ -381,7 +425,8 @@ def attach_transforms(train: Dataset, val: Dataset | None, test: Dataset | None,
         _check_one_size(build_transforms(train_items), channels, "data.transforms")
         _check_one_size(build_transforms(eval_list, "data.eval_transforms"), channels, "data.eval_transforms")
     preprocessing = {
-        "image_mode": bundle_info.get("image_mode") or ("L" if channels == 1 else "RGB" if channels == 3 else None),
+        "image_mode": bundle_info.get("image_mode")
+        or ("L" if channels == 1 else "RGB" if channels == 3 else None),
         "image_size": [int(s) for s in size] if size is not None else None,
         "train_transforms": train_items,
         "eval_transforms": eval_list,
@@ -389,13 +434,19 @@ def attach_transforms(train: Dataset, val: Dataset | None, test: Dataset | None,
     }
     if stats is not None:
         preprocessing["normalize"] = {"mean": stats[0], "std": stats[1]}
-    if not preprocessing["fast_path"] and isinstance(train, TransformedDataset) and isinstance(train.dataset, ArrayDataset):
-        preprocessing["fast_path_unsupported"] = BatchTransform.unsupported(train_items) + BatchTransform.unsupported(
-            eval_list, "data.eval_transforms")
+    if (
+        not preprocessing["fast_path"]
+        and isinstance(train, TransformedDataset)
+        and isinstance(train.dataset, ArrayDataset)
+    ):
+        preprocessing["fast_path_unsupported"] = BatchTransform.unsupported(
+            train_items
+        ) + BatchTransform.unsupported(eval_list, "data.eval_transforms")
     return train, val, test, preprocessing
 
 
 # ----------------------------------------------------------------------------- predict
+
 
 def to_uint8_image(img: Any, mode: str | None) -> torch.Tensor:
     """A PIL image or a (C, H, W) / (H, W) tensor -> a uint8 (C, H, W) tensor in `mode` ('RGB' or 'L')."""

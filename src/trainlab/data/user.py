@@ -8,6 +8,7 @@ it takes them); one that takes `train` (or `split`) is built once per split, lik
 datasets. A function returns a dataset, a (train, test) or (train, val, test) tuple, a
 {"train", "val", "test"} dict or a `SourceData`.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -38,8 +39,9 @@ def _call(obj: Any, kwargs: dict[str, Any], what: str, key: str) -> Any:
         raise DataError(f"{key}: {what}({args}) failed: {type(e).__name__}: {e}") from e
 
 
-def build_dataset_splits(cls: Any, options: dict[str, Any], root: str | None, download: bool,
-                         key: str = "data.source") -> tuple[Any, Any, Any]:
+def build_dataset_splits(
+    cls: Any, options: dict[str, Any], root: str | None, download: bool, key: str = "data.source"
+) -> tuple[Any, Any, Any]:
     """(train, val, test) from a dataset class: one split per `train=True/False` or `split=...` value."""
     params = _params(cls)
     name = getattr(cls, "__name__", str(cls))
@@ -52,8 +54,11 @@ def build_dataset_splits(cls: Any, options: dict[str, Any], root: str | None, do
     if "download" in params and "download" not in kwargs:
         kwargs["download"] = download
     if "train" in params and "train" not in kwargs:
-        return (_call(cls, {**kwargs, "train": True}, name, key), None,
-                _call(cls, {**kwargs, "train": False}, name, key))
+        return (
+            _call(cls, {**kwargs, "train": True}, name, key),
+            None,
+            _call(cls, {**kwargs, "train": False}, name, key),
+        )
     if "split" in params and "split" not in kwargs:
         train = _call(cls, {**kwargs, "split": "train"}, name, key)
         found: dict[str, Any] = {}
@@ -74,7 +79,9 @@ def _as_dataset(obj: Any, what: str, key: str) -> Dataset | None:
     if isinstance(obj, TensorDataset) and len(obj.tensors) == 2:
         return ArrayDataset(*obj.tensors)  # tensors already in memory: the fast path can index them
     if not (hasattr(obj, "__getitem__") and hasattr(obj, "__len__")):
-        raise DataError(f"{key}: {what} is a {type(obj).__name__}, not a Dataset (it needs __len__ and __getitem__)")
+        raise DataError(
+            f"{key}: {what} is a {type(obj).__name__}, not a Dataset (it needs __len__ and __getitem__)"
+        )
     return obj
 
 
@@ -93,27 +100,40 @@ def user_source(obj: Any, cfg: DataConfig) -> SourceData:
                 options[name] = value
         result = _call(obj, options, getattr(obj, "__name__", "the function"), key)
     else:
-        raise ConfigError(f"{key}: names a {type(obj).__name__}; data.source 'module:attr' must name a Dataset "
-                          f"class or a function that returns datasets")
+        raise ConfigError(
+            f"{key}: names a {type(obj).__name__}; data.source 'module:attr' must name a Dataset "
+            f"class or a function that returns datasets"
+        )
     if isinstance(result, SourceData):
         return result
     if isinstance(result, dict):
         unknown = set(result) - {"train", "val", "test"}
         if unknown or "train" not in result:
-            raise DataError(f"{key}: returned a dict with keys {sorted(result)}; use 'train' and optionally 'val', 'test'")
+            raise DataError(
+                f"{key}: returned a dict with keys {sorted(result)}; use 'train' and optionally 'val', 'test'"
+            )
         result = (result["train"], result.get("val"), result.get("test"))
     if isinstance(result, (tuple, list)):
         if len(result) == 2:
             result = (result[0], None, result[1])  # (train, test), like torchvision's train=True/False
         if len(result) != 3:
-            raise DataError(f"{key}: returned {len(result)} items; return a dataset, (train, test) or (train, val, test)")
+            raise DataError(
+                f"{key}: returned {len(result)} items; return a dataset, (train, test) or (train, val, test)"
+            )
     else:
         result = (result, None, None)
-    train, val, test = (_as_dataset(d, what, key) for d, what in zip(result, ("the training set", "val", "test")))
+    train, val, test = (
+        _as_dataset(d, what, key) for d, what in zip(result, ("the training set", "val", "test"))
+    )
     if train is None:
         raise DataError(f"{key}: returned no training set")
     classes = getattr(train, "classes", None)
     if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
         classes = None
-    return SourceData(train=train, val=val, test=test, class_names=list(classes) if classes else None,
-                      info={"source": cfg.source})
+    return SourceData(
+        train=train,
+        val=val,
+        test=test,
+        class_names=list(classes) if classes else None,
+        info={"source": cfg.source},
+    )

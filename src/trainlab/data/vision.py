@@ -6,6 +6,7 @@ The MNIST family and CIFAR are decoded once: their `.data` / `.targets` become u
 split the dataset defines. Other classes stay lazy (PIL images, decoded in DataLoader workers).
 Nothing downloads unless `data.download: true`; missing files are a `DataError` naming what to put where.
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,18 +58,25 @@ def _missing(cls: type, cfg: DataConfig, error: Exception) -> DataError:
     root = Path(cfg.root or ".").expanduser().resolve()
     files = expected_files(cls)
     listed = f" Expected: {', '.join(str(root / f) for f in files)}." if files else ""
-    how = ("Downloading failed" if cfg.download else
-           "Set data.download: true to download them where there is a network (trainlab train cfg.yaml "
-           "data.download=true), or copy the files there")
-    return DataError(f"data.source {cfg.source!r}: the {cls.__name__} files are not in data.root={root} "
-                     f"(torchvision: {error}).{listed} {how}.")
+    how = (
+        "Downloading failed"
+        if cfg.download
+        else "Set data.download: true to download them where there is a network (trainlab train cfg.yaml "
+        "data.download=true), or copy the files there"
+    )
+    return DataError(
+        f"data.source {cfg.source!r}: the {cls.__name__} files are not in data.root={root} "
+        f"(torchvision: {error}).{listed} {how}."
+    )
 
 
 def _build(cls: type, cfg: DataConfig, options: dict[str, Any]) -> tuple[Any, Any, Any]:
     if cfg.root is None and "root" in inspect.signature(cls).parameters:
-        raise ConfigError(f"data.root: data.source {cfg.source!r} reads {cls.__name__} from data.root; set it to "
-                          f"the folder that holds (or will hold, with data.download: true) "
-                          f"{', '.join(expected_files(cls)[:2]) or 'the files'}")
+        raise ConfigError(
+            f"data.root: data.source {cfg.source!r} reads {cls.__name__} from data.root; set it to "
+            f"the folder that holds (or will hold, with data.download: true) "
+            f"{', '.join(expected_files(cls)[:2]) or 'the files'}"
+        )
     root = str(Path(cfg.root).expanduser()) if cfg.root is not None else None
     if root is not None:
         _gunzip_raw(cls, Path(root))
@@ -102,9 +110,17 @@ def torchvision_source(cls: type, cfg: DataConfig, **options: Any) -> SourceData
     if issubclass(cls, (tvd.MNIST, tvd.CIFAR10)) and hasattr(train, "data"):
         train, val, test = (_to_array(d) if d is not None else None for d in (train, val, test))
         channels = train.x.shape[1]
-        info.update(image_mode="L" if channels == 1 else "RGB", image_size=list(train.x.shape[2:]), in_memory=True)
-    return SourceData(train=train, val=val, test=test, task="classification" if class_names else None,
-                      class_names=class_names, info=info)
+        info.update(
+            image_mode="L" if channels == 1 else "RGB", image_size=list(train.x.shape[2:]), in_memory=True
+        )
+    return SourceData(
+        train=train,
+        val=val,
+        test=test,
+        task="classification" if class_names else None,
+        class_names=class_names,
+        info=info,
+    )
 
 
 def _register(name: str, cls: type, description: str) -> None:
@@ -116,16 +132,23 @@ def _register(name: str, cls: type, description: str) -> None:
 
 
 _register("mnist", tvd.MNIST, "MNIST digits, 1x28x28, 10 classes, 60k/10k (torchvision, from data.root)")
-_register("fashion_mnist", tvd.FashionMNIST, "FashionMNIST clothing, 1x28x28, 10 classes, 60k/10k (torchvision)")
+_register(
+    "fashion_mnist", tvd.FashionMNIST, "FashionMNIST clothing, 1x28x28, 10 classes, 60k/10k (torchvision)"
+)
 _register("kmnist", tvd.KMNIST, "Kuzushiji-MNIST, 1x28x28, 10 classes, 60k/10k (torchvision)")
 _register("cifar10", tvd.CIFAR10, "CIFAR-10, 3x32x32, 10 classes, 50k/10k (torchvision, from data.root)")
 _register("cifar100", tvd.CIFAR100, "CIFAR-100, 3x32x32, 100 classes, 50k/10k (torchvision)")
 
 
 def dataset_classes() -> dict[str, type]:
-    return {n: c for n, c in vars(tvd).items()
-            if inspect.isclass(c) and issubclass(c, torch.utils.data.Dataset) and not n.startswith("_")
-            and n not in ("VisionDataset", "DatasetFolder", "ImageFolder")}
+    return {
+        n: c
+        for n, c in vars(tvd).items()
+        if inspect.isclass(c)
+        and issubclass(c, torch.utils.data.Dataset)
+        and not n.startswith("_")
+        and n not in ("VisionDataset", "DatasetFolder", "ImageFolder")
+    }
 
 
 def _fallback(name: str) -> Entry | None:

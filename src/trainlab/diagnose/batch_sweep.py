@@ -5,6 +5,7 @@ On parallel hardware a larger batch costs about the same time per update until t
 epoch stops falling. The sweep times `step_fn(batch_size)` (one forward/backward/step, say) for
 powers of two and flags the first batch size where doubling it roughly doubles the update time.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,14 +63,16 @@ def batch_size_sweep(
             # per doubling, so that sizes that are not consecutive powers of two compare alike
             growth = (t / rows[-1]["time_per_update"]) ** (1 / math.log2(b / rows[-1]["batch_size"]))
             free = free and growth < linear_growth
-        rows.append({
-            "batch_size": b,
-            "time_per_update": t,
-            "samples_per_second": b / t if t > 0 else math.inf,
-            "time_per_epoch": math.ceil(dataset_size / b) * t,
-            "growth": growth,
-            "free": free,
-        })
+        rows.append(
+            {
+                "batch_size": b,
+                "time_per_update": t,
+                "samples_per_second": b / t if t > 0 else math.inf,
+                "time_per_epoch": math.ceil(dataset_size / b) * t,
+                "growth": growth,
+                "free": free,
+            }
+        )
         if clock() - start > time_limit:
             rows[-1]["stopped"] = f"time limit {time_limit:g}s"
             break

@@ -3,8 +3,10 @@
 doctor loads the run (config, data, best weights), walks the loss flowchart on its metrics, finds
 what kind of point the best weights sit at, reads the gradient health from layer_stats.jsonl (or
 takes one snapshot), trains a shallower model (--compare-shallow, or unasked when the training loss
-is large and the run was cheap) and optionally times batch sizes (--batch-sizes), then writes everything into summary.json["diagnosis"] and re-renders report.html.
+is large and the run was cheap) and optionally times batch sizes (--batch-sizes), then writes
+everything into summary.json["diagnosis"] and re-renders report.html.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,7 +39,9 @@ def _loss_on(loaded: Any, dataset: Any) -> float:
     from trainlab.data.loaders import make_loader
     from trainlab.engine.loop import evaluate
 
-    loader = make_loader(dataset, loaded.config.data.eval_batch_size or 256, shuffle=False, device=loaded.device)
+    loader = make_loader(
+        dataset, loaded.config.data.eval_batch_size or 256, shuffle=False, device=loaded.device
+    )
     return evaluate(loaded.model, loader, loaded.loss_fn, None, loaded.device)[0]["loss"]
 
 
@@ -58,12 +62,20 @@ def _holdout(loaded: Any) -> dict[str, Any] | None:
     info, b, d = loaded.bundle.info, loaded.bundle, loaded.config.data
     named = info.get("holdout_split")
     if named in ("val", "test") and getattr(b, named) is not None and len(getattr(b, named)):
-        return {"loss": _loss_on(loaded, getattr(b, named)), "source": f"{named} split (declared by the data source)"}
+        return {
+            "loss": _loss_on(loaded, getattr(b, named)),
+            "source": f"{named} split (declared by the data source)",
+        }
     # `val_from` when the splitter records it; else: splits.split_source only cuts anything (and
     # records "stratified") when the source has no validation set of its own
-    val_from = info.get("val_from") or ("k_fold" if d.k_fold else "val_fraction" if "stratified" in info and d.val_fraction > 0 else None)
+    val_from = info.get("val_from") or (
+        "k_fold" if d.k_fold else "val_fraction" if "stratified" in info and d.val_fraction > 0 else None
+    )
     if val_from in ("val_fraction", "k_fold") and b.val is not None and len(b.val):
-        return {"loss": _loss_on(loaded, b.val), "source": "validation split (random, from the training data)"}
+        return {
+            "loss": _loss_on(loaded, b.val),
+            "source": "validation split (random, from the training data)",
+        }
     return None
 
 
@@ -84,11 +96,17 @@ def shallower_model(model_cfg: dict[str, Any]) -> dict[str, Any]:
         linear = [i for i, item in enumerate(layers) if isinstance(item, dict) and "Linear" in item]
         if len(linear) >= 3 and all(isinstance(layers[i]["Linear"], list) for i in (linear[0], linear[-1])):
             first, last = layers[linear[0]]["Linear"], layers[linear[-1]]["Linear"]
-            cfg["layers"] = [*layers[: linear[1]], {"Linear": [first[1], last[1], *last[2:]]}, *layers[linear[-1] + 1:]]
+            cfg["layers"] = [
+                *layers[: linear[1]],
+                {"Linear": [first[1], last[1], *last[2:]]},
+                *layers[linear[-1] + 1 :],
+            ]
             return cfg
-    raise ConfigError(f"--compare-shallow: no shallower variant is known for model.name {name!r} (it works for `mlp` "
-                      "with 2+ hidden layers and `sequential` with 3+ `Linear: [in, out]` layers); train a shallower "
-                      "model on the same data yourself and compare its final training loss.")
+    raise ConfigError(
+        f"--compare-shallow: no shallower variant is known for model.name {name!r} (it works for `mlp` "
+        "with 2+ hidden layers and `sequential` with 3+ `Linear: [in, out]` layers); train a shallower "
+        "model on the same data yourself and compare its final training loss."
+    )
 
 
 def _compare_shallow(loaded: Any) -> dict[str, Any]:
@@ -109,7 +127,11 @@ def _epoch_rows(run_dir: Path, split: str) -> list[dict[str, Any]]:
     from trainlab.logging import RunDir
 
     rd = RunDir.open(run_dir)
-    return [r for r in rd.read_metrics() if r.get("split") == split and r.get("kind", "epoch") == "epoch" and "loss" in r]
+    return [
+        r
+        for r in rd.read_metrics()
+        if r.get("split") == split and r.get("kind", "epoch") == "epoch" and "loss" in r
+    ]
 
 
 def _last_weights(loaded: Any) -> tuple[torch.nn.Module, str]:
@@ -159,8 +181,13 @@ def _auto_shallow(loaded: Any, base: float, large: float = 0.3) -> bool:
 
     train = _curve(loaded.history, "train")
     seconds = loaded.summary.get("train_time_seconds")
-    if loaded.summary.get("status") == "failed" or not train or not all(math.isfinite(v) for v in train) \
-            or min(train) <= large * base or seconds is None:
+    if (
+        loaded.summary.get("status") == "failed"
+        or not train
+        or not all(math.isfinite(v) for v in train)
+        or min(train) <= large * base
+        or seconds is None
+    ):
         return False  # a diverged run is a numerical failure whatever a shallower model does
     try:
         shallower_model(loaded.config.to_dict()["model"])
@@ -169,14 +196,15 @@ def _auto_shallow(loaded: Any, base: float, large: float = 0.3) -> bool:
     return seconds <= SHALLOW_AUTO_SECONDS
 
 
-def doctor(run_dir: str | Path, compare_shallow: bool | None = None, batch_sizes: bool = False,
-           hvp_budget: int = 20) -> dict[str, Any]:
+def doctor(
+    run_dir: str | Path, compare_shallow: bool | None = None, batch_sizes: bool = False, hvp_budget: int = 20
+) -> dict[str, Any]:
     """Diagnose a finished (or failed) run; writes summary.json["diagnosis"] and returns it.
 
     compare_shallow: True trains a shallower model on the same data and budget, False never does,
     None (the default) does when it is cheap and would change the answer (see `_auto_shallow`)."""
-    from trainlab.logging import RunDir
     from trainlab.finished import load_run
+    from trainlab.logging import RunDir
 
     loaded = load_run(run_dir)
     bundle, summary = loaded.bundle, loaded.summary
@@ -195,11 +223,19 @@ def doctor(run_dir: str | Path, compare_shallow: bool | None = None, batch_sizes
         shallow["automatic"] = auto  # trained without --compare-shallow because it was cheap
     diverged = summary.get("status") == "failed"
     try:
-        diagnosis = verdict(loaded.history, base, shallow=shallow, holdout=_holdout(loaded), diverged=diverged,
-                            gradient_health=health)
+        diagnosis = verdict(
+            loaded.history,
+            base,
+            shallow=shallow,
+            holdout=_holdout(loaded),
+            diverged=diverged,
+            gradient_health=health,
+        )
     except ValueError as e:  # no training rows: metrics.jsonl missing, empty or cut short
-        raise TrainlabError(f"doctor: {Path(run_dir) / 'metrics.jsonl'}: {e}; the file is missing, empty or was cut "
-                            f"short before an epoch ended, so there is no loss curve to diagnose") from None
+        raise TrainlabError(
+            f"doctor: {Path(run_dir) / 'metrics.jsonl'}: {e}; the file is missing, empty or was cut "
+            f"short before an epoch ended, so there is no loss curve to diagnose"
+        ) from None
     if shallow is not None:
         diagnosis["shallow"] = shallow
     diagnosis["numbers"]["train_loss_best_weights"] = _loss_on(loaded, bundle.train)  # eval mode, no dropout
@@ -225,39 +261,63 @@ def format_diagnosis(d: dict[str, Any]) -> str:
     lines += [f"  - {s}" for s in d["next_steps"]]
     sh = d.get("shallow")
     if sh:
-        lines += ["", f"shallower model: training loss {sh['loss']:.4g} ({sh['run_dir']}"
-                  + ("; trained because this run was cheap, --no-compare-shallow skips it)" if sh.get("automatic") else ")")]
+        lines += [
+            "",
+            f"shallower model: training loss {sh['loss']:.4g} ({sh['run_dir']}"
+            + (
+                "; trained because this run was cheap, --no-compare-shallow skips it)"
+                if sh.get("automatic")
+                else ")"
+            ),
+        ]
     cp = d.get("critical_point") or {}
     if cp:
         lines += ["", f"critical point: {cp['kind']}"]
         if "error" in cp:
             lines.append(f"  ({cp['error']})")
         else:
-            lines.append(f"  loss {cp['loss']:.4g}, gradient norm {cp['grad_norm']:.3g} ({cp['grad_norm_relative']:.3g} × loss), "
-                         f"Hessian eigenvalues from {cp['lambda_min']:.4g} to {cp['lambda_max']:.4g} "
-                         f"({cp['hvps']} Hessian-vector products, batch of {cp.get('batch_size', '?')}, "
-                         f"{cp.get('weights', 'best')} weights)")
+            lines.append(
+                f"  loss {cp['loss']:.4g}, gradient norm {cp['grad_norm']:.3g} "
+                f"({cp['grad_norm_relative']:.3g} × loss), Hessian eigenvalues from {cp['lambda_min']:.4g} "
+                f"to {cp['lambda_max']:.4g} ({cp['hvps']} Hessian-vector products, "
+                f"batch of {cp.get('batch_size', '?')}, {cp.get('weights', 'best')} weights)"
+            )
             esc = cp.get("escape")
             if esc:
-                lines.append(f"  a step of {esc['step']:.3g} along the negative-curvature direction takes the loss from "
-                             f"{esc['loss_before']:.6g} to {esc['loss_after']:.6g}")
+                lines.append(
+                    f"  a step of {esc['step']:.3g} along the negative-curvature direction takes the loss "
+                    f"from {esc['loss_before']:.6g} to {esc['loss_after']:.6g}"
+                )
     gh = d.get("gradient_health") or {}
     if gh:
-        lines += ["", "gradient health: " + ("no problem found" if gh.get("healthy") else "problems found")
-                  + f" (from {gh.get('source', '?')})"]
+        lines += [
+            "",
+            "gradient health: "
+            + ("no problem found" if gh.get("healthy") else "problems found")
+            + f" (from {gh.get('source', '?')})",
+        ]
         lines += [f"  - {m}" for m in gh.get("messages", [])]
     bs = d.get("batch_sizes")
     if bs:
         lines += ["", "batch size   time/update   samples/s   time/epoch"]
-        lines += [f"  {r['batch_size']:>9}   {r['time_per_update'] * 1e3:>8.3f} ms   {r['samples_per_second']:>9.0f}   "
-                  f"{r['time_per_epoch']:>8.3f} s" for r in bs["rows"]]
+        lines += [
+            f"  {r['batch_size']:>9}   {r['time_per_update'] * 1e3:>8.3f} ms   "
+            f"{r['samples_per_second']:>9.0f}   {r['time_per_epoch']:>8.3f} s"
+            for r in bs["rows"]
+        ]
         if bs.get("largest_free_batch"):
-            lines.append(f"  larger batches cost about the same time per update up to {bs['largest_free_batch']}")
+            lines.append(
+                f"  larger batches cost about the same time per update up to {bs['largest_free_batch']}"
+            )
     return "\n".join(lines)
 
 
-def lr_find(config: str | Path | dict | None, overrides: list[str] | dict | None = None, out: str | Path | None = None,
-            **kwargs: Any) -> dict[str, Any]:
+def lr_find(
+    config: str | Path | dict | None,
+    overrides: list[str] | dict | None = None,
+    out: str | Path | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """LR range test on the pipeline a config builds (model, loss, optimizer, train loader); saves
     the plot to `out` (a .png path or a folder). By default the plot goes beside the runs it tunes:
     the latest run folder of the config's name (runs/<name>, or runs/<name>-N when that exists),
@@ -269,7 +329,9 @@ def lr_find(config: str | Path | dict | None, overrides: list[str] | dict | None
 
     cfg = load_config(config, overrides or [])
     pipe = build_pipeline(cfg)
-    result = lr_range_test(pipe.model, pipe.loss_fn, pipe.optimizer, pipe.train_loader, device=pipe.device, **kwargs)
+    result = lr_range_test(
+        pipe.model, pipe.loss_fn, pipe.optimizer, pipe.train_loader, device=pipe.device, **kwargs
+    )
     path = Path(out) if out is not None else default_run_dir(cfg, existing=True)
     if path.suffix.lower() != ".png":
         path = path / "lr_find.png"
@@ -282,12 +344,20 @@ def format_lr_find(r: dict[str, Any]) -> str:
     def lr(v: float | None) -> str:
         return f"{v:.2e}" if v is not None else "none (the loss did not clearly fall at any LR of the test)"
 
-    lines = [f"LR range test ({r.get('optimizer', '')}, {len(r['all_lrs'])} steps from {r['all_lrs'][0]:.1e} "
-             f"to {r['all_lrs'][-1]:.1e}{', stopped: the loss diverged' if r['stopped_early'] else ''})" if r["all_lrs"]
-             else "LR range test: the first step already gave a non-finite loss"]
-    lines.append(f"suggested learning rate:       {lr(r['suggestion_steepest'])}" + (
-        " (where the smoothed loss falls fastest, at most a tenth of the LR with the lowest loss)"
-        if r["suggestion_steepest"] is not None else ""))
+    lines = [
+        f"LR range test ({r.get('optimizer', '')}, {len(r['all_lrs'])} steps from {r['all_lrs'][0]:.1e} "
+        f"to {r['all_lrs'][-1]:.1e}{', stopped: the loss diverged' if r['stopped_early'] else ''})"
+        if r["all_lrs"]
+        else "LR range test: the first step already gave a non-finite loss"
+    ]
+    lines.append(
+        f"suggested learning rate:       {lr(r['suggestion_steepest'])}"
+        + (
+            " (where the smoothed loss falls fastest, at most a tenth of the LR with the lowest loss)"
+            if r["suggestion_steepest"] is not None
+            else ""
+        )
+    )
     lines.append(f"a cautious choice (valley):    {lr(r['suggestion_valley'])}")
     if r.get("divergence_lr"):
         lines.append(f"the loss blows up from about:  {r['divergence_lr']:.2e}")

@@ -19,6 +19,7 @@ can predict the constant, so no model is too simple to reach it. Without a shall
 compare, gradient health flags (vanishing or exploding gradients) also point to optimization;
 only with neither does a large training loss read as model bias.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,10 +27,20 @@ from typing import Any
 
 import torch
 
-VERDICTS = ("ok", "model_bias", "optimization", "overfitting", "mismatch", "overfitting_or_mismatch", "numerical_failure")
+VERDICTS = (
+    "ok",
+    "model_bias",
+    "optimization",
+    "overfitting",
+    "mismatch",
+    "overfitting_or_mismatch",
+    "numerical_failure",
+)
 
 NEXT_STEPS = {
-    "ok": ["Nothing is wrong by the flowchart: try a larger model or more data only if you need a lower loss."],
+    "ok": [
+        "Nothing is wrong by the flowchart: try a larger model or more data only if you need a lower loss."
+    ],
     "model_bias": [
         "Make the model more flexible: more hidden units or layers, better input features.",
         "Check the inputs carry the information the target needs (feature columns, preprocessing).",
@@ -137,11 +148,20 @@ def verdict(
         numbers["holdout_loss"] = float(holdout["loss"])
 
     def out(name: str, explanation: str) -> dict[str, Any]:
-        return {"verdict": name, "explanation": explanation, "next_steps": list(NEXT_STEPS[name]), "numbers": numbers}
+        return {
+            "verdict": name,
+            "explanation": explanation,
+            "next_steps": list(NEXT_STEPS[name]),
+            "numbers": numbers,
+        }
 
     losses = train + val + [numbers.get("shallow_train_loss", 0.0), numbers.get("holdout_loss", 0.0)]
     if diverged or not all(math.isfinite(x) for x in losses):
-        return out("numerical_failure", "The loss became NaN or infinite: the run diverged numerically, so the curves say nothing about the model.")
+        return out(
+            "numerical_failure",
+            "The loss became NaN or infinite: the run diverged numerically, "
+            "so the curves say nothing about the model.",
+        )
     if not train:
         raise ValueError("the history has no training loss rows (split 'train')")
     base = max(baseline_loss, 1e-12)
@@ -152,67 +172,150 @@ def verdict(
         return loss > 2 * train_loss and loss - train_loss > gap * base
 
     if train_loss > large * base:
-        head = (f"The training loss ({_fmt(train_loss)}) is large: {_times(numbers['train_ratio'])} what predicting "
-                f"a constant achieves ({_fmt(baseline_loss)}). ")
+        head = (
+            f"The training loss ({_fmt(train_loss)}) is large: {_times(numbers['train_ratio'])} what "
+            f"predicting a constant achieves ({_fmt(baseline_loss)}). "
+        )
         flags = (gradient_health or {}).get("flags", {})
-        bad_gradients = [m for m in (gradient_health or {}).get("messages", [])
-                         if m.startswith(("vanishing", "exploding"))] if flags.get("vanishing") or flags.get("exploding") else []
+        bad_gradients = (
+            [
+                m
+                for m in (gradient_health or {}).get("messages", [])
+                if m.startswith(("vanishing", "exploding"))
+            ]
+            if flags.get("vanishing") or flags.get("exploding")
+            else []
+        )
         evidence = (" The gradient health agrees: " + " ".join(bad_gradients)) if bad_gradients else ""
         shallow_better = shallow is not None and numbers["shallow_train_loss"] < train_loss * 0.9
         if shallow_better:
-            evidence = (f" A shallower model reached a lower training loss ({_fmt(numbers['shallow_train_loss'])}) "
-                        "with the same budget." + evidence)
+            evidence = (
+                f" A shallower model reached a lower training loss ({_fmt(numbers['shallow_train_loss'])}) "
+                "with the same budget." + evidence
+            )
         if train_loss > base:
             far = numbers["train_ratio"] > 2
-            result = out("optimization", head + (
-                "Any model with an output bias can predict that constant, so the model is not too simple: "
-                + ("the optimizer made the loss far worse than not training at all (an optimization failure; most often "
-                   "too large a learning rate)." if far else
-                   "training got nowhere (an optimization failure).") + evidence))
+            result = out(
+                "optimization",
+                head
+                + (
+                    "Any model with an output bias can predict that constant, "
+                    "so the model is not too simple: "
+                    + (
+                        "the optimizer made the loss far worse than not training at all (an optimization "
+                        "failure; most often too large a learning rate)."
+                        if far
+                        else "training got nowhere (an optimization failure)."
+                    )
+                    + evidence
+                ),
+            )
             if far:
-                result["next_steps"].insert(0, "Lower the learning rate (`trainlab lr-find` suggests one) or clip gradients "
-                                               "(train.grad_clip): the loss ended far above the constant baseline.")
+                result["next_steps"].insert(
+                    0,
+                    "Lower the learning rate (`trainlab lr-find` suggests one) or clip gradients "
+                    "(train.grad_clip): the loss ended far above the constant baseline.",
+                )
             return result
         if shallow_better:
-            return out("optimization", head + evidence.lstrip() + (
-                " The deeper model can represent everything the shallower one can, so it is not too simple: "
-                "the optimizer failed to find its good weights (an optimization issue)."))
+            return out(
+                "optimization",
+                head
+                + evidence.lstrip()
+                + (
+                    " The deeper model can represent everything the shallower one can, "
+                    "so it is not too simple: the optimizer failed to find its good "
+                    "weights (an optimization issue)."
+                ),
+            )
         if shallow is None and bad_gradients:
-            return out("optimization", head + (
-                "Its gradients are unhealthy: " + " ".join(bad_gradients) + " Layers that barely receive (or are swamped by) "
-                "gradient do not train, so the model's capacity is not used: most likely an optimization issue, not a "
-                "model that is too simple (--compare-shallow trains a shallower model to confirm)."))
-        tail = ("A shallower model did no better, so " if shallow is not None else
-                "The gradients look healthy and no shallower model was compared (--compare-shallow), so an optimization "
-                "issue is not ruled out, but most likely ")
-        return out("model_bias", head + tail + "the model is too simple to fit the data (model bias): no setting of its weights fits well.")
+            return out(
+                "optimization",
+                head
+                + (
+                    "Its gradients are unhealthy: "
+                    + " ".join(bad_gradients)
+                    + " Layers that barely receive (or are swamped by) "
+                    "gradient do not train, so the model's capacity is not used: "
+                    "most likely an optimization issue, not a model that is too simple (--compare-shallow "
+                    "trains a shallower model to confirm)."
+                ),
+            )
+        tail = (
+            "A shallower model did no better, so "
+            if shallow is not None
+            else "The gradients look healthy and no shallower model was compared (--compare-shallow), "
+            "so an optimization issue is not ruled out, but most likely "
+        )
+        return out(
+            "model_bias",
+            head
+            + tail
+            + "the model is too simple to fit the data (model bias): no setting of its weights fits well.",
+        )
 
-    ok_head = f"The training loss is small ({_fmt(train_loss)}, {numbers['train_ratio']:.0%} of the constant-prediction baseline {_fmt(baseline_loss)}). "
+    ok_head = (
+        f"The training loss is small ({_fmt(train_loss)}, {numbers['train_ratio']:.0%} of the "
+        f"constant-prediction baseline {_fmt(baseline_loss)}). "
+    )
     if not val:
         return out("ok", ok_head + "There is no validation loss to check generalisation against.")
     val_loss = numbers["val_loss_best"]
     if not is_gap(val_loss):
-        return out("ok", ok_head + f"The validation loss ({_fmt(val_loss)}) is close to it: the model fits and generalises.")
-    head = ok_head + f"The validation loss is much larger ({_fmt(val_loss)} at best, {_fmt(val[-1])} at the end). "
+        return out(
+            "ok",
+            ok_head
+            + f"The validation loss ({_fmt(val_loss)}) is close to it: the model fits and generalises.",
+        )
+    head = (
+        ok_head
+        + f"The validation loss is much larger ({_fmt(val_loss)} at best, {_fmt(val[-1])} at the end). "
+    )
     if holdout is not None:
         # Which explains the gap? Held-out loss at least halfway from the training loss to the
         # validation loss: the model does not generalise even within its own distribution.
         h = numbers["holdout_loss"]
         if is_gap(h) and h - train_loss >= 0.5 * (val_loss - train_loss):
-            return out("overfitting", head + (
-                f"Held-out data from the training distribution is also poorly predicted ({_fmt(numbers['holdout_loss'])}): "
-                "the model memorised its training samples instead of learning the pattern (overfitting)."))
-        return out("mismatch", head + (
-            f"Yet held-out data from the training distribution is predicted about as well as the training data "
-            f"({_fmt(h)}): the validation data follow a different distribution (mismatch)."
-            + (" Part of the gap is overfitting too." if is_gap(h) else "")))
+            return out(
+                "overfitting",
+                head
+                + (
+                    "Held-out data from the training distribution is also poorly predicted "
+                    f"({_fmt(numbers['holdout_loss'])}): the model memorised its training samples instead of "
+                    "learning the pattern (overfitting)."
+                ),
+            )
+        return out(
+            "mismatch",
+            head
+            + (
+                "Yet held-out data from the training distribution is predicted about as well as the "
+                f"training data ({_fmt(h)}): the validation data follow a different distribution (mismatch)."
+                + (" Part of the gap is overfitting too." if is_gap(h) else "")
+            ),
+        )
     # No held-out set: a validation loss that rose well above its best while the training loss kept
     # falling is the classic overfitting curve; otherwise the two cannot be told apart.
-    rose = val[-1] > 1.5 * val_loss and numbers["val_best_epoch"] < len(val) and train[-1] <= train[min(numbers["val_best_epoch"], len(train)) - 1]
+    rose = (
+        val[-1] > 1.5 * val_loss
+        and numbers["val_best_epoch"] < len(val)
+        and train[-1] <= train[min(numbers["val_best_epoch"], len(train)) - 1]
+    )
     if rose:
-        return out("overfitting", head + (
-            f"The validation loss was lowest at epoch {numbers['val_best_epoch']} and rose afterwards while the training loss "
-            "kept falling: the model started memorising the training samples (overfitting)."))
-    return out("overfitting_or_mismatch", head + (
-        "This is overfitting or a mismatch between training and validation data; a held-out set drawn from the "
-        "training data would tell them apart."))
+        return out(
+            "overfitting",
+            head
+            + (
+                f"The validation loss was lowest at epoch {numbers['val_best_epoch']} and rose afterwards "
+                "while the training loss kept falling: the model started memorising the "
+                "training samples (overfitting)."
+            ),
+        )
+    return out(
+        "overfitting_or_mismatch",
+        head
+        + (
+            "This is overfitting or a mismatch between training and validation data; "
+            "a held-out set drawn from the training data would tell them apart."
+        ),
+    )

@@ -12,6 +12,7 @@ each time) and writes one row per layer per epoch to `<run_dir>/layer_stats.json
 plus, when `track_dead_relu`, rows {"epoch", "step", "layer", "dead_fraction"} for nn.ReLU modules
 (functional F.relu calls are invisible to module hooks).
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,9 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b > 0 and math.isfinite(a) else None
 
 
-def gradient_snapshot(model: nn.Module, loss_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor]) -> list[dict[str, Any]]:
+def gradient_snapshot(
+    model: nn.Module, loss_fn: Callable, batch: tuple[torch.Tensor, torch.Tensor]
+) -> list[dict[str, Any]]:
     """Rows for one backward pass on `batch` (no training needed: e.g. at initialisation).
 
     The model's mode and existing `.grad`s are left as they were.
@@ -60,15 +63,26 @@ def gradient_snapshot(model: nn.Module, loss_fn: Callable, batch: tuple[torch.Te
     rows = []
     for name, ps in layers:
         w, g = float(_norms(list(ps))), float(_norms([by_param[id(p)] for p in ps]))
-        rows.append({"epoch": 0, "step": 0, "layer": name, "weight_norm": w, "grad_norm": g,
-                     "grad_to_weight": _ratio(g, w), "update_ratio": None})
+        rows.append(
+            {
+                "epoch": 0,
+                "step": 0,
+                "layer": name,
+                "weight_norm": w,
+                "grad_norm": g,
+                "grad_to_weight": _ratio(g, w),
+                "update_ratio": None,
+            }
+        )
     return rows
 
 
 class LayerStatsCallback(Callback):
     """Records per-layer statistics during training (see the module docstring)."""
 
-    def __init__(self, run_dir: str | Path | None = None, every_n_steps: int = 25, track_dead_relu: bool = False):
+    def __init__(
+        self, run_dir: str | Path | None = None, every_n_steps: int = 25, track_dead_relu: bool = False
+    ):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.every_n_steps = max(1, every_n_steps)
         self.track_dead_relu = track_dead_relu
@@ -121,12 +135,27 @@ class LayerStatsCallback(Callback):
             w = float(_norms(weights[i]))
             delta = float(_norms([a - b for a, b in zip(weights[i], self._previous[i])]))
             g = float(self._grad_sum[i] / self._samples) if self._samples else None
-            rows.append({"epoch": epoch, "step": step, "layer": name, "weight_norm": w, "grad_norm": g,
-                         "grad_norm_max": float(self._grad_max[i]) if self._samples else None,
-                         "grad_to_weight": _ratio(g, w) if g is not None else None,
-                         "update_ratio": _ratio(delta, float(_norms(self._previous[i])))})
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "layer": name,
+                    "weight_norm": w,
+                    "grad_norm": g,
+                    "grad_norm_max": float(self._grad_max[i]) if self._samples else None,
+                    "grad_to_weight": _ratio(g, w) if g is not None else None,
+                    "update_ratio": _ratio(delta, float(_norms(self._previous[i]))),
+                }
+            )
         for name, fractions in self._dead.items():
-            rows.append({"epoch": epoch, "step": step, "layer": name, "dead_fraction": sum(fractions) / len(fractions)})
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "layer": name,
+                    "dead_fraction": sum(fractions) / len(fractions),
+                }
+            )
         self._previous = weights
         self._grad_sum.zero_()
         self._grad_max.zero_()
@@ -168,8 +197,12 @@ def _short(names: list[str], n: int = 4) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def gradient_health(rows: list[dict[str, Any]], vanish_ratio: float = 1e-3, explode_ratio: float = 1e2,
-                    dead_threshold: float = 0.5) -> dict[str, Any]:
+def gradient_health(
+    rows: list[dict[str, Any]],
+    vanish_ratio: float = 1e-3,
+    explode_ratio: float = 1e2,
+    dead_threshold: float = 0.5,
+) -> dict[str, Any]:
     """Flags from layer-stats rows (of `LayerStatsCallback` or `gradient_snapshot`).
 
     vanishing: layers whose gradient norm is below `vanish_ratio` × the largest gradient norm of the
@@ -188,28 +221,46 @@ def gradient_health(rows: list[dict[str, Any]], vanish_ratio: float = 1e-3, expl
         names = [r["layer"] for r in latest]
         g = [float(r["grad_norm"]) for r in latest]
         result["epoch"] = last_epoch
-        result["layers"] = {r["layer"]: {k: r.get(k) for k in ("grad_norm", "weight_norm", "grad_to_weight", "update_ratio")}
-                            for r in latest}
+        result["layers"] = {
+            r["layer"]: {k: r.get(k) for k in ("grad_norm", "weight_norm", "grad_to_weight", "update_ratio")}
+            for r in latest
+        }
         # vanishing: compare each layer with the strongest gradient downstream of it
-        downstream_max = [max(g[i + 1:]) if i + 1 < len(g) else 0.0 for i in range(len(g))]
-        vanishing = [n for n, gi, dm in zip(names, g, downstream_max) if math.isfinite(dm) and dm > 0 and gi < vanish_ratio * dm]
+        downstream_max = [max(g[i + 1 :]) if i + 1 < len(g) else 0.0 for i in range(len(g))]
+        vanishing = [
+            n
+            for n, gi, dm in zip(names, g, downstream_max)
+            if math.isfinite(dm) and dm > 0 and gi < vanish_ratio * dm
+        ]
         if vanishing:
             flags["vanishing"] = True
             worst = min(gi / dm for gi, dm in zip(g, downstream_max) if dm > 0 and math.isfinite(dm))
-            messages.append(f"vanishing gradients: {_short(vanishing)} get gradients {1 / max(worst, 1e-300):.1e}× "
-                            "smaller than later layers, so they barely train.")
+            messages.append(
+                f"vanishing gradients: {_short(vanishing)} get gradients {1 / max(worst, 1e-300):.1e}× "
+                "smaller than later layers, so they barely train."
+            )
         result["vanishing_layers"] = vanishing
         # exploding: not finite, huge relative to the weights, or growing over training
-        exploding = [r["layer"] for r in latest if not math.isfinite(float(r["grad_norm"]))
-                     or (r.get("grad_to_weight") is not None and r["grad_to_weight"] > explode_ratio)]
+        exploding = [
+            r["layer"]
+            for r in latest
+            if not math.isfinite(float(r["grad_norm"]))
+            or (r.get("grad_to_weight") is not None and r["grad_to_weight"] > explode_ratio)
+        ]
         first_epoch = min(r["epoch"] for r in grad_rows)
         if first_epoch != last_epoch:
             first = {r["layer"]: float(r["grad_norm"]) for r in grad_rows if r["epoch"] == first_epoch}
-            exploding += [n for n, gi in zip(names, g) if first.get(n, 0) > 0 and gi > first[n] / vanish_ratio and n not in exploding]
+            exploding += [
+                n
+                for n, gi in zip(names, g)
+                if first.get(n, 0) > 0 and gi > first[n] / vanish_ratio and n not in exploding
+            ]
         if exploding:
             flags["exploding"] = True
-            messages.append(f"exploding gradients: {_short(exploding)} have gradients that are not finite, "
-                            f"more than {explode_ratio:g}× their weights' norm, or grew over 1000× during training.")
+            messages.append(
+                f"exploding gradients: {_short(exploding)} have gradients that are not finite, "
+                f"more than {explode_ratio:g}× their weights' norm, or grew over 1000× during training."
+            )
         result["exploding_layers"] = exploding
     dead_rows = [r for r in rows if r.get("dead_fraction") is not None]
     if dead_rows:
@@ -219,8 +270,10 @@ def gradient_health(rows: list[dict[str, Any]], vanish_ratio: float = 1e-3, expl
         bad = [n for n, f in dead.items() if f > dead_threshold]
         if bad:
             flags["dead_relu"] = True
-            messages.append(f"dead ReLU units: {_short(bad)} have more than {dead_threshold:.0%} of their units never "
-                            "active; lower the learning rate or use LeakyReLU/GELU.")
+            messages.append(
+                f"dead ReLU units: {_short(bad)} have more than {dead_threshold:.0%} of their units never "
+                "active; lower the learning rate or use LeakyReLU/GELU."
+            )
         result["dead_relu_layers"] = bad
     result["healthy"] = not any(flags.values())
     return result

@@ -11,6 +11,7 @@ from m such products whose extreme eigenvalues converge to H's extremes from the
 come from the same m products (power iteration would need a second run on H − λI for the other
 end and converges much more slowly). With m ≥ the number of parameters the answer is exact.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,7 @@ def lanczos_extremes(
         t = t + torch.diag(off, 1) + torch.diag(off, -1)
     evals, evecs = torch.linalg.eigh(t)  # ascending; T = Y diag(evals) Yᵀ
     q = torch.stack(basis)  # (m, n)
-    to_vec = lambda y: (y.to(like) @ q)  # noqa: E731 -- Ritz vector Q y, unit length since Q is orthonormal
+    to_vec = lambda y: y.to(like) @ q  # noqa: E731 -- Ritz vector Q y, unit length since Q is orthonormal
     return {
         "lambda_min": float(evals[0]),
         "lambda_max": float(evals[-1]),
@@ -69,7 +70,9 @@ def lanczos_extremes(
     }
 
 
-def hutchinson_trace(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, samples: int, like: torch.Tensor, seed: int = 1) -> dict[str, float]:
+def hutchinson_trace(
+    hvp: Callable[[torch.Tensor], torch.Tensor], n: int, samples: int, like: torch.Tensor, seed: int = 1
+) -> dict[str, float]:
     """tr(H) ≈ mean of zᵀHz over Rademacher vectors z (unbiased), with its standard error."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     values = []
@@ -81,7 +84,9 @@ def hutchinson_trace(hvp: Callable[[torch.Tensor], torch.Tensor], n: int, sample
     return {"trace": mean, "trace_stderr": math.sqrt(var / len(values)), "samples": len(values)}
 
 
-def _classify(grad_rel: float, lam_min: float, lam_max: float, grad_tol: float, tol: float | None) -> tuple[str, float]:
+def _classify(
+    grad_rel: float, lam_min: float, lam_max: float, grad_tol: float, tol: float | None
+) -> tuple[str, float]:
     scale = max(abs(lam_min), abs(lam_max))
     tol = 1e-3 * scale + 1e-8 if tol is None else tol  # "zero" relative to the largest curvature
     if grad_rel > grad_tol:
@@ -114,7 +119,9 @@ def _critical_point(
     def hvp(v: torch.Tensor) -> torch.Tensor:
         # ∂(g·v)/∂θ = Hv; retain_graph so the same gradient graph serves every product
         hv = torch.autograd.grad(g, params, grad_outputs=v, retain_graph=True, allow_unused=True)
-        return torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hv, params)]).detach()
+        return torch.cat(
+            [(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hv, params)]
+        ).detach()
 
     loss_value = float(loss.detach())
     grad_norm = float(g.detach().norm())
@@ -193,7 +200,9 @@ def critical_point_of_function(
         with torch.no_grad():
             point.add_(delta)
 
-    return _critical_point(lambda: f(point), [point], shift, hvp_budget, grad_tol, tol, escape_step, trace_samples, seed)
+    return _critical_point(
+        lambda: f(point), [point], shift, hvp_budget, grad_tol, tol, escape_step, trace_samples, seed
+    )
 
 
 def critical_point(
@@ -236,7 +245,9 @@ def critical_point(
 
     try:
         with torch.enable_grad():
-            return _critical_point(loss, params, shift, hvp_budget, grad_tol, tol, escape_step, trace_samples, seed)
+            return _critical_point(
+                loss, params, shift, hvp_budget, grad_tol, tol, escape_step, trace_samples, seed
+            )
     finally:
         with torch.no_grad():
             for p, s in zip(params, saved):

@@ -16,6 +16,7 @@ loss exceeds `diverge_factor` × the best one or a loss is not finite. Then it s
             lands 10-30x below the LR that trains well, so it is only a cautious second opinion.
 The model, optimizer and random-number generators are restored exactly afterwards.
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,8 +44,9 @@ def _centred_mean(x: np.ndarray, y: np.ndarray, half_width: float) -> np.ndarray
     return (near * y[None, :]).sum(1) / near.sum(1)
 
 
-def suggest_steepest(lrs: list[float], losses: list[float], half_width: float = 0.15,
-                     min_fall: float = 0.02) -> float | None:
+def suggest_steepest(
+    lrs: list[float], losses: list[float], half_width: float = 0.15, min_fall: float = 0.02
+) -> float | None:
     """The LR where the loss, averaged over ±`half_width` decades, falls fastest against log10(lr)
     within the descent (from the highest loss before the lowest one down to the lowest one), at
     most a tenth of the LR with the lowest loss. None
@@ -107,7 +109,8 @@ def lr_range_test(
     skip_end: int = 5,
     device: torch.device | str | None = None,
 ) -> dict[str, Any]:
-    """Run the range test; returns {suggestion (= suggestion_steepest), lrs, losses (smoothed, trimmed), all_lrs, all_losses, raw_losses,
+    """Run the range test; returns {suggestion (= suggestion_steepest), lrs, losses (smoothed, trimmed),
+    all_lrs, all_losses, raw_losses,
     suggestion_steepest, suggestion_valley, stopped_early, stop_lr (where it stopped), divergence_lr
     (where the loss began to blow up)}.
 
@@ -192,8 +195,10 @@ def plot_lr_find(result: dict[str, Any], path: str | Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result["lrs"], result["losses"], color="C0", label="smoothed loss")
-    for key, color, label in (("suggestion_steepest", "C1", "suggested (steepest)"),
-                              ("suggestion_valley", "C2", "valley (cautious)")):
+    for key, color, label in (
+        ("suggestion_steepest", "C1", "suggested (steepest)"),
+        ("suggestion_valley", "C2", "valley (cautious)"),
+    ):
         lr = result.get(key)
         if lr is not None:
             ax.axvline(lr, color=color, linestyle="--", label=f"{label}: {lr:.2e}")
@@ -205,4 +210,3 @@ def plot_lr_find(result: dict[str, Any], path: str | Path) -> Path:
     from trainlab.report.plots import save_figure
 
     return save_figure(fig, path)
-

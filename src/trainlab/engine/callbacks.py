@@ -17,13 +17,21 @@ Hooks a callback does not override are not called at all, so unused hooks cost n
     on_train_end(logs)             logs: {"status", "epoch", "step"}, and "test" (test metrics) in a
                                    config run, "history" in a Trainer run
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from trainlab.engine.monitor import Monitor
 
-HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_after_backward", "on_epoch_end", "on_train_end")
+HOOKS = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_batch_end",
+    "on_after_backward",
+    "on_epoch_end",
+    "on_train_end",
+)
 
 
 class Callback:
@@ -47,7 +55,9 @@ class CallbackList:
 
     def __init__(self, callbacks: list[Callback]):
         self.callbacks = list(callbacks)
-        self._by_hook = {h: [c for c in self.callbacks if getattr(type(c), h) is not getattr(Callback, h)] for h in HOOKS}
+        self._by_hook = {
+            h: [c for c in self.callbacks if getattr(type(c), h) is not getattr(Callback, h)] for h in HOOKS
+        }
 
     def has(self, hook: str) -> bool:
         return bool(self._by_hook[hook])
@@ -62,7 +72,8 @@ class CallbackList:
 
 
 class EarlyStopping(Callback):
-    """Stops when the monitored value has not improved (by the monitor's `min_delta`) for `patience` epochs."""
+    """Stops when the monitored value has not improved (by the monitor's `min_delta`)
+    for `patience` epochs."""
 
     def __init__(self, monitor: Monitor, patience: int):
         self.monitor, self.patience = monitor, patience
@@ -81,13 +92,19 @@ class EarlyStopping(Callback):
         self.wait += 1
         if self.wait >= self.patience:
             self.stop_training = True
-            self.stop_reason = (f"early stopping at epoch {epoch}: {self.monitor.name} did not improve for "
-                                f"{self.patience} epochs (best {self.best:.4g} at epoch {self.best_epoch}; "
-                                f"train.early_stopping.patience={self.patience})")
+            self.stop_reason = (
+                f"early stopping at epoch {epoch}: {self.monitor.name} did not improve for "
+                f"{self.patience} epochs (best {self.best:.4g} at epoch {self.best_epoch}; "
+                f"train.early_stopping.patience={self.patience})"
+            )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait": self.wait, "stop_training": self.stop_training,
-                "best_epoch": self.best_epoch}
+        return {
+            "best": self.best,
+            "wait": self.wait,
+            "stop_training": self.stop_training,
+            "best_epoch": self.best_epoch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.wait, self.stop_training = state["best"], state["wait"], state["stop_training"]

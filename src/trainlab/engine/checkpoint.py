@@ -8,6 +8,7 @@ previous checkpoint intact; a kill between the two renames leaves a finished tem
 Loading: `torch.load(weights_only=True)` only — no fallback, whatever the environment says — so a
 malicious pickle is refused without running anything. A checkpoint holds plain types only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,7 +40,9 @@ def _fsync_dir(folder: Path) -> None:
 def _write_tmp(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)  # a run's checkpoints/ appears with its first checkpoint
+        path.parent.mkdir(
+            parents=True, exist_ok=True
+        )  # a run's checkpoints/ appears with its first checkpoint
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -47,7 +50,9 @@ def _write_tmp(path: Path, data: bytes) -> Path:
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror} (the previous checkpoint is intact)") from None
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {e.strerror} (the previous checkpoint is intact)"
+        ) from None
     return tmp
 
 
@@ -106,7 +111,14 @@ def _no_unsafe_env():
 # the type of each: loading checks them, so that a foreign or damaged file is a CheckpointError naming
 # what is missing instead of a KeyError deep inside a resume.
 TRAINING_STATE: dict[str, type | tuple[type, ...]] = {
-    "model": dict, "optimizer": dict, "epoch": int, "global_step": int, "best": dict, "history": list, "rng": dict}
+    "model": dict,
+    "optimizer": dict,
+    "epoch": int,
+    "global_step": int,
+    "best": dict,
+    "history": list,
+    "rng": dict,
+}
 # A run directory's checkpoints also hold the resolved config (a Python `Trainer`'s need not).
 RUN_STATE: dict[str, type | tuple[type, ...]] = {**TRAINING_STATE, "config": dict}
 
@@ -114,27 +126,42 @@ RUN_STATE: dict[str, type | tuple[type, ...]] = {**TRAINING_STATE, "config": dic
 def check_structure(state: Any, path: Path, need: dict[str, type | tuple[type, ...]]) -> None:
     """Refuse a checkpoint that lacks a key of `need` or holds a value of another type there."""
     if not isinstance(state, dict):
-        raise CheckpointError(f"not a trainlab checkpoint: {path} holds a {type(state).__name__}, not a dict of "
-                              f"training state ({', '.join(need) or 'keys'})")
+        raise CheckpointError(
+            f"not a trainlab checkpoint: {path} holds a {type(state).__name__}, not a dict of "
+            f"training state ({', '.join(need) or 'keys'})"
+        )
     missing = [k for k in need if k not in state]
     if missing:
-        raise CheckpointError(f"not a trainlab checkpoint: {path} has no {', '.join(missing)} "
-                              f"(it holds: {', '.join(map(str, list(state)[:10])) or 'nothing'})")
+        raise CheckpointError(
+            f"not a trainlab checkpoint: {path} has no {', '.join(missing)} "
+            f"(it holds: {', '.join(map(str, list(state)[:10])) or 'nothing'})"
+        )
     for key, kind in need.items():
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
-            raise CheckpointError(f"not a trainlab checkpoint: {path}: {key!r} is a {type(state[key]).__name__}")
+            raise CheckpointError(
+                f"not a trainlab checkpoint: {path}: {key!r} is a {type(state[key]).__name__}"
+            )
     if "model" in need:
-        bad = [k for k, v in state["model"].items() if not isinstance(k, str)
-               or not (isinstance(v, torch.Tensor) or k.endswith("_extra_state"))]
+        bad = [
+            k
+            for k, v in state["model"].items()
+            if not isinstance(k, str) or not (isinstance(v, torch.Tensor) or k.endswith("_extra_state"))
+        ]
         if bad or not state["model"]:
-            raise CheckpointError(f"not a trainlab checkpoint: {path}: 'model' is not a state dict of named "
-                                  f"tensors{f' (at {str(bad[0])[:60]!r})' if bad else ' (it is empty)'}")
+            raise CheckpointError(
+                f"not a trainlab checkpoint: {path}: 'model' is not a state dict of named "
+                f"tensors{f' (at {str(bad[0])[:60]!r})' if bad else ' (it is empty)'}"
+            )
     if "optimizer" in need and not {"state", "param_groups"} <= set(state["optimizer"]):
-        raise CheckpointError(f"not a trainlab checkpoint: {path}: 'optimizer' is not an optimizer's state dict "
-                              f"(no state and param_groups)")
+        raise CheckpointError(
+            f"not a trainlab checkpoint: {path}: 'optimizer' is not an optimizer's state dict "
+            f"(no state and param_groups)"
+        )
 
 
-def load_checkpoint(path: str | Path, need: dict[str, type | tuple[type, ...]] = TRAINING_STATE) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, need: dict[str, type | tuple[type, ...]] = TRAINING_STATE
+) -> dict[str, Any]:
     """The checkpoint at `path`, loaded safely and checked to hold `need` (default: a trainlab training
     state; {} for any dict of plain values)."""
     path = Path(path)
@@ -145,21 +172,28 @@ def load_checkpoint(path: str | Path, need: dict[str, type | tuple[type, ...]] =
     recorded = _recorded_digest(path)
     if recorded is not None and recorded != digest:
         # A kill between the two renames of a save leaves the new sidecar as a temp file.
-        pending = [p for p in path.parent.glob(f".{sha_path(path).name}{TMP_MARK}*")
-                   if p.read_text().split()[:1] == [digest]]
+        pending = [
+            p
+            for p in path.parent.glob(f".{sha_path(path).name}{TMP_MARK}*")
+            if p.read_text().split()[:1] == [digest]
+        ]
         if pending:
             os.replace(pending[0], sha_path(path))
         else:
-            raise CheckpointError(f"corrupt checkpoint: {path} (its sha256 does not match {sha_path(path).name})")
+            raise CheckpointError(
+                f"corrupt checkpoint: {path} (its sha256 does not match {sha_path(path).name})"
+            )
     try:
         with _no_unsafe_env():
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to load safely means we refuse the file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "Unsupported operand" in str(e):
-            raise CheckpointError(f"unsafe checkpoint refused: {path} holds Python objects that loading would "
-                                  f"execute or construct ({reason[:160]}); trainlab only loads plain tensors and "
-                                  f"numbers") from None
+            raise CheckpointError(
+                f"unsafe checkpoint refused: {path} holds Python objects that loading would "
+                f"execute or construct ({reason[:160]}); trainlab only loads plain tensors and "
+                f"numbers"
+            ) from None
         raise CheckpointError(f"corrupt checkpoint: {path} ({reason[:160]})") from None
     check_structure(state, path, need)
     return state
@@ -167,11 +201,15 @@ def load_checkpoint(path: str | Path, need: dict[str, type | tuple[type, ...]] =
 
 def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
     """Names of the floating-point tensors of a state dict that hold NaN or Inf."""
-    return [k for k, v in state.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
 # ----------------------------------------------------------------------------- RNG state, plain types
+
 
 def rng_state() -> dict[str, Any]:
     """Every random stream a run draws from, in plain types: Python's and NumPy's as lists/ints, torch's
@@ -180,8 +218,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
     state = {
         "python": _py_state_plain(random.getstate()),
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": int(np_state["state"]["pos"]),
-                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # not started: nothing drawn from it
@@ -200,20 +242,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda") or []
     if not cuda:
         return
     if not torch.cuda.is_available():
-        warnings.warn(f"the checkpoint holds the random state of {len(cuda)} CUDA device(s) and this machine has "
-                      f"none: CUDA random streams not restored (dropout and augmentation on the CPU draw from the "
-                      f"CPU stream, which is restored)")
+        warnings.warn(
+            f"the checkpoint holds the random state of {len(cuda)} CUDA device(s) and this machine has "
+            f"none: CUDA random streams not restored (dropout and augmentation on the CPU draw from the "
+            f"CPU stream, which is restored)",
+            stacklevel=2,
+        )
         return
     n_here = torch.cuda.device_count()
     if len(cuda) != n_here:
-        warnings.warn(f"the checkpoint holds the random state of {len(cuda)} CUDA device(s), this machine has "
-                      f"{n_here}: restored for the first {min(len(cuda), n_here)}")
+        warnings.warn(
+            f"the checkpoint holds the random state of {len(cuda)} CUDA device(s), this machine has "
+            f"{n_here}: restored for the first {min(len(cuda), n_here)}",
+            stacklevel=2,
+        )
     for index, device_state in enumerate(cuda[:n_here]):
         torch.cuda.set_rng_state(torch.as_tensor(device_state, dtype=torch.uint8), index)

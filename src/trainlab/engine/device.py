@@ -11,20 +11,23 @@ What `auto` means on each device (one place; the loop, run.py and the benchmarks
     compile auto     torch.compile on CUDA (eager where it fails, with a warning); eager on CPU
     deterministic    torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG, no cudnn.benchmark
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 from torch import nn
 
 from trainlab.errors import CheckpointError, ConfigError
 
-CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS's deterministic workspace setting (CUDA docs, "Results reproducibility")
+CUBLAS_WORKSPACE = (
+    ":4096:8"  # cuBLAS's deterministic workspace setting (CUDA docs, "Results reproducibility")
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,16 +41,24 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device: {name!r} asked for but CUDA is not available here (torch "
-                              f"{torch.__version__}, {_no_cuda_reason()}); use train.device=auto or cpu")
+            raise ConfigError(
+                f"train.device: {name!r} asked for but CUDA is not available here (torch "
+                f"{torch.__version__}, {_no_cuda_reason()}); use train.device=auto or cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device: {name!r}, but this machine has {torch.cuda.device_count()} CUDA "
-                              f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+            raise ConfigError(
+                f"train.device: {name!r}, but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
     return device
 
 
 def _no_cuda_reason() -> str:
-    return "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, but no GPU found"
+    return (
+        "a CPU-only build"
+        if torch.version.cuda is None
+        else f"built for CUDA {torch.version.cuda}, but no GPU found"
+    )
 
 
 def inference_device(name: str) -> torch.device:
@@ -62,6 +73,7 @@ def inference_device(name: str) -> torch.device:
 
 # ----------------------------------------------------------------------------- precision
 
+
 @dataclass(frozen=True)
 class Precision:
     """A resolved `train.precision`: never `auto`."""
@@ -71,7 +83,7 @@ class Precision:
     needs_scaler: bool  # fp16: the loss is scaled by a torch.amp.GradScaler (fp16's range is narrow)
     tf32: bool  # float32 matmuls and cuDNN convolutions may use TF32 (CUDA only)
 
-    def autocast(self, device: torch.device) -> Callable[[], ContextManager]:
+    def autocast(self, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
         """A factory of the context the forward and the loss run in."""
         if self.dtype is None:
             return contextlib.nullcontext
@@ -105,11 +117,15 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     if precision == "auto":
         precision = ("bf16" if bf16_native(device) else "fp16") if cuda else "fp32"
     if precision == "fp16" and not cuda:
-        raise ConfigError(f"train.precision: fp16 needs a CUDA device (GradScaler); on {device.type} use bf16 or fp32")
+        raise ConfigError(
+            f"train.precision: fp16 needs a CUDA device (GradScaler); on {device.type} use bf16 or fp32"
+        )
     if precision == "bf16" and cuda and not bf16_native(device):
-        raise ConfigError(f"train.precision: bf16 is only emulated (slowly) on {torch.cuda.get_device_name(device)} "
-                          f"(compute capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))} < 8.0); "
-                          f"use train.precision=auto (fp16 + GradScaler there) or fp32")
+        raise ConfigError(
+            f"train.precision: bf16 is only emulated (slowly) on {torch.cuda.get_device_name(device)} "
+            f"(compute capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))} < 8.0); "
+            f"use train.precision=auto (fp16 + GradScaler there) or fp32"
+        )
     if precision == "bf16":
         return Precision("bf16", torch.bfloat16, needs_scaler=False, tf32=cuda)
     if precision == "fp16":
@@ -118,15 +134,23 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
         return Precision("fp32", None, needs_scaler=False, tf32=cuda)
     if precision == "fp32-strict":
         return Precision("fp32-strict", None, needs_scaler=False, tf32=False)
-    raise ConfigError(f"train.precision: unknown value {precision!r}; use auto, bf16, fp16, fp32 or fp32-strict")
+    raise ConfigError(
+        f"train.precision: unknown value {precision!r}; use auto, bf16, fp16, fp32 or fp32-strict"
+    )
 
 
 def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
-def apply_backend_flags(precision: Precision, device: torch.device, model: nn.Module | None = None, *,
-                        fixed_shapes: bool = True, deterministic: bool = False) -> dict[str, Any]:
+def apply_backend_flags(
+    precision: Precision,
+    device: torch.device,
+    model: nn.Module | None = None,
+    *,
+    fixed_shapes: bool = True,
+    deterministic: bool = False,
+) -> dict[str, Any]:
     """Process-wide math flags for a training run; returns what they are now (for summary.json).
 
     - TF32: `torch.set_float32_matmul_precision("high")` and `cudnn.allow_tf32` on CUDA unless the
@@ -140,8 +164,9 @@ def apply_backend_flags(precision: Precision, device: torch.device, model: nn.Mo
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high" if precision.tf32 else "highest")
         torch.backends.cudnn.allow_tf32 = precision.tf32
-        torch.backends.cudnn.benchmark = bool(model is not None and has_conv(model) and fixed_shapes
-                                              and not deterministic)
+        torch.backends.cudnn.benchmark = bool(
+            model is not None and has_conv(model) and fixed_shapes and not deterministic
+        )
         flags.update(tf32=precision.tf32, cudnn_benchmark=torch.backends.cudnn.benchmark)
     elif precision.name == "fp32-strict":
         torch.set_float32_matmul_precision("highest")
@@ -164,8 +189,10 @@ def apply_determinism(deterministic: bool) -> str | None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-    line = (f"deterministic: torch.use_deterministic_algorithms(True, warn_only=True), cudnn.benchmark off, "
-            f"CUBLAS_WORKSPACE_CONFIG={os.environ['CUBLAS_WORKSPACE_CONFIG']}")
+    line = (
+        f"deterministic: torch.use_deterministic_algorithms(True, warn_only=True), cudnn.benchmark off, "
+        f"CUBLAS_WORKSPACE_CONFIG={os.environ['CUBLAS_WORKSPACE_CONFIG']}"
+    )
     if late:
         line += " (set after CUDA started: export it before starting trainlab for deterministic cuBLAS)"
     return line
@@ -180,6 +207,7 @@ def resolve_compile(setting: bool | str, device: torch.device) -> bool:
 
 
 # ----------------------------------------------------------------------------- resuming across devices
+
 
 def device_state(device: torch.device) -> dict[str, str]:
     """The checkpoint entries that say where a run trained: `device` (the type: cpu, cuda, ...) and,
@@ -205,10 +233,12 @@ def check_resume_device(state: dict[str, Any], setting: str, path: Any = "last.p
     explicit = setting != "auto"
     if saved == "cuda" and not torch.cuda.is_available() and setting.split(":")[0] in ("auto", "cuda"):
         raise CheckpointError(
-            f"{path} was written by a run on CUDA ({state.get('device_name', 'a GPU')}) and this machine has no "
-            f"CUDA device. To continue it on the CPU, resume with train.device=cpu: it continues from the same "
-            f"weights, optimizer state and data order, but not bit-identically to an uninterrupted GPU run "
-            f"(CPU and CUDA kernels round differently; the CUDA random streams do not carry over).")
+            f"{path} was written by a run on CUDA ({state.get('device_name', 'a GPU')}) "
+            "and this machine has no CUDA device. To continue it on the CPU, resume with train.device=cpu: "
+            "it continues from the same weights, optimizer state and data order, "
+            "but not bit-identically to an uninterrupted GPU run (CPU and CUDA kernels round differently; "
+            "the CUDA random streams do not carry over)."
+        )
     now = resolve_device(setting).type
     if now == saved:
         return None
@@ -216,13 +246,15 @@ def check_resume_device(state: dict[str, Any], setting: str, path: Any = "last.p
         raise CheckpointError(
             f"{path} was written by a run on {saved}, and train.device: auto picks {now} here. Resume with "
             f"train.device={saved} to continue exactly, or train.device={now} to continue on {now} (not "
-            f"bit-identically: {saved} and {now} kernels round differently).")
-    return (f"note: resuming a run trained on {saved} on {now} (train.device={setting}): same weights, optimizer "
-            f"state and data order; the results will not be bit-identical to an uninterrupted {saved} run")
+            f"bit-identically: {saved} and {now} kernels round differently)."
+        )
+    return (
+        f"note: resuming a run trained on {saved} on {now} (train.device={setting}): same weights, optimizer "
+        f"state and data order; the results will not be bit-identical to an uninterrupted {saved} run"
+    )
 
 
 # ----------------------------------------------------------------------------- wrappers and layout
-
 
 
 def _cores() -> int:
@@ -233,8 +265,9 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def busy_machine_note(device: str = "cpu", load: float | None = None, cores: int | None = None,
-                      threads: int | None = None) -> str | None:
+def busy_machine_note(
+    device: str = "cpu", load: float | None = None, cores: int | None = None, threads: int | None = None
+) -> str | None:
     """One line of advice when other work already keeps this machine's cores busy and CPU training
     would add several OpenMP threads of its own; else None.
 
@@ -259,9 +292,11 @@ def busy_machine_note(device: str = "cpu", load: float | None = None, cores: int
             return None
     if threads <= 1 or load < 0.75 * cores:
         return None
-    return (f"note: this machine is busy (load average {load:.1f} on {cores} cores) and torch would run {threads} "
-            "threads that wait for each other, which can make training many times slower; set OMP_NUM_THREADS=1 "
-            "(e.g. `OMP_NUM_THREADS=1 trainlab train ...`) while the other work runs")
+    return (
+        f"note: this machine is busy (load average {load:.1f} on {cores} cores) and torch would run "
+        f"{threads} threads that wait for each other, which can make training many times slower; "
+        "set OMP_NUM_THREADS=1 (e.g. `OMP_NUM_THREADS=1 trainlab train ...`) while the other work runs"
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -276,7 +311,9 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def resolve_channels_last(model: nn.Module, x: torch.Tensor, setting: bool | str, device: torch.device) -> bool:
+def resolve_channels_last(
+    model: nn.Module, x: torch.Tensor, setting: bool | str, device: torch.device
+) -> bool:
     """Whether to train in the channels-last layout, and if so the model converted to it.
 
     `train.channels_last: auto` turns it on for a model with 2-d convolutions on the CPU (oneDNN's
@@ -298,13 +335,17 @@ def resolve_channels_last(model: nn.Module, x: torch.Tensor, setting: bool | str
         return True
     _to_layout(model, torch.contiguous_format)
     if setting is True and _layout_error(model, x.to(device), device, channels_last=False) is None:
-        raise ConfigError(f"train.channels_last: true, but the model's forward fails on channels-last inputs "
-                          f"({error}); use .reshape or .flatten(1) instead of .view on conv "
-                          f"features, or set train.channels_last: false")
+        raise ConfigError(
+            f"train.channels_last: true, but the model's forward fails on channels-last inputs "
+            f"({error}); use .reshape or .flatten(1) instead of .view on conv "
+            f"features, or set train.channels_last: false"
+        )
     return False
 
 
-def _layout_error(model: nn.Module, x: torch.Tensor, device: torch.device, channels_last: bool = True) -> str | None:
+def _layout_error(
+    model: nn.Module, x: torch.Tensor, device: torch.device, channels_last: bool = True
+) -> str | None:
     """The first line of the error of a trial forward in the given layout (None: it works)."""
     was = model.training
     try:

@@ -16,6 +16,7 @@ What each piece does here:
 - `launch` is `trainlab train --nproc N`: the same command again under `torch.distributed.run`,
   rendezvous on 127.0.0.1 (c10d has no authentication).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,11 @@ from trainlab.engine.callbacks import Callback
 
 def env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) in a plain process."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def is_initialized() -> bool:
@@ -53,14 +58,25 @@ def setup(device: torch.device | str | None = None) -> tuple[int, int, int]:
     rank, world_size, local_rank = env()
     if world_size <= 1 or is_initialized():
         return rank, world_size, local_rank
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     store = _restart_store(rank, world_size)
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)  # one GPU per process; torch.device("cuda") now means this one
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank), store=store,
-                                rank=rank if store else -1, world_size=world_size if store else -1)
+        dist.init_process_group(
+            "nccl",
+            device_id=torch.device("cuda", local_rank),
+            store=store,
+            rank=rank if store else -1,
+            world_size=world_size if store else -1,
+        )
     else:
-        dist.init_process_group("gloo", store=store, rank=rank if store else -1, world_size=world_size if store else -1)
+        dist.init_process_group(
+            "gloo", store=store, rank=rank if store else -1, world_size=world_size if store else -1
+        )
     return rank, world_size, local_rank
 
 
@@ -71,7 +87,9 @@ def _restart_store(rank: int, world_size: int) -> dist.Store | None:
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0"
     if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
         return None
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False
+    )
     return dist.PrefixStore(f"trainlab/attempt_{restart}", store)
 
 
@@ -117,6 +135,7 @@ def broadcast_weights(model: nn.Module, src: int = 0) -> None:
 
 # ----------------------------------------------------------------------------- evaluation shards
 
+
 def eval_shard(dataset: Dataset | None, rank: int, world_size: int) -> Dataset | None:
     """Samples rank, rank + W, rank + 2W, ... of an evaluation split: every sample on exactly one
     rank. Unlike the training shards there is no padding (shards may differ by one sample): the
@@ -129,7 +148,9 @@ def eval_shard(dataset: Dataset | None, rank: int, world_size: int) -> Dataset |
     return Subset(dataset, index.tolist())
 
 
-def gather_eval_outputs(kept: dict[str, torch.Tensor] | None, rank: int, world_size: int) -> dict[str, torch.Tensor] | None:
+def gather_eval_outputs(
+    kept: dict[str, torch.Tensor] | None, rank: int, world_size: int
+) -> dict[str, torch.Tensor] | None:
     """Per-rank outputs/targets of `eval_shard`s -> the whole split in dataset order on rank 0 (None
     elsewhere). Rank r holds samples r::W, so interleaving the shards restores the order."""
     if world_size <= 1 or not is_initialized():
@@ -162,6 +183,7 @@ def all_reduce_sums(*values: float | torch.Tensor) -> list[float]:
 
 
 # ----------------------------------------------------------------------------- per-rank state
+
 
 def gather_rank_states(local: dict[str, Any]) -> list[dict[str, Any]] | None:
     """Every rank's `local` state (RNG, partial sums) as a list on rank 0, None on the others.
@@ -199,11 +221,13 @@ def world_size_change(saved_world_size: int, world_size: int, batch_size: int) -
     """The message for `--resume` with another number of processes; None when it did not change."""
     if saved_world_size == world_size:
         return None
-    return (f"resuming a run trained with {saved_world_size} process(es) on {world_size}: data.batch_size "
-            f"{batch_size} is per process, so the effective batch size changes from {saved_world_size * batch_size} "
-            f"to {world_size * batch_size} (scale optimizer.lr yourself if you want the same step size); each "
-            f"process restarts its own random stream, and a partly done epoch continues at the same fraction "
-            f"of its batches on the new shards.")
+    return (
+        f"resuming a run trained with {saved_world_size} process(es) on {world_size}: data.batch_size "
+        f"{batch_size} is per process, so the effective batch size changes from "
+        f"{saved_world_size * batch_size} to {world_size * batch_size} (scale optimizer.lr yourself if you "
+        "want the same step size); each process restarts its own random stream, "
+        "and a partly done epoch continues at the same fraction of its batches on the new shards."
+    )
 
 
 def rescale_position(position: int, saved_world_size: int, world_size: int) -> int:
@@ -214,18 +238,38 @@ def rescale_position(position: int, saved_world_size: int, world_size: int) -> i
 
 # ----------------------------------------------------------------------------- launching
 
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def torchrun_command(nproc: int, argv: list[str], max_restarts: int = 0, port: int | None = None) -> list[str]:
+def torchrun_command(
+    nproc: int, argv: list[str], max_restarts: int = 0, port: int | None = None
+) -> list[str]:
     """`python -m torch.distributed.run ... -m trainlab <argv>` for one machine, on 127.0.0.1."""
     port = port or free_port()
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--local-addr", "127.0.0.1",
-            "--max-restarts", str(max_restarts), "-m", "trainlab", *argv]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--local-addr",
+        "127.0.0.1",
+        "--max-restarts",
+        str(max_restarts),
+        "-m",
+        "trainlab",
+        *argv,
+    ]
 
 
 def strip_launch_options(argv: list[str]) -> list[str]:
@@ -262,6 +306,7 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
 
 # ----------------------------------------------------------------------------- test-only fault
 
+
 class FaultInjection(Callback):
     """TEST-ONLY FAULT (the one place): with TRAINLAB_FAULT_EXIT_AT_STEP=S in the environment, rank
     TRAINLAB_FAULT_RANK (default 1) calls os._exit(1) right after global step S of the first attempt
@@ -274,7 +319,9 @@ class FaultInjection(Callback):
 
     def on_batch_end(self, step: int, logs: dict[str, Any]) -> None:
         if step == self.step and self.rank == self.fault_rank and not restarted():
-            sys.stderr.write(f"rank {self.rank}: TRAINLAB_FAULT_EXIT_AT_STEP={self.step}: exiting with code 1\n")
+            sys.stderr.write(
+                f"rank {self.rank}: TRAINLAB_FAULT_EXIT_AT_STEP={self.step}: exiting with code 1\n"
+            )
             sys.stderr.flush()
             os._exit(1)
 

@@ -6,6 +6,7 @@ the epoch's end), so the loop never syncs the host per step. A mid-epoch checkpo
 them (`EpochStats.start(..., progress=...)`), so it logs the same training loss and accuracy as an
 uninterrupted one.
 """
+
 from __future__ import annotations
 
 import time
@@ -36,8 +37,9 @@ class EpochStats:
         self.task = task
         self.loss = torch.zeros((), device=device)
         self.running = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long) \
-            if task in ("classification", "binary") else None
+        self.correct = (
+            torch.zeros((), device=device, dtype=torch.long) if task in ("classification", "binary") else None
+        )
         self.samples = self.interval_samples = 0
         self.data_wait = 0.0
         self.started = self.logged = time.perf_counter()
@@ -47,9 +49,14 @@ class EpochStats:
         """A new epoch's sums, or the sums of a checkpoint's unfinished epoch (`progress`)."""
         stats = cls(device, task)
         if progress:
-            stats.loss += progress["loss_sum"] - progress["running_sum"]
+            # the logged intervals' sum itself (float32 -> float -> float32 is exact); checkpoints written
+            # before it existed give it as a difference, which float32 rounding can move by an ulp
+            stats.loss += progress.get("logged_sum", progress["loss_sum"] - progress["running_sum"])
             stats.running += progress["running_sum"]
-            stats.samples, stats.interval_samples = int(progress["samples"]), int(progress["interval_samples"])
+            stats.samples, stats.interval_samples = (
+                int(progress["samples"]),
+                int(progress["interval_samples"]),
+            )
             if stats.correct is not None:
                 stats.correct += int(progress["correct"])
             stats.started -= progress["seconds"]
@@ -71,9 +78,11 @@ class EpochStats:
     def interval_logs(self) -> dict[str, float]:
         """Mean loss and speed since the last log; starts the next interval. Note: one host sync."""
         now = time.perf_counter()
-        logs = {"loss": float(self.running) / max(self.interval_samples, 1),
-                "samples_per_second": self.interval_samples / max(now - self.logged, 1e-9),
-                "data_wait_fraction": self.data_wait / max(now - self.started, 1e-9)}  # of the epoch so far
+        logs = {
+            "loss": float(self.running) / max(self.interval_samples, 1),
+            "samples_per_second": self.interval_samples / max(now - self.logged, 1e-9),
+            "data_wait_fraction": self.data_wait / max(now - self.started, 1e-9),
+        }  # of the epoch so far
         self.loss += self.running
         self.running.zero_()
         self.interval_samples, self.logged = 0, now
@@ -87,7 +96,9 @@ class EpochStats:
         self.elapsed = self.seconds
         loss, correct = self.loss, self.correct
         if world_size > 1:
-            loss_sum, n, hits = distributed.all_reduce_sums(loss, self.samples, 0 if correct is None else correct)
+            loss_sum, n, hits = distributed.all_reduce_sums(
+                loss, self.samples, 0 if correct is None else correct
+            )
             loss, self.samples = torch.tensor(loss_sum), int(n)
             correct = None if correct is None else torch.tensor(hits)
         logs = {"loss": float(loss) / max(self.samples, 1)}
@@ -99,6 +110,13 @@ class EpochStats:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain numbers for a mid-epoch checkpoint. Note: a host sync (only before a checkpoint write)."""
-        return {"loss_sum": float(self.loss + self.running), "running_sum": float(self.running),
-                "samples": self.samples, "interval_samples": self.interval_samples, "seconds": self.seconds,
-                "data_wait": self.data_wait, "correct": int(self.correct) if self.correct is not None else 0}
+        return {
+            "loss_sum": float(self.loss + self.running),
+            "running_sum": float(self.running),
+            "logged_sum": float(self.loss),
+            "samples": self.samples,
+            "interval_samples": self.interval_samples,
+            "seconds": self.seconds,
+            "data_wait": self.data_wait,
+            "correct": int(self.correct) if self.correct is not None else 0,
+        }

@@ -1,4 +1,5 @@
 """Evaluation: mean loss and metrics over a loader, under `torch.inference_mode()`."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,10 +13,16 @@ from torch import nn
 from trainlab.metrics import TaskMetrics
 
 
-def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable, metrics: TaskMetrics | None,
-             device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext,
-             keep_outputs: bool = False, stats: dict[str, float] | None = None
-             ) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: Callable,
+    metrics: TaskMetrics | None,
+    device: torch.device,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+    keep_outputs: bool = False,
+    stats: dict[str, float] | None = None,
+) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
     """Mean loss and metrics over a loader; optionally the outputs and targets (for plots/predict).
     Under torch.distributed the loss sums and the metrics are reduced over every process's shard.
     `stats`, when given, gets this process's `samples` and `seconds` (for evaluation samples/s)."""

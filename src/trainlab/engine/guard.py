@@ -6,6 +6,7 @@ gradient norms) and checks them all at once (one host sync) every `log_every_n_s
 ends and before every checkpoint write. `skip` must decide before the optimizer step, so it syncs once
 per step (and once more per update for the gradient norm).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,15 +47,20 @@ class NonFiniteGuard:
         """Raise TrainingDiverged naming the first non-finite value watched since the last check."""
         if not self._watched:
             return
-        values = torch.stack([v if v.dtype == torch.float32 and v.dim() == 0 else v.detach().float().reshape(())
-                              for v, *_ in self._watched])  # losses are float32 scalars already: no op each
+        values = torch.stack(
+            [
+                v if v.dtype == torch.float32 and v.dim() == 0 else v.detach().float().reshape(())
+                for v, *_ in self._watched
+            ]
+        )  # losses are float32 scalars already: no op each
         bad = ~torch.isfinite(values)
         if bool(bad.any()):  # note: host sync, once per log interval and before every save
             _, step, epoch, batch = self._watched[int(bad.nonzero()[0])]
             self._watched.clear()
             raise TrainingDiverged(
-                f"the loss or a gradient became NaN/Inf at epoch {epoch}, step {step + 1} (batch {batch} of the "
-                f"epoch); {self.advice()}")
+                f"the loss or a gradient became NaN/Inf at epoch {epoch}, step {step + 1} (batch {batch} of "
+                f"the epoch); {self.advice()}"
+            )
         self._watched.clear()
 
     def check_weights(self, model_state: dict[str, torch.Tensor], name: str, where: str) -> None:
@@ -64,4 +70,5 @@ class NonFiniteGuard:
         if bad:
             raise TrainingDiverged(
                 f"the weights became NaN/Inf by {where}; in {', '.join(bad[:3])}); {name} was not written; "
-                f"{self.advice(bad)}")
+                f"{self.advice(bad)}"
+            )

@@ -14,6 +14,7 @@ device (`EpochStats`) and the non-finite guard keeps references to the losses (`
 both are read every `log_every_n_steps` steps, at epoch ends and before every checkpoint write (so a
 non-finite model is never saved).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,15 @@ from trainlab.config import TrainConfig
 from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback, CallbackList, EarlyStopping
-from trainlab.engine.device import (apply_backend_flags, apply_determinism, device_state, resolve_channels_last,
-                                    resolve_device, resolve_precision, unwrap)
+from trainlab.engine.device import (
+    apply_backend_flags,
+    apply_determinism,
+    device_state,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    unwrap,
+)
 from trainlab.engine.epoch_stats import EpochStats
 from trainlab.engine.evaluate import evaluate
 from trainlab.engine.guard import NonFiniteGuard
@@ -53,34 +61,71 @@ class Trainer:
     `flops_per_sample`/`peak_flops` give the MFU figure.
     """
 
-    def __init__(self, model: nn.Module, train_loader: Any, val_loader: Any = None, *,
-                 loss_fn: Callable, optimizer: torch.optim.Optimizer, scheduler: Any = None,
-                 callbacks: list[Callback] = (), train: TrainConfig | None = None, task: str = "classification",
-                 metrics: TaskMetrics | None = None, checkpoint_dir: Path | None = None,
-                 extra_state: dict[str, Any] | None = None, rank: int = 0, world_size: int = 1,
-                 flops_per_sample: float | None = None, peak_flops: float | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader: Any,
+        val_loader: Any = None,
+        *,
+        loss_fn: Callable,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        callbacks: list[Callback] = (),
+        train: TrainConfig | None = None,
+        task: str = "classification",
+        metrics: TaskMetrics | None = None,
+        checkpoint_dir: Path | None = None,
+        extra_state: dict[str, Any] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        flops_per_sample: float | None = None,
+        peak_flops: float | None = None,
+    ):
         for name, data in (("train_loader", train_loader), ("val_loader", val_loader)):
             if isinstance(data, torch.utils.data.Dataset) and not hasattr(data, "__iter__"):
-                raise TypeError(f"Trainer: {name} is a Dataset; pass a loader, or use Trainer.from_datasets(...)")
+                raise TypeError(
+                    f"Trainer: {name} is a Dataset; pass a loader, or use Trainer.from_datasets(...)"
+                )
         self.cfg = cfg = train or TrainConfig()
         self.determinism_note = apply_determinism(cfg.deterministic)  # before the first cuBLAS call
         self.device = resolve_device(cfg.device)
         self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
-        self.model, self.loss_fn, self.optimizer, self.scheduler = model.to(self.device), loss_fn, optimizer, scheduler
+        self.model, self.loss_fn, self.optimizer, self.scheduler = (
+            model.to(self.device),
+            loss_fn,
+            optimizer,
+            scheduler,
+        )
         self.train_loader, self.val_loader = train_loader, val_loader
         self.task, self.metrics = task, metrics
         self.checkpoint_dir, self.extra_state = checkpoint_dir, extra_state or {}
         self.flops_per_sample, self.peak_flops = flops_per_sample, peak_flops
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast, self.scaler = self.precision.autocast(self.device), self.precision.scaler(self.device)
-        apply_backend_flags(self.precision, self.device, unwrap(self.model),
-                            fixed_shapes=hasattr(train_loader, "x"), deterministic=cfg.deterministic)
+        apply_backend_flags(
+            self.precision,
+            self.device,
+            unwrap(self.model),
+            fixed_shapes=hasattr(train_loader, "x"),
+            deterministic=cfg.deterministic,
+        )
         sample = None if isinstance(cfg.channels_last, bool) else _sample_inputs(train_loader)
-        self.channels_last = cfg.channels_last if isinstance(cfg.channels_last, bool) else \
-            sample is not None and resolve_channels_last(unwrap(self.model), sample, cfg.channels_last, self.device)
+        self.channels_last = (
+            cfg.channels_last
+            if isinstance(cfg.channels_last, bool)
+            else sample is not None
+            and resolve_channels_last(unwrap(self.model), sample, cfg.channels_last, self.device)
+        )
         self.monitor = Monitor.for_run(cfg.monitor, cfg.mode, task, val_loader is not None)
-        stopping = [EarlyStopping(self.monitor.with_min_delta(cfg.early_stopping.min_delta),
-                                  cfg.early_stopping.patience)] if cfg.early_stopping.patience else []
+        stopping = (
+            [
+                EarlyStopping(
+                    self.monitor.with_min_delta(cfg.early_stopping.min_delta), cfg.early_stopping.patience
+                )
+            ]
+            if cfg.early_stopping.patience
+            else []
+        )
         self.callbacks = CallbackList([*callbacks, *stopping])
         self.guard = NonFiniteGuard(cfg, checkpoint_dir)
         self.signals = SignalCatcher(announce=self.is_main)
@@ -100,21 +145,44 @@ class Trainer:
         self._batch_index = 0
 
     @classmethod
-    def from_datasets(cls, model: nn.Module, train_data: Any, val_data: Any = None, *,
-                      loss_fn: Callable | None = None, optimizer: torch.optim.Optimizer | None = None,
-                      task: str | None = None, metrics: list[str] | None = None, batch_size: int = 64,
-                      eval_batch_size: int | None = None, seed: int = 0, quiet: bool = False,
-                      **kwargs: Any) -> Trainer:
+    def from_datasets(
+        cls,
+        model: nn.Module,
+        train_data: Any,
+        val_data: Any = None,
+        *,
+        loss_fn: Callable | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        task: str | None = None,
+        metrics: list[str] | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        quiet: bool = False,
+        **kwargs: Any,
+    ) -> Trainer:
         """A Trainer for Datasets (or loaders): batches of `batch_size` in a seeded order (tensor data on
         the fast path), cross-entropy and Adam(lr=1e-3) unless given, the task from the loss, a progress
         bar and one line per epoch unless `quiet`. Other keyword arguments go to `Trainer(...)`, or to
         `TrainConfig` (epochs=3, device="cpu", ...)."""
+        from trainlab.data.loaders import as_loader, default_eval_batch_size
         from trainlab.logging import ConsoleProgress
 
-        from trainlab.data.loaders import as_loader, default_eval_batch_size
-
-        own = {k: kwargs.pop(k) for k in ("scheduler", "callbacks", "train", "checkpoint_dir", "extra_state",
-                                          "rank", "world_size", "flops_per_sample", "peak_flops") if k in kwargs}
+        own = {
+            k: kwargs.pop(k)
+            for k in (
+                "scheduler",
+                "callbacks",
+                "train",
+                "checkpoint_dir",
+                "extra_state",
+                "rank",
+                "world_size",
+                "flops_per_sample",
+                "peak_flops",
+            )
+            if k in kwargs
+        }
         cfg = own.pop("train", None) or TrainConfig()
         cfg = TrainConfig.model_validate({**cfg.model_dump(), **kwargs}) if kwargs else cfg
         device = resolve_device(cfg.device)
@@ -122,17 +190,36 @@ class Trainer:
         task = task or task_from_loss(loss_fn)
         place = dict(seed=seed, device=device, rank=own.get("rank", 0), world_size=own.get("world_size", 1))
         train_loader = as_loader(train_data, batch_size, shuffle=True, **place)
-        val_loader = as_loader(val_data, eval_batch_size or default_eval_batch_size(batch_size), shuffle=False, **place) \
-            if val_data is not None else None
+        val_loader = (
+            as_loader(
+                val_data, eval_batch_size or default_eval_batch_size(batch_size), shuffle=False, **place
+            )
+            if val_data is not None
+            else None
+        )
         model = model.to(device)
         if metrics is not None or val_loader is not None:
-            metrics = TaskMetrics.for_output(task, _output_of(model, val_loader or train_loader, device), metrics)
+            metrics = TaskMetrics.for_output(
+                task, _output_of(model, val_loader or train_loader, device), metrics
+            )
         if not quiet:
-            own["callbacks"] = [*own.get("callbacks", ()), ConsoleProgress(
-                steps_per_epoch(len(train_loader), cfg.grad_accum), total_epochs(cfg, len(train_loader)))]
-        return cls(model, train_loader, val_loader, loss_fn=loss_fn,
-                   optimizer=optimizer or torch.optim.Adam(model.parameters(), lr=1e-3), train=cfg, task=task,
-                   metrics=metrics, **own)
+            own["callbacks"] = [
+                *own.get("callbacks", ()),
+                ConsoleProgress(
+                    steps_per_epoch(len(train_loader), cfg.grad_accum), total_epochs(cfg, len(train_loader))
+                ),
+            ]
+        return cls(
+            model,
+            train_loader,
+            val_loader,
+            loss_fn=loss_fn,
+            optimizer=optimizer or torch.optim.Adam(model.parameters(), lr=1e-3),
+            train=cfg,
+            task=task,
+            metrics=metrics,
+            **own,
+        )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -194,15 +281,22 @@ class Trainer:
         if saved_world == self.world_size:  # a single-process checkpoint
             return state["rng"]
         # Another number of processes: same fraction of the epoch; rank 0 carries the partial sums.
-        message = distributed.world_size_change(saved_world, self.world_size, getattr(self.train_loader, "batch_size", 0))
+        message = distributed.world_size_change(
+            saved_world, self.world_size, getattr(self.train_loader, "batch_size", 0)
+        )
         if self.is_main:
             print(f"note: {message}", file=sys.stderr, flush=True)
         if hasattr(self.train_loader, "load_state_dict") and state.get("loader") is not None:
             loader = dict(state["loader"])
-            loader["position"] = distributed.rescale_position(int(loader["position"]), saved_world, self.world_size)
+            loader["position"] = distributed.rescale_position(
+                int(loader["position"]), saved_world, self.world_size
+            )
             self.train_loader.load_state_dict(loader)
-        self._resume_progress = (distributed.merge_progress(state.get("rank_states")) or state.get("epoch_progress")) \
-            if self.is_main else None
+        self._resume_progress = (
+            (distributed.merge_progress(state.get("rank_states")) or state.get("epoch_progress"))
+            if self.is_main
+            else None
+        )
         return state["rng"] if self.is_main else None
 
     def _epoch_progress(self) -> dict[str, float] | None:
@@ -214,15 +308,20 @@ class Trainer:
         if self.world_size > 1 and self.signals.received is None:
             # A collective (every rank calls save): each rank's RNG and partial sums go to rank 0, which
             # writes them into the one checkpoint. Not after a signal: ranks may be at different steps.
-            rank_states = distributed.gather_rank_states({"rng": ckpt.rng_state(), "epoch_progress": self._epoch_progress()})
+            rank_states = distributed.gather_rank_states(
+                {"rng": ckpt.rng_state(), "epoch_progress": self._epoch_progress()}
+            )
         if self.checkpoint_dir is None or not self.is_main:
             return
         self.guard.check()  # never write non-finite weights
         state = self.state_dict()
         if rank_states is not None:
             state["rank_states"] = rank_states
-        where = (f"epoch {self.epoch + 1}, step {self.global_step} (batch {self._batch_index} of the epoch"
-                 if self.stats is not None else f"epoch {self.epoch}, step {self.global_step} (the epoch's end")
+        where = (
+            f"epoch {self.epoch + 1}, step {self.global_step} (batch {self._batch_index} of the epoch"
+            if self.stats is not None
+            else f"epoch {self.epoch}, step {self.global_step} (the epoch's end"
+        )
         self.guard.check_weights(state["model"], name, where)
         ckpt.save_checkpoint(state, self.checkpoint_dir / name)
 
@@ -232,9 +331,16 @@ class Trainer:
         if resume_state is not None:
             self.load_state_dict(resume_state)
         self.total_epochs = total_epochs(self.cfg, len(self.train_loader))
-        self.callbacks.call("on_train_begin", {
-            "model": self.model, "optimizer": self.optimizer, "scaler": self.scaler, "config": self.cfg,
-            "run_dir": self.checkpoint_dir.parent if self.checkpoint_dir is not None else None})
+        self.callbacks.call(
+            "on_train_begin",
+            {
+                "model": self.model,
+                "optimizer": self.optimizer,
+                "scaler": self.scaler,
+                "config": self.cfg,
+                "run_dir": self.checkpoint_dir.parent if self.checkpoint_dir is not None else None,
+            },
+        )
         if self._resume_rng is not None:  # callbacks may have drawn random numbers
             ckpt.set_rng_state(self._resume_rng)
         self.signals.install()
@@ -244,8 +350,9 @@ class Trainer:
                 if self.callbacks.stop_training or self._done():
                     break
             self.status = "completed"
-            self.stop_reason = next((c.stop_reason for c in self.callbacks.callbacks
-                                     if getattr(c, "stop_reason", None)), None)
+            self.stop_reason = next(
+                (c.stop_reason for c in self.callbacks.callbacks if getattr(c, "stop_reason", None)), None
+            )
         except Interrupted:
             self.status = "interrupted"
             raise
@@ -255,13 +362,24 @@ class Trainer:
         finally:
             self.signals.restore()
         if not self.caller_ends_training:
-            self.callbacks.call("on_train_end", {"status": self.status, "history": self.history,
-                                                 "epoch": self.epoch, "step": self.global_step})
+            self.callbacks.call(
+                "on_train_end",
+                {
+                    "status": self.status,
+                    "history": self.history,
+                    "epoch": self.epoch,
+                    "step": self.global_step,
+                },
+            )
         return self.history
 
     def _train_epoch(self) -> None:
         """fetch -> step -> accumulate -> schedule -> log when due -> checkpoint/signal, then validate."""
-        epoch, loader, accum = self.epoch + 1, self.train_loader, self.cfg.grad_accum  # epochs are 1-based in logs
+        epoch, loader, accum = (
+            self.epoch + 1,
+            self.train_loader,
+            self.cfg.grad_accum,
+        )  # epochs are 1-based in logs
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(self.epoch)
         start = getattr(loader, "position", 0)
@@ -297,7 +415,9 @@ class Trainer:
         self.epoch += 1
         self._end_epoch(epoch, train_logs)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, update: bool
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Forward, loss and backward on one batch, and the optimizer step when `update` (the last batch
         of a gradient accumulation). Returns (loss, output), or None for a batch skipped by
         `nan_policy: skip` (a non-finite loss or gradient: the weights stay as they were)."""
@@ -312,9 +432,13 @@ class Trainer:
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         if update:
             if self.callbacks.has("on_after_backward"):
-                self.callbacks.call("on_after_backward", self.global_step, {"model": self.model, "scaler": self.scaler})
+                self.callbacks.call(
+                    "on_after_backward", self.global_step, {"model": self.model, "scaler": self.scaler}
+                )
             if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)  # an fp16 step with Inf gradients is skipped by the scaler
+                self.scaler.unscale_(
+                    self.optimizer
+                )  # an fp16 step with Inf gradients is skipped by the scaler
             if self.cfg.grad_clip is not None or (self.guard.skip and self.scaler is None):
                 norm = _grad_norm(self.model, self.cfg.grad_clip)
                 if self.scaler is None and self.guard.rejects(norm, *where):
@@ -336,7 +460,9 @@ class Trainer:
             logs.update(self.stats.interval_logs())
             logs["lr"] = self.optimizer.param_groups[0]["lr"]
             if len(self.optimizer.param_groups) > 1:  # per-layer learning rates: each group's own
-                logs["lrs"] = {str(g.get("name", i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+                logs["lrs"] = {
+                    str(g.get("name", i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)
+                }
             if self.flops_per_sample and self.peak_flops:
                 logs["mfu"] = logs["samples_per_second"] * self.flops_per_sample / self.peak_flops
                 logs["mfu_peak"] = self.precision.peak_label
@@ -360,16 +486,30 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scheduler is not None:
             self.scheduler.step_epoch(flat)
-        self.history.append({"epoch": epoch, "step": self.global_step, "lr": lr, "elapsed_seconds": self.train_time,
-                             **flat})
+        self.history.append(
+            {"epoch": epoch, "step": self.global_step, "lr": lr, "elapsed_seconds": self.train_time, **flat}
+        )
         tie = flat.get(self.monitor.tie_break) if self.monitor.tie_break else None
         improved = self.monitor.is_improvement(monitored, self.best["value"], tie, self.best.get("tie_value"))
         if improved:
-            self.best.update(value=monitored, epoch=epoch, **({"tie_break": self.monitor.tie_break, "tie_value": tie}
-                                                               if tie is not None else {}))
-        self.callbacks.call("on_epoch_end", epoch, {
-            "epoch": epoch, "step": self.global_step, "lr": lr, "train": train_logs, "val": val_logs,
-            "monitored": monitored, "eval_samples_per_second": self.last_eval_speed if val_logs else None})
+            self.best.update(
+                value=monitored,
+                epoch=epoch,
+                **({"tie_break": self.monitor.tie_break, "tie_value": tie} if tie is not None else {}),
+            )
+        self.callbacks.call(
+            "on_epoch_end",
+            epoch,
+            {
+                "epoch": epoch,
+                "step": self.global_step,
+                "lr": lr,
+                "train": train_logs,
+                "val": val_logs,
+                "monitored": monitored,
+                "eval_samples_per_second": self.last_eval_speed if val_logs else None,
+            },
+        )
         if improved:
             self.save("best.pt")
         self.save("last.pt")
@@ -380,11 +520,22 @@ class Trainer:
         if self.val_loader is None:
             return None
         if self.metrics is None:
-            self.metrics = TaskMetrics.for_output(self.task, _output_of(self.model, self.val_loader, self.device))
+            self.metrics = TaskMetrics.for_output(
+                self.task, _output_of(self.model, self.val_loader, self.device)
+            )
         stats: dict[str, float] = {}
-        with out_of_memory_guard(getattr(self.val_loader, "batch_size", 0), evaluating=True, device=self.device):
-            logs, _ = evaluate(self.model, self.val_loader, self.loss_fn, self.metrics.to(self.device), self.device,
-                               self.autocast, stats=stats)
+        with out_of_memory_guard(
+            getattr(self.val_loader, "batch_size", 0), evaluating=True, device=self.device
+        ):
+            logs, _ = evaluate(
+                self.model,
+                self.val_loader,
+                self.loss_fn,
+                self.metrics.to(self.device),
+                self.device,
+                self.autocast,
+                stats=stats,
+            )
         self.eval_samples += int(stats["samples"])
         self.eval_time += stats["seconds"]
         self.last_eval_speed = stats["samples"] / max(stats["seconds"], 1e-9)
@@ -395,12 +546,18 @@ class Trainer:
         """Loss and metrics on `data` (a Dataset or a loader; default: the validation loader)."""
         from trainlab.data.loaders import as_loader
 
-        loader = self.val_loader if data is None else as_loader(data, batch_size, shuffle=False, device=self.device)
+        loader = (
+            self.val_loader
+            if data is None
+            else as_loader(data, batch_size, shuffle=False, device=self.device)
+        )
         if loader is None:
             raise ValueError("Trainer.evaluate: no data given and no validation loader")
         if self.metrics is None:
             self.metrics = TaskMetrics.for_output(self.task, _output_of(self.model, loader, self.device))
-        logs, _ = evaluate(self.model, loader, self.loss_fn, self.metrics.to(self.device), self.device, self.autocast)
+        logs, _ = evaluate(
+            self.model, loader, self.loss_fn, self.metrics.to(self.device), self.device, self.autocast
+        )
         return logs
 
     def predict(self, inputs: Any, batch_size: int = 256, probabilities: bool = True) -> torch.Tensor:

@@ -14,6 +14,7 @@ and often ties across epochs; with `auto`, a tie goes to the epoch with the lowe
 split (the first epoch reaching the top accuracy is often an undertrained model: measured on
 breast_cancer, 97.4% test accuracy against 98.2% for the tie-broken choice and for scikit-learn).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,8 +67,9 @@ class Monitor:
     def with_min_delta(self, min_delta: float) -> Monitor:
         return dataclasses.replace(self, min_delta=min_delta)
 
-    def is_improvement(self, value: float | None, best: float | None, tie: float | None = None,
-                       best_tie: float | None = None) -> bool:
+    def is_improvement(
+        self, value: float | None, best: float | None, tie: float | None = None, best_tie: float | None = None
+    ) -> bool:
         """Whether `value` beats `best` by more than `min_delta`; an equal value with a lower
         `tie_break` value (`tie` against `best_tie`, when given) counts too."""
         if value is None or not math.isfinite(value):

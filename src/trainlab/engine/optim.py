@@ -20,6 +20,7 @@ and `polynomial` total_iters all default to the run length after warmup; `onecyc
 each group's lr and total_steps = steps_per_epoch x epochs. Torch class names (`LinearLR`, ...) keep
 torch's own defaults, except the required T_max of CosineAnnealingLR and OneCycleLR's lengths.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,8 +57,11 @@ for _name, _desc in [
 
 def _torch_classes(module: Any, base: type) -> dict[str, type]:
     """{lowercased name: class} for the public subclasses of `base` in `module`."""
-    return {n.lower(): c for n, c in vars(module).items()
-            if isinstance(c, type) and issubclass(c, base) and c is not base and not n.startswith("_")}
+    return {
+        n.lower(): c
+        for n, c in vars(module).items()
+        if isinstance(c, type) and issubclass(c, base) and c is not base and not n.startswith("_")
+    }
 
 
 def _optimizer_fallback(name: str) -> Entry | None:
@@ -70,8 +74,14 @@ def _optimizer_fallback(name: str) -> Entry | None:
 
 
 OPTIMIZERS.fallback = _optimizer_fallback
-OPTIMIZERS.extra_names = lambda: sorted({c.__name__ for c in _torch_classes(torch.optim, torch.optim.Optimizer).values()
-                                         if c is not torch.optim.LBFGS} - set(OPTIMIZERS.names()))
+OPTIMIZERS.extra_names = lambda: sorted(
+    {
+        c.__name__
+        for c in _torch_classes(torch.optim, torch.optim.Optimizer).values()
+        if c is not torch.optim.LBFGS
+    }
+    - set(OPTIMIZERS.names())
+)
 
 # Normalisation layers: their weights (scales) are exempt from weight decay with no_decay_bias_norm.
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
@@ -100,7 +110,9 @@ def _matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
 
 
-def param_groups(cfg: OptimizerConfig, model: nn.Module, takes_weight_decay: bool = True) -> list[dict[str, Any]]:
+def param_groups(
+    cfg: OptimizerConfig, model: nn.Module, takes_weight_decay: bool = True
+) -> list[dict[str, Any]]:
     """The optimizer's parameter groups: cfg.param_groups in order (first match wins), then the rest;
     each split in two when no_decay_bias_norm is set. Each group carries a `name` for logs."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -114,11 +126,12 @@ def param_groups(cfg: OptimizerConfig, model: nn.Module, takes_weight_decay: boo
         hits = [(n, p) for n, p in named if any(_matches(n, pat) for pat in patterns)]
         members = [(n, p) for n, p in hits if n not in taken]
         if not members:
-            why = ("only parameters already taken by an earlier group" if hits
-                   else "no trainable parameter")
+            why = "only parameters already taken by an earlier group" if hits else "no trainable parameter"
             shown = [n for n, _ in named][:12]
-            raise ConfigError(f"{key}.params: {group.params!r} matches {why}; globs match parameter names "
-                              f"such as {', '.join(shown)}{' ...' if len(named) > 12 else ''}")
+            raise ConfigError(
+                f"{key}.params: {group.params!r} matches {why}; globs match parameter names "
+                f"such as {', '.join(shown)}{' ...' if len(named) > 12 else ''}"
+            )
         if group.weight_decay is not None and not takes_weight_decay:
             raise ConfigError(f"{key}.weight_decay: optimizer {cfg.name!r} has no weight_decay argument")
         taken.update(n for n, _ in members)
@@ -130,7 +143,9 @@ def param_groups(cfg: OptimizerConfig, model: nn.Module, takes_weight_decay: boo
 
     if cfg.no_decay_bias_norm:
         if not takes_weight_decay:
-            raise ConfigError(f"optimizer.no_decay_bias_norm: optimizer {cfg.name!r} has no weight_decay argument")
+            raise ConfigError(
+                f"optimizer.no_decay_bias_norm: optimizer {cfg.name!r} has no weight_decay argument"
+            )
         exempt = _no_decay_names(model)
         split = []
         for name, members, options in groups:
@@ -149,18 +164,23 @@ def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optim
     model's trainable parameters, grouped by `cfg.param_groups` and `cfg.no_decay_bias_norm`."""
     cls = OPTIMIZERS.get(cfg.name, "optimizer.name")
     if cls is torch.optim.LBFGS:
-        raise ConfigError("optimizer.name: LBFGS re-evaluates the loss through a closure at each step, "
-                          "which the training loop does not pass; use SGD, Adam or AdamW")
+        raise ConfigError(
+            "optimizer.name: LBFGS re-evaluates the loss through a closure at each step, "
+            "which the training loop does not pass; use SGD, Adam or AdamW"
+        )
     kwargs = cfg.kwargs()
     kwargs = check_kwargs(cls, kwargs, "optimizer", skip=("params",))
     groups = param_groups(cfg, model, takes_weight_decay=_accepts(cls, "weight_decay"))
     try:
         return cls(groups, **kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"optimizer: {cfg.name} rejected its arguments {short(kwargs)}: {str(e)[:300]}") from None
+        raise ConfigError(
+            f"optimizer: {cfg.name} rejected its arguments {short(kwargs)}: {str(e)[:300]}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- scheduler registry
+
 
 def _constant(optimizer: torch.optim.Optimizer) -> None:
     """constant LR (a warmup still applies)"""
@@ -172,8 +192,16 @@ for _name, _factory, _desc in [
     ("step", lrs.StepLR, "StepLR: lr x gamma every step_size units"),
     ("multistep", lrs.MultiStepLR, "MultiStepLR: lr x gamma at each of milestones"),
     ("exponential", lrs.ExponentialLR, "ExponentialLR: lr x gamma every unit"),
-    ("cosine", lrs.CosineAnnealingLR, "CosineAnnealingLR: half cosine to eta_min over T_max (default: the run)"),
-    ("linear", lrs.LinearLR, "LinearLR: linear decay from lr to 0 over the run (start_factor 1, end_factor 0)"),
+    (
+        "cosine",
+        lrs.CosineAnnealingLR,
+        "CosineAnnealingLR: half cosine to eta_min over T_max (default: the run)",
+    ),
+    (
+        "linear",
+        lrs.LinearLR,
+        "LinearLR: linear decay from lr to 0 over the run (start_factor 1, end_factor 0)",
+    ),
     ("polynomial", lrs.PolynomialLR, "PolynomialLR: (1 - t/total_iters)^power decay over the run"),
     ("onecycle", lrs.OneCycleLR, "OneCycleLR: warm up to max_lr (default: lr), anneal to ~0; per step"),
     ("plateau", lrs.ReduceLROnPlateau, "ReduceLROnPlateau: lr x factor when `monitor` stops improving"),
@@ -194,6 +222,8 @@ SCHEDULERS.extra_names = lambda: sorted(c.__name__ for c in _torch_classes(lrs, 
 
 _PER_STEP = (lrs.OneCycleLR, lrs.CyclicLR)  # made to step once per batch
 _RUN_SHAPED = {"none": (), "cosine": ("T_max",), "linear": ("total_iters",), "polynomial": ("total_iters",)}
+
+
 class LRSchedule:
     """One LR schedule as the loop sees it: a torch scheduler (with its warmup) and the unit it steps in.
 
@@ -202,9 +232,16 @@ class LRSchedule:
     needs the metric), so for `plateau` the warmup is a separate LinearLR stepped first.
     """
 
-    def __init__(self, name: str, optimizer: torch.optim.Optimizer, scheduler: lrs.LRScheduler | None,
-                 interval: str, monitor: Monitor | None = None, warmup: lrs.LinearLR | None = None,
-                 warmup_length: int = 0):
+    def __init__(
+        self,
+        name: str,
+        optimizer: torch.optim.Optimizer,
+        scheduler: lrs.LRScheduler | None,
+        interval: str,
+        monitor: Monitor | None = None,
+        warmup: lrs.LinearLR | None = None,
+        warmup_length: int = 0,
+    ):
         self.name = name
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -224,7 +261,8 @@ class LRSchedule:
         if self.interval == "step" and self.scheduler is not None:
             s = self.scheduler
             if isinstance(s, lrs.OneCycleLR) and s.last_epoch + 1 >= s.total_steps:
-                return  # past the planned run (e.g. more epochs on resume): keep the final LR, torch would raise
+                # past the planned run (e.g. more epochs on resume): keep the final LR, torch would raise
+                return
             self.scheduler.step()
 
     def step_epoch(self, logs: dict[str, Any] | None = None) -> None:
@@ -235,11 +273,15 @@ class LRSchedule:
                 self.scheduler.step()
             return
         logs = logs or {}  # flat epoch logs {"train_loss": .., "val_accuracy": ..}, or the loop's nested ones
-        flat = flat_logs(logs["train"] or {}, logs.get("val")) if isinstance(logs.get("train"), dict) else logs
+        flat = (
+            flat_logs(logs["train"] or {}, logs.get("val")) if isinstance(logs.get("train"), dict) else logs
+        )
         if self.monitor.name not in flat:
-            raise ConfigError(f"scheduler.monitor: {self.monitor.name!r} is not among the logged values after this "
-                              f"epoch ({', '.join(sorted(flat)) or 'none'}); plateau needs a validation split or "
-                              f"a monitor such as train_loss")
+            raise ConfigError(
+                f"scheduler.monitor: {self.monitor.name!r} is not among the logged values after this "
+                f"epoch ({', '.join(sorted(flat)) or 'none'}); plateau needs a validation split or "
+                f"a monitor such as train_loss"
+            )
         if self.warmup is not None and self.warmup_done < self.warmup_length:
             self.warmup.step()  # no plateau bookkeeping while the LR is still ramping up
             self.warmup_done += 1
@@ -247,15 +289,22 @@ class LRSchedule:
             self.scheduler.step(float(flat[self.monitor.name]))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "interval": self.interval, "lrs": self.lrs(), "warmup_done": self.warmup_done,
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "warmup": self.warmup.state_dict() if self.warmup is not None else None}
+        return {
+            "name": self.name,
+            "interval": self.interval,
+            "lrs": self.lrs(),
+            "warmup_done": self.warmup_done,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "warmup": self.warmup.state_dict() if self.warmup is not None else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = copy.deepcopy(state)  # SequentialLR.load_state_dict pops keys from what it is given
         if state.get("name") != self.name or state.get("interval") != self.interval:
-            raise ConfigError(f"scheduler: the checkpoint's schedule is {state.get('name')!r} per "
-                              f"{state.get('interval')}, the config's is {self.name!r} per {self.interval}")
+            raise ConfigError(
+                f"scheduler: the checkpoint's schedule is {state.get('name')!r} per "
+                f"{state.get('interval')}, the config's is {self.name!r} per {self.interval}"
+            )
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.warmup is not None and state["warmup"] is not None:
@@ -273,12 +322,15 @@ def _resolve_interval(cfg: SchedulerConfig, entry: Entry) -> str:
     cls = entry.factory
     if cls in _PER_STEP:
         if cfg.interval == "epoch" and cls is lrs.OneCycleLR:
-            raise ConfigError("scheduler.interval: onecycle always steps once per batch; drop `interval: epoch`")
+            raise ConfigError(
+                "scheduler.interval: onecycle always steps once per batch; drop `interval: epoch`"
+            )
         return "step"
     if cls is lrs.ReduceLROnPlateau:
         if cfg.interval == "step":
-            raise ConfigError("scheduler.interval: plateau reads a validation metric once per epoch; "
-                              "drop `interval: step`")
+            raise ConfigError(
+                "scheduler.interval: plateau reads a validation metric once per epoch; drop `interval: step`"
+            )
         return "epoch"
     if cfg.interval is not None:
         return cfg.interval
@@ -288,8 +340,15 @@ def _resolve_interval(cfg: SchedulerConfig, entry: Entry) -> str:
     return "epoch"
 
 
-def _main_kwargs(name: str, cls: Any, kwargs: dict[str, Any], optimizer: torch.optim.Optimizer,
-                 length: int, total_steps: int, monitor: Monitor) -> dict[str, Any]:
+def _main_kwargs(
+    name: str,
+    cls: Any,
+    kwargs: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    length: int,
+    total_steps: int,
+    monitor: Monitor,
+) -> dict[str, Any]:
     """Fill the run-length arguments the user left out (length: units after the warmup)."""
     kwargs = dict(kwargs)
     if cls is lrs.CosineAnnealingLR:
@@ -316,13 +375,24 @@ def _check_required(cls: Any, kwargs: dict[str, Any], name: str) -> None:
     except (TypeError, ValueError):
         return
     for arg, p in list(params.items())[1:]:  # the first is the optimizer
-        if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) \
-                and arg not in kwargs:
-            raise ConfigError(f"scheduler.{arg}: {name} needs {arg!r} (e.g. scheduler: {{name: {name}, {arg}: ...}})")
+        if (
+            p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and arg not in kwargs
+        ):
+            raise ConfigError(
+                f"scheduler.{arg}: {name} needs {arg!r} (e.g. scheduler: {{name: {name}, {arg}: ...}})"
+            )
 
 
-def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                    epochs: int, max_steps: int | None = None, monitor: Monitor | None = None) -> LRSchedule:
+def build_scheduler(
+    cfg: SchedulerConfig,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    epochs: int,
+    max_steps: int | None = None,
+    monitor: Monitor | None = None,
+) -> LRSchedule:
     """The LR schedule `cfg.name` with its warmup, for a run of `epochs` x `steps_per_epoch`
     optimizer steps (count optimizer steps, i.e. batches / grad_accum), or `max_steps` when shorter.
     `monitor`: the run's monitored value (train.monitor resolved), which `plateau` follows unless
@@ -343,13 +413,17 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, step
     if cfg.warmup_steps and cfg.warmup_epochs:
         raise ConfigError("scheduler.warmup_steps: give warmup_steps or warmup_epochs, not both")
     if cfg.warmup_steps and interval == "epoch":
-        raise ConfigError(f"scheduler.warmup_steps: the {name!r} schedule steps once per epoch, so a warmup "
-                          f"cannot count steps; use warmup_epochs: N, or interval: step (then its own counts "
-                          f"such as step_size and milestones are in steps too)")
+        raise ConfigError(
+            f"scheduler.warmup_steps: the {name!r} schedule steps once per epoch, so a warmup "
+            f"cannot count steps; use warmup_epochs: N, or interval: step (then its own counts "
+            f"such as step_size and milestones are in steps too)"
+        )
     warmup = cfg.warmup_steps or cfg.warmup_epochs * (steps_per_epoch if interval == "step" else 1)
     if warmup and cls in _PER_STEP:
-        raise ConfigError(f"scheduler.warmup_{'steps' if cfg.warmup_steps else 'epochs'}: {name} has its own "
-                          f"warmup (pct_start / base_lr); drop the warmup")
+        raise ConfigError(
+            f"scheduler.warmup_{'steps' if cfg.warmup_steps else 'epochs'}: {name} has its own "
+            f"warmup (pct_start / base_lr); drop the warmup"
+        )
     total_steps = steps_per_epoch * epochs
     if max_steps is not None and max_steps < total_steps:  # train.max_steps ends the run first
         total_steps = max_steps
@@ -357,22 +431,32 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, step
     if warmup >= run and cls is not _constant:
         key = f"scheduler.warmup_{'steps' if cfg.warmup_steps else 'epochs'}"
         clipped = max(0, run - 1)  # the main schedule keeps at least one unit
-        warn(f"{key}: the warmup ({warmup} {interval}s) is as long as the run ({run} {interval}s) or longer; "
-             f"clipped to {clipped} {interval}s for this run")
+        warn(
+            f"{key}: the warmup ({warmup} {interval}s) is as long as the run ({run} {interval}s) or longer; "
+            f"clipped to {clipped} {interval}s for this run"
+        )
         warmup = clipped
     _warn_past_the_end(name, user_kwargs, run - warmup, interval)
     if cls is lrs.ReduceLROnPlateau or monitor is None:
-        monitor = monitor if cfg.monitor == "auto" and monitor is not None else \
-            Monitor("val_loss" if cfg.monitor == "auto" else cfg.monitor)
+        monitor = (
+            monitor
+            if cfg.monitor == "auto" and monitor is not None
+            else Monitor("val_loss" if cfg.monitor == "auto" else cfg.monitor)
+        )
     kwargs = _main_kwargs(name, cls, user_kwargs, optimizer, run - warmup, total_steps, monitor)
     if cls is not _constant:
         _check_required(cls, kwargs, name)
     try:
-        ramp = (lrs.LinearLR(optimizer, start_factor=cfg.warmup_start_factor, end_factor=1.0, total_iters=warmup)
-                if warmup else None)
+        ramp = (
+            lrs.LinearLR(optimizer, start_factor=cfg.warmup_start_factor, end_factor=1.0, total_iters=warmup)
+            if warmup
+            else None
+        )
         main = cls(optimizer, **kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"scheduler: {name} rejected its arguments {short(kwargs)}: {str(e)[:300]}") from None
+        raise ConfigError(
+            f"scheduler: {name} rejected its arguments {short(kwargs)}: {str(e)[:300]}"
+        ) from None
 
     if cls is lrs.ReduceLROnPlateau:
         return LRSchedule(name, optimizer, main, interval, monitor=monitor, warmup=ramp, warmup_length=warmup)
@@ -389,8 +473,13 @@ def _warn_past_the_end(name: str, kwargs: dict[str, Any], length: int, interval:
     for key in ("T_max", "total_iters", "total_steps", "step_size"):
         value = kwargs.get(key)
         if isinstance(value, int) and value > length:
-            warn(f"scheduler.{key}: {value} {interval}s, longer than this run's {length}; the run ends before "
-                 f"the {name} schedule does")
+            warn(
+                f"scheduler.{key}: {value} {interval}s, longer than this run's {length}; the run ends before "
+                f"the {name} schedule does"
+            )
     late = [m for m in kwargs.get("milestones") or [] if isinstance(m, int) and m >= length]
     if late:
-        warn(f"scheduler.milestones: {late} at or past the end of this run ({length} {interval}s) are never reached")
+        warn(
+            f"scheduler.milestones: {late} at or past the end of this run ({length} "
+            f"{interval}s) are never reached"
+        )

@@ -1,5 +1,6 @@
 """SIGINT and SIGTERM during training: the first one asks the loop to finish its current step and
 save `last.pt` (then exit 130 or 143); a second Ctrl-C exits at once."""
+
 from __future__ import annotations
 
 import os
@@ -32,5 +33,9 @@ class SignalCatcher:
             os._exit(130)
         self.received = signum
         if self.announce:
-            print(f"\n{signal.Signals(signum).name} received: finishing the current step and saving last.pt "
-                  f"(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+            print(
+                f"\n{signal.Signals(signum).name} received: finishing the current step and saving last.pt "
+                f"(Ctrl-C again to exit at once)",
+                file=sys.stderr,
+                flush=True,
+            )

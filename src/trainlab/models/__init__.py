@@ -1,5 +1,6 @@
 """Models: the zoo (registered in `registry.MODELS` on import), the YAML `sequential` builder,
 torchvision and user classes, weight initialisation, the dry-run shape check and the summary."""
+
 from trainlab.models import rnn, zoo  # noqa: F401  (registers the zoo)
 from trainlab.models.build import build_model
 from trainlab.models.init import apply_init

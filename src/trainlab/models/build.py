@@ -3,6 +3,7 @@
 Sizes come from the data: `input_shape` (one sample, e.g. (1, 28, 28)) and `output_dim` (classes,
 1 for binary, or regression targets); a user's keyword arguments override them.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -27,8 +28,9 @@ def auto_model_name(input_shape: Sequence[int]) -> str:
     return AUTO.get(len(input_shape), "mlp")
 
 
-def build_model(cfg: ModelConfig, input_shape: Sequence[int] | Any, output_dim: int | None = None,
-                task: str | None = None) -> nn.Module:
+def build_model(
+    cfg: ModelConfig, input_shape: Sequence[int] | Any, output_dim: int | None = None, task: str | None = None
+) -> nn.Module:
     """Build the model `cfg` names for samples of `input_shape`, then apply `cfg.init`.
 
     `input_shape` may also be a `DataBundle`, which gives `input_shape`, `output_dim` and `task`.
@@ -37,19 +39,23 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int] | Any, output_dim: 
     """
     if hasattr(input_shape, "input_shape"):  # a DataBundle
         bundle = input_shape
-        input_shape, output_dim, task = bundle.input_shape, bundle.output_dim, bundle.task
+        input_shape, output_dim = bundle.input_shape, bundle.output_dim
     if output_dim is None:
         raise TypeError("build_model needs output_dim (or a DataBundle)")
     input_shape = tuple(int(s) for s in input_shape)
     name, kwargs = cfg.name, cfg.kwargs()
     if name != "sequential" and cfg.layers:
-        raise ConfigError(f"model.layers: layers are read only with `model.name: sequential`, not with {name!r}")
+        raise ConfigError(
+            f"model.layers: layers are read only with `model.name: sequential`, not with {name!r}"
+        )
     if name == "auto":
         name = auto_model_name(input_shape)
     if name == "sequential":
         if kwargs:
-            raise ConfigError(f"model.{next(iter(kwargs))}: `sequential` takes only `layers` and `init`; "
-                              f"give the layers' own arguments inside model.layers")
+            raise ConfigError(
+                f"model.{next(iter(kwargs))}: `sequential` takes only `layers` and `init`; "
+                f"give the layers' own arguments inside model.layers"
+            )
         _probe_on_meta(lambda: build_sequential(cfg.layers, input_shape), "sequential (model.layers)")
         model = build_sequential(cfg.layers, input_shape)
     elif name.startswith("torchvision:"):
@@ -76,7 +82,9 @@ def _call(factory, name: str, *args, **kwargs) -> Any:
     try:
         return factory(*args, **kwargs)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"model: building {name!r}({shown}) failed: {str(e).splitlines()[0][:300]}") from None
+        raise ConfigError(
+            f"model: building {name!r}({shown}) failed: {str(e).splitlines()[0][:300]}"
+        ) from None
 
 
 def _probe_on_meta(build: Any, what: str) -> None:
@@ -96,9 +104,11 @@ def _probe_on_meta(build: Any, what: str) -> None:
     need = 16 * count  # bytes
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > ram:
-        raise ConfigError(f"model: {what} has {count:,} parameters; training it needs about "
-                          f"{_gb(need)} (weights, gradients and two optimizer moments in fp32), more than this "
-                          f"machine's {_gb(ram)} of memory; make the sizes smaller")
+        raise ConfigError(
+            f"model: {what} has {count:,} parameters; training it needs about "
+            f"{_gb(need)} (weights, gradients and two optimizer moments in fp32), more than this "
+            f"machine's {_gb(ram)} of memory; make the sizes smaller"
+        )
 
 
 def _gb(n: float) -> str:
@@ -107,16 +117,23 @@ def _gb(n: float) -> str:
 
 # ----------------------------------------------------------------------------- user classes
 
+
 # Constructor arguments filled from the data when the class takes them and the user did not give them.
 def _from_data(input_shape: tuple[int, ...], output_dim: int) -> dict[str, Any]:
-    filled = {"input_shape": input_shape, "output_dim": output_dim, "in_features": math.prod(input_shape),
-              "num_classes": output_dim}
+    filled = {
+        "input_shape": input_shape,
+        "output_dim": output_dim,
+        "in_features": math.prod(input_shape),
+        "num_classes": output_dim,
+    }
     if len(input_shape) >= 2:
         filled["in_channels"] = input_shape[0]
     return filled
 
 
-def build_user_model(spec: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], output_dim: int) -> nn.Module:
+def build_user_model(
+    spec: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], output_dim: int
+) -> nn.Module:
     """`module:attr` naming an nn.Module class (or a function returning one), with the user's kwargs."""
     factory = import_object(spec, "model.name")
     if not callable(factory):
@@ -134,18 +151,25 @@ def build_user_model(spec: str, kwargs: dict[str, Any], input_shape: tuple[int, 
 
 # ----------------------------------------------------------------------------- torchvision
 
-def build_torchvision(name: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], output_dim: int) -> nn.Module:
+
+def build_torchvision(
+    name: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], output_dim: int
+) -> nn.Module:
     """Any torchvision.models classification builder, `weights: null` unless given; the first conv takes
     the data's channels and the last Linear gives `output_dim` outputs."""
     import torchvision.models as tvm
 
     names = tvm.list_models(module=tvm)
     if name not in names:
-        raise ConfigError(f"model.name: unknown torchvision model {name!r}{did_you_mean(name, names)}; "
-                          f"torchvision.models.list_models() lists them")
+        raise ConfigError(
+            f"model.name: unknown torchvision model {name!r}{did_you_mean(name, names)}; "
+            f"torchvision.models.list_models() lists them"
+        )
     if len(input_shape) != 3:
-        raise ConfigError(f"model.name: torchvision:{name} takes images (C, H, W); the data gives samples of shape "
-                          f"{input_shape}")
+        raise ConfigError(
+            f"model.name: torchvision:{name} takes images (C, H, W); the data gives samples of shape "
+            f"{input_shape}"
+        )
     kwargs = dict(kwargs)
     weights = kwargs.setdefault("weights", None)
     builder = tvm.get_model_builder(name)
@@ -162,7 +186,9 @@ def build_torchvision(name: str, kwargs: dict[str, Any], input_shape: tuple[int,
     try:
         model = builder(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"model: torchvision:{name} with {short(kwargs)} failed: {str(e).splitlines()[0]}") from None
+        raise ConfigError(
+            f"model: torchvision:{name} with {short(kwargs)} failed: {str(e).splitlines()[0]}"
+        ) from None
     adapt_first_conv(model, input_shape[0])
     adapt_classifier(model, output_dim)
     return model
@@ -179,12 +205,25 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
     if conv is None or conv.in_channels == in_channels:
         return
     if conv.groups != 1:
-        raise ConfigError(f"model.name: the first convolution ({name}) is grouped; trainlab cannot adapt it to "
-                          f"{in_channels} input channels: convert the images to {conv.in_channels} channels")
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    1, conv.bias is not None, conv.padding_mode)
+        raise ConfigError(
+            f"model.name: the first convolution ({name}) is grouped; trainlab cannot adapt it to "
+            f"{in_channels} input channels: convert the images to {conv.in_channels} channels"
+        )
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        1,
+        conv.bias is not None,
+        conv.padding_mode,
+    )
     with torch.no_grad():  # keep what pretrained kernels know: their mean over the input channels
-        new.weight.copy_(conv.weight.mean(dim=1, keepdim=True).expand_as(new.weight) * conv.in_channels / in_channels)
+        new.weight.copy_(
+            conv.weight.mean(dim=1, keepdim=True).expand_as(new.weight) * conv.in_channels / in_channels
+        )
         if conv.bias is not None:
             new.bias.copy_(conv.bias)
     _replace(model, name, new)
@@ -192,7 +231,9 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
 
 def adapt_classifier(model: nn.Module, output_dim: int) -> None:
     """Replace the last Linear (the classifier) when it does not give `output_dim` outputs."""
-    name, fc = next(((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)), (None, None))
+    name, fc = next(
+        ((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)), (None, None)
+    )
     if fc is None or fc.out_features == output_dim:
         return
     _replace(model, name, nn.Linear(fc.in_features, output_dim, bias=fc.bias is not None))

@@ -13,6 +13,7 @@ arguments beside it. For xavier_* and orthogonal, `nonlinearity` (and `param`) g
 `torch.nn.init.calculate_gain`, e.g. 5/3 for tanh, sqrt(2) for relu. `normal` defaults to std 0.01
 (torch's own default, std 1, is far too large for a weight).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -26,8 +27,22 @@ from trainlab.errors import ConfigError, did_you_mean, short
 from trainlab.registry import check_kwargs
 
 KEY = "model.init"
-SCHEMES = ("uniform", "normal", "trunc_normal", "constant", "ones", "zeros", "eye", "dirac", "xavier_uniform",
-           "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "sparse")
+SCHEMES = (
+    "uniform",
+    "normal",
+    "trunc_normal",
+    "constant",
+    "ones",
+    "zeros",
+    "eye",
+    "dirac",
+    "xavier_uniform",
+    "xavier_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "orthogonal",
+    "sparse",
+)
 _GAIN_SCHEMES = ("xavier_uniform", "xavier_normal", "orthogonal")
 NONLINEARITIES = ("linear", "conv1d", "conv2d", "conv3d", "sigmoid", "tanh", "relu", "leaky_relu", "selu")
 _DEFAULTS = {"normal": {"std": 0.01}, "trunc_normal": {"std": 0.02}}
@@ -43,21 +58,27 @@ def parse_scheme(value: Any, key: str) -> tuple[str, dict[str, Any]]:
         kwargs = dict(value)
         scheme = kwargs.pop("scheme")
     else:
-        raise ConfigError(f"{key}: {short(value)} is not an init scheme; write a name (xavier_uniform) or a mapping "
-                          f"{{scheme: kaiming_normal, nonlinearity: relu}}")
+        raise ConfigError(
+            f"{key}: {short(value)} is not an init scheme; write a name (xavier_uniform) or a mapping "
+            f"{{scheme: kaiming_normal, nonlinearity: relu}}"
+        )
     scheme = str(scheme).removesuffix("_")
     if scheme not in SCHEMES:
-        raise ConfigError(f"{key}: unknown init scheme {scheme!r}{did_you_mean(scheme, SCHEMES)}; "
-                          f"choose from {', '.join(SCHEMES)}")
+        raise ConfigError(
+            f"{key}: unknown init scheme {scheme!r}{did_you_mean(scheme, SCHEMES)}; "
+            f"choose from {', '.join(SCHEMES)}"
+        )
     kwargs = {**_DEFAULTS.get(scheme, {}), **kwargs}
     if scheme in _GAIN_SCHEMES and "nonlinearity" in kwargs:
         nonlinearity, param = kwargs.pop("nonlinearity"), kwargs.pop("param", None)
         try:
             kwargs["gain"] = nn.init.calculate_gain(nonlinearity, param)
         except ValueError:
-            raise ConfigError(f"{key}.nonlinearity: unknown nonlinearity {nonlinearity!r}"
-                              f"{did_you_mean(str(nonlinearity), NONLINEARITIES)}; choose from "
-                              f"{', '.join(NONLINEARITIES)}") from None
+            raise ConfigError(
+                f"{key}.nonlinearity: unknown nonlinearity {nonlinearity!r}"
+                f"{did_you_mean(str(nonlinearity), NONLINEARITIES)}; choose from "
+                f"{', '.join(NONLINEARITIES)}"
+            ) from None
     kwargs = check_kwargs(getattr(nn.init, scheme + "_"), kwargs, key, skip=("tensor",))
     return scheme, kwargs
 
@@ -66,7 +87,9 @@ def _init(tensor: torch.Tensor, scheme: str, kwargs: dict[str, Any], key: str, n
     try:
         getattr(nn.init, scheme + "_")(tensor, **kwargs)
     except ValueError as e:  # e.g. xavier on a 1-d tensor: fan in/out are undefined
-        raise ConfigError(f"{key}: {scheme} cannot initialise {name} of shape {tuple(tensor.shape)}: {e}") from None
+        raise ConfigError(
+            f"{key}: {scheme} cannot initialise {name} of shape {tuple(tensor.shape)}: {e}"
+        ) from None
 
 
 def _layer_class(name: str) -> type:
@@ -76,14 +99,20 @@ def _layer_class(name: str) -> type:
     if inspect.isclass(cls) and issubclass(cls, nn.Module):
         return cls
     known = [n for n in dir(nn) if inspect.isclass(getattr(nn, n)) and issubclass(getattr(nn, n), nn.Module)]
-    raise ConfigError(f"{KEY}.{name}: unknown layer type {name!r}{did_you_mean(name, [*known, *_GROUPS, 'bias', 'default'])}; "
-                      f"keys are torch.nn class names (Linear, Conv2d, ...), Conv, BatchNorm, 'default' or 'bias'")
+    raise ConfigError(
+        f"{KEY}.{name}: "
+        f"unknown layer type {name!r}{did_you_mean(name, [*known, *_GROUPS, 'bias', 'default'])}; "
+        "keys are torch.nn class names (Linear, Conv2d, ...), Conv, BatchNorm, 'default' or 'bias'"
+    )
 
 
 def _weights(module: nn.Module, matrices_only: bool) -> list[tuple[str, torch.Tensor]]:
     """A module's own weights (`weight`, `weight_ih_l0`, ...); with matrices_only, those with dim >= 2."""
-    return [(n, p) for n, p in module.named_parameters(recurse=False)
-            if n.startswith("weight") and (p.dim() >= 2 or not matrices_only)]
+    return [
+        (n, p)
+        for n, p in module.named_parameters(recurse=False)
+        if n.startswith("weight") and (p.dim() >= 2 or not matrices_only)
+    ]
 
 
 def apply_init(model: nn.Module, spec: str | Mapping[str, Any] | None) -> None:
@@ -98,8 +127,11 @@ def apply_init(model: nn.Module, spec: str | Mapping[str, Any] | None) -> None:
         return
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{KEY}: expected a scheme name or a mapping by layer type, got {spec!r}")
-    by_type = [(_layer_class(k), *parse_scheme(v, f"{KEY}.{k}"), f"{KEY}.{k}")
-               for k, v in spec.items() if k not in ("bias", "default")]
+    by_type = [
+        (_layer_class(k), *parse_scheme(v, f"{KEY}.{k}"), f"{KEY}.{k}")
+        for k, v in spec.items()
+        if k not in ("bias", "default")
+    ]
     default = parse_scheme(spec["default"], f"{KEY}.default") if "default" in spec else None
     bias = parse_scheme(spec["bias"], f"{KEY}.bias") if "bias" in spec else None
     for mod_name, module in model.named_modules():

@@ -6,6 +6,7 @@ How a sample of `input_shape` becomes a sequence (B, T, F):
     (F,)       flat features: F steps of 1 feature
     (C, H, W)  an image read row by row: H steps of C*W features (28 steps of 28 for MNIST)
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,21 +27,37 @@ def sequence_shape(input_shape: Sequence[int]) -> tuple[str, int]:
         return ("channel", 1) if shape[0] == 1 else ("steps", shape[1])
     if len(shape) == 3:
         return "rows", shape[0] * shape[2]
-    raise ConfigError(f"model.name: a recurrent model takes sequences (T, F), signals (1, T), flat features (F,) or "
-                      f"images (C, H, W); the data gives samples of shape {shape}")
+    raise ConfigError(
+        f"model.name: a recurrent model takes sequences (T, F), signals (1, T), flat features (F,) or "
+        f"images (C, H, W); the data gives samples of shape {shape}"
+    )
 
 
 class SequenceModel(nn.Module):
     """`cell` in {"rnn", "lstm", "gru"} over the sequence; the head reads the last step's hidden state
     (for a bidirectional net: the forward direction at the last step and the backward one at the first)."""
 
-    def __init__(self, cell: str, input_shape: Sequence[int], output_dim: int, hidden_size: int = 64,
-                 num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0):
+    def __init__(
+        self,
+        cell: str,
+        input_shape: Sequence[int],
+        output_dim: int,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.view, input_size = sequence_shape(input_shape)
         rnn_class = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
-        self.rnn = rnn_class(input_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional,
-                             dropout=dropout if num_layers > 1 else 0.0)
+        self.rnn = rnn_class(
+            input_size,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
         self.directions = 2 if bidirectional else 1
         self.fc = nn.Linear(hidden_size * self.directions, output_dim)
 
@@ -58,19 +75,29 @@ class SequenceModel(nn.Module):
         _, h_n = self.rnn(self.as_sequence(x))  # h_n: (layers * directions, B, hidden)
         if isinstance(h_n, tuple):  # LSTM returns (h_n, c_n)
             h_n = h_n[0]
-        last = h_n[-self.directions:]  # the top layer's final state, one per direction
+        last = h_n[-self.directions :]  # the top layer's final state, one per direction
         return self.fc(torch.cat(list(last), dim=1))  # (B, hidden * directions) -> (B, output_dim)
 
 
 def _register(cell: str, description: str) -> None:
-    def factory(input_shape, output_dim, hidden_size: int = 64, num_layers: int = 1, bidirectional: bool = False,
-                dropout: float = 0.0):
+    def factory(
+        input_shape,
+        output_dim,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+    ):
         return SequenceModel(cell, input_shape, output_dim, hidden_size, num_layers, bidirectional, dropout)
 
     factory.__name__ = cell
     MODELS.add(cell, factory, description)
 
 
-_register("rnn", "nn.RNN (tanh) over the sequence + Linear on the last step: hidden_size, num_layers, bidirectional")
-_register("lstm", "nn.LSTM over the sequence + Linear on the last step: hidden_size, num_layers, bidirectional")
+_register(
+    "rnn", "nn.RNN (tanh) over the sequence + Linear on the last step: hidden_size, num_layers, bidirectional"
+)
+_register(
+    "lstm", "nn.LSTM over the sequence + Linear on the last step: hidden_size, num_layers, bidirectional"
+)
 _register("gru", "nn.GRU over the sequence + Linear on the last step: hidden_size, num_layers, bidirectional")

@@ -11,6 +11,7 @@
 Any torch.nn class (or `module:attr` class) can be a layer. Lazy layers are materialised by one dry
 forward pass on zeros of the data's sample shape, which also reports a mismatch by layer name.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -28,12 +29,16 @@ CONFIG_KEY = "model.layers"
 
 def build_sequential(layers: list[Any] | None, input_shape: Sequence[int]) -> nn.Sequential:
     if not layers:
-        raise ConfigError(f"{CONFIG_KEY}: `model.name: sequential` needs a list of layers, e.g. "
-                          f"layers: [Flatten, {{Linear: [{int(torch.tensor(input_shape).prod())}, 10]}}]")
+        raise ConfigError(
+            f"{CONFIG_KEY}: `model.name: sequential` needs a list of layers, e.g. "
+            f"layers: [Flatten, {{Linear: [{int(torch.tensor(input_shape).prod())}, 10]}}]"
+        )
     modules = build_list(layers, [nn], CONFIG_KEY)
     for i, m in enumerate(modules):
         if not isinstance(m, nn.Module):
-            raise ConfigError(f"{CONFIG_KEY}[{i}]: {type(m).__name__} is not a torch.nn.Module, so it cannot be a layer")
+            raise ConfigError(
+                f"{CONFIG_KEY}[{i}]: {type(m).__name__} is not a torch.nn.Module, so it cannot be a layer"
+            )
     model = nn.Sequential(*modules)
     # check_shapes names a failing layer `model.layers.<i> (Class)`, matching the YAML list.
     model.config_key = CONFIG_KEY

@@ -7,6 +7,7 @@ what it received, and turns that into a message naming the layer and both shapes
 
     model.layers.5 (Linear) expects 800 input features, got 1250 from input of shape (64, 50, 5, 5) flattened
 """
+
 from __future__ import annotations
 
 import re
@@ -31,25 +32,41 @@ def _is_leaf(module: nn.Module) -> bool:
     return next(module.children(), None) is None
 
 
-def _mismatch(module: nn.Module, shape: tuple[int, ...] | None, previous: tuple[nn.Module, list] | None) -> tuple[str, str] | None:
+def _mismatch(
+    module: nn.Module, shape: tuple[int, ...] | None, previous: tuple[nn.Module, list] | None
+) -> tuple[str, str] | None:
     """(what the layer expects vs what it got, how to fix it) for the layer kinds we can explain."""
     if shape is None or len(shape) == 0:
         return None
     if isinstance(module, nn.Linear) and shape[-1] != module.in_features:
         origin = f"from input of shape {shape}"
-        if previous is not None and isinstance(previous[0], nn.Flatten) and previous[1] and len(previous[1][0]) > len(shape):
+        if (
+            previous is not None
+            and isinstance(previous[0], nn.Flatten)
+            and previous[1]
+            and len(previous[1][0]) > len(shape)
+        ):
             origin = f"from input of shape {previous[1][0]} flattened"
-        return (f"expects {module.in_features} input features, got {shape[-1]} {origin}",
-                f"set its in_features to {shape[-1]} (or use LazyLinear), or resize the input to the size it was made for")
+        return (
+            f"expects {module.in_features} input features, got {shape[-1]} {origin}",
+            f"set its in_features to {shape[-1]} (or use LazyLinear), "
+            "or resize the input to the size it was made for",
+        )
     if isinstance(module, _ConvNd) and len(shape) >= 2 and shape[1] != module.in_channels:
-        return (f"expects {module.in_channels} input channels, got {shape[1]} from input of shape {shape}",
-                f"set its in_channels to {shape[1]} (or use a Lazy conv layer)")
+        return (
+            f"expects {module.in_channels} input channels, got {shape[1]} from input of shape {shape}",
+            f"set its in_channels to {shape[1]} (or use a Lazy conv layer)",
+        )
     if isinstance(module, _BatchNorm) and len(shape) >= 2 and shape[1] != module.num_features:
-        return (f"expects {module.num_features} features (channels), got {shape[1]} from input of shape {shape}",
-                f"set its num_features to {shape[1]}")
+        return (
+            f"expects {module.num_features} features (channels), got {shape[1]} from input of shape {shape}",
+            f"set its num_features to {shape[1]}",
+        )
     if isinstance(module, nn.RNNBase) and shape[-1] != module.input_size:
-        return (f"expects {module.input_size} features per step, got {shape[-1]} from input of shape {shape}",
-                f"set its input_size to {shape[-1]}")
+        return (
+            f"expects {module.input_size} features per step, got {shape[-1]} from input of shape {shape}",
+            f"set its input_size to {shape[-1]}",
+        )
     return None
 
 
@@ -70,6 +87,7 @@ def check_shapes(model: nn.Module, x: torch.Tensor, output_dim: int | None = Non
             stack.append((name, module, _shapes(args)))
             if _is_leaf(module):
                 leaves.append((module, _shapes(args)))
+
         return hook
 
     def leave(module: nn.Module, args: tuple, output) -> None:
@@ -88,30 +106,42 @@ def check_shapes(model: nn.Module, x: torch.Tensor, output_dim: int | None = Non
             raise
         name, module, shapes = stack[-1]
         shape = shapes[0] if shapes else None
-        previous = leaves[-2] if len(leaves) >= 2 and leaves[-1][0] is module else (leaves[-1] if leaves else None)
+        previous = (
+            leaves[-2] if len(leaves) >= 2 and leaves[-1][0] is module else (leaves[-1] if leaves else None)
+        )
         explained = _mismatch(module, shape, previous)
         if explained is None and not _SHAPE_WORDS.search(str(e)):
             raise
         where = f"{prefix}.{name}" if name else prefix
-        detail, fix = explained or (f"got input of shape {shape}: {str(e).splitlines()[0]}",
-                                    "check the sizes this layer was made for")
-        raise ConfigError(f"{where} ({type(module).__name__}) {detail}. The data gives batches of shape "
-                          f"{tuple(x.shape)}; {fix}.") from None
+        detail, fix = explained or (
+            f"got input of shape {shape}: {str(e).splitlines()[0]}",
+            "check the sizes this layer was made for",
+        )
+        raise ConfigError(
+            f"{where} ({type(module).__name__}) {detail}. The data gives batches of shape "
+            f"{tuple(x.shape)}; {fix}."
+        ) from None
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
     if not isinstance(out, torch.Tensor):
-        raise ConfigError(f"model.name: the model returns {type(out).__name__}, not a tensor; the loss needs one "
-                          f"output tensor (B, outputs) per batch")
+        raise ConfigError(
+            f"model.name: the model returns {type(out).__name__}, not a tensor; the loss needs one "
+            f"output tensor (B, outputs) per batch"
+        )
     if output_dim is not None and out.shape[-1] != output_dim and not (output_dim == 1 and out.dim() == 1):
-        raise ConfigError(f"model: the model's output has shape {tuple(out.shape)} but the data needs {output_dim} "
-                          f"output{'s' if output_dim != 1 else ''} per sample (classes, or 1 logit for a binary "
-                          f"task, or the number of regression targets); change the last layer")
+        raise ConfigError(
+            f"model: the model's output has shape {tuple(out.shape)} but the data needs {output_dim} "
+            f"output{'s' if output_dim != 1 else ''} per sample (classes, or 1 logit for a binary "
+            f"task, or the number of regression targets); change the last layer"
+        )
     return out.shape
 
 
-def model_summary(model: nn.Module, input_shape: Sequence[int], device: str | torch.device | None = None) -> str:
+def model_summary(
+    model: nn.Module, input_shape: Sequence[int], device: str | torch.device | None = None
+) -> str:
     """torchinfo's table (layer, output shape, parameters), depth 3, for a batch of one sample.
 
     torchinfo moves the model to `device`; by default that is where the model already is.
@@ -122,8 +152,15 @@ def model_summary(model: nn.Module, input_shape: Sequence[int], device: str | to
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     try:
-        stats = summary(model, input_size=(1, *input_shape), depth=3, col_names=("output_size", "num_params"),
-                        device=device, mode="eval", verbose=0)
+        stats = summary(
+            model,
+            input_size=(1, *input_shape),
+            depth=3,
+            col_names=("output_size", "num_params"),
+            device=device,
+            mode="eval",
+            verbose=0,
+        )
     finally:
         model.train(was_training)
     # torchinfo 1.8 prints its Units enum as "Units.MEGABYTES" on Python 3.11+; write its value ("M")

@@ -10,6 +10,7 @@ Convolutional models take images (C, H, W) with 2-d layers and signals (C, L) wi
 flat (F,) input is viewed as a square one-channel image when F is a square (784 -> 1x28x28), else as
 a one-channel signal (1, F). The recurrent models are in `models/rnn.py`.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,14 +23,23 @@ from torch import nn
 from trainlab.errors import ConfigError, did_you_mean
 from trainlab.registry import MODELS
 
-ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
-               "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "silu": nn.SiLU}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+}
 
 
 def make_activation(name: str, key: str = "model.activation") -> nn.Module:
     if name not in ACTIVATIONS:
-        raise ConfigError(f"{key}: unknown activation {name!r}{did_you_mean(name, ACTIVATIONS)}; "
-                          f"choose from {', '.join(ACTIVATIONS)}")
+        raise ConfigError(
+            f"{key}: unknown activation {name!r}{did_you_mean(name, ACTIVATIONS)}; "
+            f"choose from {', '.join(ACTIVATIONS)}"
+        )
     return ACTIVATIONS[name]()
 
 
@@ -40,30 +50,50 @@ def num_features(input_shape: Sequence[int]) -> int:
 
 # ----------------------------------------------------------------------------- flat models
 
+
 @MODELS.register("linear", "linear regression y = w·x + b (flattens its input)")
 def linear(input_shape, output_dim, bias: bool = True):
     # bias: false is the notes' y = w·x
-    return nn.Sequential(OrderedDict(flatten=nn.Flatten(),
-                                     linear=nn.Linear(num_features(input_shape), output_dim, bias=bias)))
+    return nn.Sequential(
+        OrderedDict(flatten=nn.Flatten(), linear=nn.Linear(num_features(input_shape), output_dim, bias=bias))
+    )
 
 
-@MODELS.register("logistic", "logistic regression: one Linear to a logit (BCEWithLogitsLoss applies the sigmoid)")
+@MODELS.register(
+    "logistic", "logistic regression: one Linear to a logit (BCEWithLogitsLoss applies the sigmoid)"
+)
 def logistic(input_shape, output_dim):
     # output_dim is 1 for a binary task; with C classes this is multinomial (softmax) regression.
     return linear(input_shape, output_dim)
 
 
-@MODELS.register("sigmoid_net", "y = b + cᵀσ(b + W x): a sum of `units` sigmoids (activation: relu for ReLUs)")
+@MODELS.register(
+    "sigmoid_net", "y = b + cᵀσ(b + W x): a sum of `units` sigmoids (activation: relu for ReLUs)"
+)
 def sigmoid_net(input_shape, output_dim, units: int = 32, activation: str = "sigmoid"):
     # The notes' "constant + sum of sigmoid curves": hidden Linear (b + W x), σ, output Linear (b + cᵀ·).
     act = make_activation(activation)
-    return nn.Sequential(OrderedDict(flatten=nn.Flatten(), hidden=nn.Linear(num_features(input_shape), units),
-                                     act=act, out=nn.Linear(units, output_dim)))
+    return nn.Sequential(
+        OrderedDict(
+            flatten=nn.Flatten(),
+            hidden=nn.Linear(num_features(input_shape), units),
+            act=act,
+            out=nn.Linear(units, output_dim),
+        )
+    )
 
 
-@MODELS.register("mlp", "multi-layer perceptron: hidden, activation, dropout, batch_norm (flattens its input)")
-def mlp(input_shape, output_dim, hidden: Sequence[int] = (64, 32), activation: str = "relu",
-        dropout: float = 0.0, batch_norm: bool = False):
+@MODELS.register(
+    "mlp", "multi-layer perceptron: hidden, activation, dropout, batch_norm (flattens its input)"
+)
+def mlp(
+    input_shape,
+    output_dim,
+    hidden: Sequence[int] = (64, 32),
+    activation: str = "relu",
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+):
     layers: list[nn.Module] = [nn.Flatten()]
     width = num_features(input_shape)
     for h in hidden:
@@ -79,6 +109,7 @@ def mlp(input_shape, output_dim, hidden: Sequence[int] = (64, 32), activation: s
 
 
 # ----------------------------------------------------------------------------- conv building blocks
+
 
 class Layers:
     """The 1-d or 2-d variants of the layers a conv net needs, chosen by the sample's rank."""
@@ -99,8 +130,10 @@ def spatial_shape(input_shape: Sequence[int], model: str) -> tuple[int, ...]:
         return (1, side, side) if side * side == shape[0] else (1, shape[0])
     if len(shape) in (2, 3):
         return shape
-    raise ConfigError(f"model.name: {model} takes images (C, H, W), signals (C, L) or flat features (F,); "
-                      f"the data gives samples of shape {shape}")
+    raise ConfigError(
+        f"model.name: {model} takes images (C, H, W), signals (C, L) or flat features (F,); "
+        f"the data gives samples of shape {shape}"
+    )
 
 
 class ConvNet(nn.Module):
@@ -122,9 +155,11 @@ class ConvNet(nn.Module):
                 out = self.features(torch.zeros(1, *self.sample_shape))
                 self.train(was)
         except RuntimeError as e:
-            raise ConfigError(f"model.name: {self.name} cannot take samples of shape {self.sample_shape}: they are too "
-                              f"small for its convolutions and poolings ({str(e).splitlines()[0]}); resize the input "
-                              f"(data.transforms) or pick a model for small inputs such as small_cnn") from None
+            raise ConfigError(
+                f"model.name: {self.name} cannot take samples of shape {self.sample_shape}: they are too "
+                f"small for its convolutions and poolings ({str(e).splitlines()[0]}); resize the input "
+                f"(data.transforms) or pick a model for small inputs such as small_cnn"
+            ) from None
         return out[0].numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,12 +168,21 @@ class ConvNet(nn.Module):
         return self.head(torch.flatten(self.features(x), 1))
 
 
-@MODELS.register("small_cnn", "two conv3x3-BN-ReLU-maxpool blocks and an fc head (for 8x8 digits and any small image)")
+@MODELS.register(
+    "small_cnn", "two conv3x3-BN-ReLU-maxpool blocks and an fc head (for 8x8 digits and any small image)"
+)
 class SmallCNN(ConvNet):
     name = "small_cnn"
 
-    def __init__(self, input_shape, output_dim, channels: Sequence[int] = (32, 64), hidden: int = 128,
-                 dropout: float = 0.25, batch_norm: bool = True):
+    def __init__(
+        self,
+        input_shape,
+        output_dim,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 128,
+        dropout: float = 0.25,
+        batch_norm: bool = True,
+    ):
         super().__init__(input_shape)
         L, blocks, c_in = self.layers, [], self.sample_shape[0]
         for c in channels:
@@ -148,8 +192,9 @@ class SmallCNN(ConvNet):
             blocks += [nn.ReLU(), L.MaxPool(2, ceil_mode=True)]
             c_in = c
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.flat_size(), hidden), nn.ReLU(),
-                                  nn.Linear(hidden, output_dim))
+        self.head = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(self.flat_size(), hidden), nn.ReLU(), nn.Linear(hidden, output_dim)
+        )
 
 
 @MODELS.register("lenet", "the notes' MNIST CNN: conv k5 ->10, pool, conv k5 ->20, pool, fc (320 for 28x28)")
@@ -161,12 +206,20 @@ class LeNet(ConvNet):
         L = self.layers
         c1, c2 = channels
         # relu(pool(conv(x))) twice, as in the notes; 1x28x28 -> 10x12x12 -> 20x4x4 = 320 features.
-        self.features = nn.Sequential(L.Conv(self.sample_shape[0], c1, kernel_size), L.MaxPool(2), nn.ReLU(),
-                                      L.Conv(c1, c2, kernel_size), L.MaxPool(2), nn.ReLU())
+        self.features = nn.Sequential(
+            L.Conv(self.sample_shape[0], c1, kernel_size),
+            L.MaxPool(2),
+            nn.ReLU(),
+            L.Conv(c1, c2, kernel_size),
+            L.MaxPool(2),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(self.flat_size(), output_dim)
 
 
-@MODELS.register("cnn_classifier", "the notes' food classifier: 3 conv-BN-ReLU-pool blocks 64/128/512, fc 1024-32")
+@MODELS.register(
+    "cnn_classifier", "the notes' food classifier: 3 conv-BN-ReLU-pool blocks 64/128/512, fc 1024-32"
+)
 class CNNClassifier(ConvNet):
     """Three Conv3x3(pad 1)-BatchNorm-ReLU-MaxPool2 blocks, then FC 1024 - 32 - classes.
 
@@ -177,8 +230,14 @@ class CNNClassifier(ConvNet):
 
     name = "cnn_classifier"
 
-    def __init__(self, input_shape=(3, 128, 128), output_dim=11, channels: Sequence[int] = (64, 128, 512),
-                 fc: Sequence[int] = (1024, 32), adaptive_pool: int | None = None):
+    def __init__(
+        self,
+        input_shape=(3, 128, 128),
+        output_dim=11,
+        channels: Sequence[int] = (64, 128, 512),
+        fc: Sequence[int] = (1024, 32),
+        adaptive_pool: int | None = None,
+    ):
         super().__init__(input_shape)
         L, blocks, c_in = self.layers, [], self.sample_shape[0]
         for c in channels:
@@ -203,16 +262,21 @@ class InceptionA(nn.Module):
         super().__init__()
         self.branch1x1 = L.Conv(in_channels, 16, 1)
         self.branch5x5 = nn.Sequential(L.Conv(in_channels, 16, 1), L.Conv(16, 24, 5, padding=2))
-        self.branch3x3 = nn.Sequential(L.Conv(in_channels, 16, 1), L.Conv(16, 24, 3, padding=1),
-                                       L.Conv(24, 24, 3, padding=1))
+        self.branch3x3 = nn.Sequential(
+            L.Conv(in_channels, 16, 1), L.Conv(16, 24, 3, padding=1), L.Conv(24, 24, 3, padding=1)
+        )
         self.branch_pool = nn.Sequential(L.AvgPool(3, stride=1, padding=1), L.Conv(in_channels, 24, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Every branch keeps the spatial size, so they concatenate on dim 1 (channels).
-        return torch.cat([self.branch1x1(x), self.branch5x5(x), self.branch3x3(x), self.branch_pool(x)], dim=1)
+        return torch.cat(
+            [self.branch1x1(x), self.branch5x5(x), self.branch3x3(x), self.branch_pool(x)], dim=1
+        )
 
 
-@MODELS.register("inception", "the notes' Inception net: conv k5, pool, InceptionA, conv k5, pool, InceptionA, fc")
+@MODELS.register(
+    "inception", "the notes' Inception net: conv k5, pool, InceptionA, conv k5, pool, InceptionA, fc"
+)
 class InceptionNet(ConvNet):
     name = "inception"
 
@@ -220,8 +284,16 @@ class InceptionNet(ConvNet):
         super().__init__(input_shape)
         L = self.layers
         # 1x28x28 -> 10x12x12 -> 88x12x12 -> 20x4x4 -> 88x4x4 = 1408 features.
-        self.features = nn.Sequential(L.Conv(self.sample_shape[0], 10, 5), L.MaxPool(2), nn.ReLU(), InceptionA(10, L),
-                                      L.Conv(InceptionA.out_channels, 20, 5), L.MaxPool(2), nn.ReLU(), InceptionA(20, L))
+        self.features = nn.Sequential(
+            L.Conv(self.sample_shape[0], 10, 5),
+            L.MaxPool(2),
+            nn.ReLU(),
+            InceptionA(10, L),
+            L.Conv(InceptionA.out_channels, 20, 5),
+            L.MaxPool(2),
+            nn.ReLU(),
+            InceptionA(20, L),
+        )
         self.head = nn.Linear(self.flat_size(), output_dim)
 
 
@@ -239,7 +311,10 @@ class ResidualBlock(nn.Module):
         return torch.relu(x + y)
 
 
-@MODELS.register("resnet_small", "the notes' residual net: conv k5 ->16, pool, ResidualBlock, conv k5 ->32, pool, block, fc")
+@MODELS.register(
+    "resnet_small",
+    "the notes' residual net: conv k5 ->16, pool, ResidualBlock, conv k5 ->32, pool, block, fc",
+)
 class ResNetSmall(ConvNet):
     name = "resnet_small"
 
@@ -247,6 +322,14 @@ class ResNetSmall(ConvNet):
         super().__init__(input_shape)
         L = self.layers
         # 1x28x28 -> 16x12x12 -> 32x4x4 = 512 features.
-        self.features = nn.Sequential(L.Conv(self.sample_shape[0], 16, 5), L.MaxPool(2), nn.ReLU(), ResidualBlock(16, L),
-                                      L.Conv(16, 32, 5), L.MaxPool(2), nn.ReLU(), ResidualBlock(32, L))
+        self.features = nn.Sequential(
+            L.Conv(self.sample_shape[0], 16, 5),
+            L.MaxPool(2),
+            nn.ReLU(),
+            ResidualBlock(16, L),
+            L.Conv(16, 32, 5),
+            L.MaxPool(2),
+            nn.ReLU(),
+            ResidualBlock(32, L),
+        )
         self.head = nn.Linear(self.flat_size(), output_dim)

@@ -3,6 +3,7 @@
 `TensorBoardExtras` (images, graph, histograms) lives in `trainlab.report.tensorboard_extras`, not
 imported here, so writing a report needs neither torch nor tensorboard to be loaded.
 """
+
 from trainlab.report.compare import compare_runs
 from trainlab.report.html import write_report
 from trainlab.report.plots import write_plots

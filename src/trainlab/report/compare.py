@@ -1,5 +1,6 @@
 """`compare_runs`: the config keys that differ between runs, their best and final metrics, and their
 loss curves overlaid (the "shallow vs deep model" comparison), as text, compare.png and compare.html."""
+
 from __future__ import annotations
 
 import base64
@@ -57,7 +58,14 @@ def compare_runs(run_dirs: list[Path], out_dir: Path | None = None, echo: bool =
     if echo:
         print(text)
         print(f"\nwrote {png} and {html_path}")
-    return {"text": text, "header": header, "rows": rows, "config_diff": config_diff, "png": png, "html": html_path}
+    return {
+        "text": text,
+        "header": header,
+        "rows": rows,
+        "config_diff": config_diff,
+        "png": png,
+        "html": html_path,
+    }
 
 
 def plot_compare(runs: list[RunFiles], labels: list[str], path: Path) -> Path:
@@ -67,8 +75,11 @@ def plot_compare(runs: list[RunFiles], labels: list[str], path: Path) -> Path:
     for i, (run, label) in enumerate(zip(runs, labels)):
         color = f"C{i % 10}"
         for split, style in (("train", "--"), ("val", "-")):
-            pts = [(r["epoch"], r["loss"]) for r in epoch_rows(run.metrics)
-                   if r.get("split") == split and isinstance(r.get("loss"), (int, float))]
+            pts = [
+                (r["epoch"], r["loss"])
+                for r in epoch_rows(run.metrics)
+                if r.get("split") == split and isinstance(r.get("loss"), (int, float))
+            ]
             if pts:
                 ax.plot(*zip(*pts), style, color=color, marker="o", ms=3, label=f"{label} {split}")
     ax.set(xlabel="epoch", ylabel="loss", title="loss per epoch (train dashed, val solid)")
@@ -85,8 +96,10 @@ def _load(path: Path) -> RunFiles:
     if not path.is_dir():
         raise TrainlabError(f"compare: run directory {str(path)!r} does not exist (or is not a directory).")
     if not any((path / f).is_file() for f in ("config.yaml", "summary.json", "metrics.jsonl")):
-        raise TrainlabError(f"compare: {str(path)!r} is not a trainlab run directory: it has no config.yaml, "
-                            "summary.json or metrics.jsonl.")
+        raise TrainlabError(
+            f"compare: {str(path)!r} is not a trainlab run directory: it has no config.yaml, "
+            "summary.json or metrics.jsonl."
+        )
     return read_run(path)
 
 
@@ -104,7 +117,9 @@ def _metric_values(run: RunFiles) -> dict[str, Any]:
     if not any(final.values()):  # an unfinished run: its last epoch row per split
         final = {}
         for r in epoch_rows(run.metrics):
-            final[r.get("split", "train")] = {k: v for k, v in r.items() if k not in ("epoch", "step", "split", "kind")}
+            final[r.get("split", "train")] = {
+                k: v for k, v in r.items() if k not in ("epoch", "step", "split", "kind")
+            }
     for split in ("train", "val", "test"):
         for k, v in (final.get(split) or {}).items():
             out[f"final.{split}.{k}"] = v
@@ -128,12 +143,18 @@ def _text_table(header: list[str], rows: list[list[Any]], n_config: int) -> str:
 
 def _html(header: list[str], rows: list[list[Any]], n_config: int, png: Path) -> str:
     data = base64.b64encode(png.read_bytes()).decode("ascii")
-    return "\n".join([
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>trainlab compare</title>'
-        f"<style>{CSS}</style></head><body><h1>Run comparison</h1>",
-        "<h2>Config differences</h2>",
-        table(header, rows[:n_config], table_id="config-diff") if n_config else '<p class="muted">The configs are the same.</p>',
-        "<h2>Metrics</h2>", table(header, rows[n_config:], table_id="metrics"),
-        f'<h2>Loss curves</h2><figure><img alt="loss curves" src="data:image/png;base64,{data}"></figure>',
-        "</body></html>",
-    ])
+    return "\n".join(
+        [
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>trainlab compare</title>'
+            f"<style>{CSS}</style></head><body><h1>Run comparison</h1>",
+            "<h2>Config differences</h2>",
+            table(header, rows[:n_config], table_id="config-diff")
+            if n_config
+            else '<p class="muted">The configs are the same.</p>',
+            "<h2>Metrics</h2>",
+            table(header, rows[n_config:], table_id="metrics"),
+            '<h2>Loss curves</h2><figure><img alt="loss curves" '
+            f'src="data:image/png;base64,{data}"></figure>',
+            "</body></html>",
+        ]
+    )

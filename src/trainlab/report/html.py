@@ -1,5 +1,6 @@
 """`write_report(run_dir)`: one self-contained report.html (inline CSS, PNGs embedded as base64, no
 script, nothing loaded from the network), so it can be mailed or opened years later as it is."""
+
 from __future__ import annotations
 
 import base64
@@ -14,16 +15,20 @@ from trainlab.report.plots import CAPTIONS, caption, write_plots
 from trainlab.report.rundir import RunFiles, read_run
 
 CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1100px;
-       padding: 1.5em; color: #1d1d1f; background: #fff; line-height: 1.45; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
+       max-width: 1100px; padding: 1.5em; color: #1d1d1f; background: #fff; line-height: 1.45; }
 h1 { margin-bottom: .2em; } h2 { border-bottom: 2px solid #e3e3e8; padding-bottom: .2em; margin-top: 1.8em; }
-.status { display: inline-block; padding: .15em .6em; border-radius: .8em; font-weight: 600; color: #fff; background: #888; }
-.status-completed { background: #2e7d32; } .status-interrupted { background: #ef6c00; } .status-failed { background: #c62828; }
+.status { display: inline-block; padding: .15em .6em; border-radius: .8em; font-weight: 600; color: #fff;
+          background: #888; }
+.status-completed { background: #2e7d32; } .status-interrupted { background: #ef6c00; }
+.status-failed { background: #c62828; }
 .status-pruned { background: #6d4c41; }
-table { border-collapse: collapse; margin: .6em 0; font-size: .92em; display: block; max-width: 100%; overflow-x: auto; }
+table { border-collapse: collapse; margin: .6em 0; font-size: .92em; display: block; max-width: 100%;
+        overflow-x: auto; }
 th, td { border: 1px solid #d8d8de; padding: .3em .7em; text-align: right; }
 th { background: #f3f3f6; } td:first-child, th:first-child { text-align: left; }
-pre { background: #f6f6f8; border: 1px solid #e3e3e8; padding: .8em; overflow-x: auto; font-size: .82em; max-height: 32em; }
+pre { background: #f6f6f8; border: 1px solid #e3e3e8; padding: .8em; overflow-x: auto; font-size: .82em;
+      max-height: 32em; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #e3e3e8; }
 figcaption { color: #555; font-size: .9em; margin-top: .3em; }
 .muted { color: #777; } .verdict { font-size: 1.1em; font-weight: 600; }
@@ -46,22 +51,34 @@ def render(run: RunFiles, plots: dict[str, Path], skipped: dict[str, str]) -> st
     s = run.summary
     status = str(s.get("status", "unknown"))
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_e(run.name)} · trainlab report</title><style>{CSS}</style></head><body>",
         f"<h1>{_e(run.name)}</h1>",
         f'<p>Status: <span class="status status-{_e(status)}" id="status">{_e(status)}</span> · '
         f"task: {_e(run.task)} · epochs completed: {_e(s.get('epochs_completed', '?'))} · "
         f"steps: {_e(s.get('global_step', '?'))}"
-        + (f" · {float(s['samples_per_second']):,.0f} samples/s" if _is_num(s.get("samples_per_second")) else "")
+        + (
+            f" · {float(s['samples_per_second']):,.0f} samples/s"
+            if _is_num(s.get("samples_per_second"))
+            else ""
+        )
         + "</p>",
         _diagnosis(s.get("diagnosis")),
-        "<h2>Metrics</h2>", _metrics_tables(s),
-        "<h2>Plots</h2>", _plots(run, plots, skipped),
-        "<h2>Dataset</h2>", _dataset(s.get("data_info"), run.class_names),
+        "<h2>Metrics</h2>",
+        _metrics_tables(s),
+        "<h2>Plots</h2>",
+        _plots(run, plots, skipped),
+        "<h2>Dataset</h2>",
+        _dataset(s.get("data_info"), run.class_names),
         "<h2>Model</h2>",
-        f"<pre>{_e(run.model_summary)}</pre>" if run.model_summary else '<p class="muted">No model_summary.txt.</p>',
+        f"<pre>{_e(run.model_summary)}</pre>"
+        if run.model_summary
+        else '<p class="muted">No model_summary.txt.</p>',
         "<h2>Config</h2>",
-        f"<pre>{_e(yaml.safe_dump(run.config, sort_keys=False))}</pre>" if run.config else '<p class="muted">No config.yaml.</p>',
+        f"<pre>{_e(yaml.safe_dump(run.config, sort_keys=False))}</pre>"
+        if run.config
+        else '<p class="muted">No config.yaml.</p>',
         f'<p class="muted">Run directory: {_e(run.path.resolve())}</p>',
         "</body></html>",
     ]
@@ -79,7 +96,10 @@ def _metrics_tables(summary: dict[str, Any]) -> str:
     best = summary.get("best")
     if isinstance(best, dict) and best:
         out.append("<h3>Best</h3>" + _best(best))
-    return "\n".join(out) or '<p class="muted">No summary.json metrics (the run may not have finished an epoch).</p>'
+    return (
+        "\n".join(out)
+        or '<p class="muted">No summary.json metrics (the run may not have finished an epoch).</p>'
+    )
 
 
 def _best(best: dict[str, Any]) -> str:
@@ -101,8 +121,13 @@ def _best(best: dict[str, Any]) -> str:
     out = [f"<p>Best checkpoint: {', '.join(said)}.</p>"] if said else []
     if splits:
         cols = list(dict.fromkeys(k for m in splits.values() for k in m))
-        out.append(table(["split", *cols], [[split] + [m.get(c) for c in cols] for split, m in splits.items()],
-                         table_id="best-metrics"))
+        out.append(
+            table(
+                ["split", *cols],
+                [[split] + [m.get(c) for c in cols] for split, m in splits.items()],
+                table_id="best-metrics",
+            )
+        )
     if other:
         out.append(table(["", "value"], [[k, v] for k, v in other.items()]))
     return "\n".join(out)
@@ -113,12 +138,16 @@ def _plots(run: RunFiles, plots: dict[str, Path], skipped: dict[str, str]) -> st
     for name in CAPTIONS:  # the report's order
         if name in plots:
             data = base64.b64encode(plots[name].read_bytes()).decode("ascii")
-            out.append(f'<figure id="plot-{name}"><img alt="{_e(name)}" src="data:image/png;base64,{data}">'
-                       f"<figcaption>{_e(caption(name, run))}</figcaption></figure>")
+            out.append(
+                f'<figure id="plot-{name}"><img alt="{_e(name)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{_e(caption(name, run))}</figcaption></figure>"
+            )
     if skipped:
-        out.append('<p class="muted">Not drawn for this run:</p><ul class="skipped">'
-                   + "".join(f"<li>{_e(name.replace('_', ' '))}: {_e(why)}</li>" for name, why in skipped.items())
-                   + "</ul>")
+        out.append(
+            '<p class="muted">Not drawn for this run:</p><ul class="skipped">'
+            + "".join(f"<li>{_e(name.replace('_', ' '))}: {_e(why)}</li>" for name, why in skipped.items())
+            + "</ul>"
+        )
     return "\n".join(out)
 
 
@@ -146,7 +175,12 @@ def _dataset(info: Any, class_names: list[str]) -> str:
         out.append("<h3>Class balance</h3>" + table(["class", *per_split], rows, table_id="class-balance"))
     rest = {k: v for k, v in info.items() if k not in ("sizes", "class_counts")}
     if rest:
-        out.append(table(["", "value"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in rest.items()]))
+        out.append(
+            table(
+                ["", "value"],
+                [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in rest.items()],
+            )
+        )
     return "\n".join(out)
 
 
@@ -164,8 +198,10 @@ def _diagnosis(diag: Any) -> str:
         out.append("<h3>Next steps</h3><ol>" + "".join(f"<li>{_e(s)}</li>" for s in steps) + "</ol>")
     for key in diag:
         if key not in ("verdict", "explanation", "next_steps") and diag[key] is not None:
-            out.append(f"<h3>{_e(key.replace('_', ' ').capitalize())}</h3>"
-                       f"<pre>{_e(json.dumps(diag[key], indent=2, default=str))}</pre>")
+            out.append(
+                f"<h3>{_e(key.replace('_', ' ').capitalize())}</h3>"
+                f"<pre>{_e(json.dumps(diag[key], indent=2, default=str))}</pre>"
+            )
     return "\n".join(out)
 
 

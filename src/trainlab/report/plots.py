@@ -5,6 +5,7 @@ Figures are `matplotlib.figure.Figure` objects (rendered by Agg when saved as PN
 global figures, so plotting leaves no state behind in a notebook or a long-running process.
 The run-directory files themselves are read by `trainlab.report.rundir`.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -16,7 +17,13 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import ConfusionMatrixDisplay, auc, confusion_matrix, precision_recall_fscore_support, roc_curve
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    auc,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_curve,
+)
 
 from trainlab.report.rundir import RunFiles, epoch_rows, metric_names, read_run, step_rows
 
@@ -26,7 +33,8 @@ CAPTIONS = {
     "Val loss rising while train loss falls is overfitting.",
     "metrics": "Each metric per epoch, train vs val.",
     "lr": "Learning rate over the optimizer steps (the schedule).",
-    "confusion_matrix": "Confusion matrix on the {split} split: counts, and normalised by true class (rows sum to 1).",
+    "confusion_matrix": "Confusion matrix on the {split} split: counts, "
+    "and normalised by true class (rows sum to 1).",
     "roc": "ROC curves with AUC on the {split} split (one-vs-rest for more than two classes).",
     "precision_recall": "Precision and recall of each class on the {split} split.",
     "misclassified": "Misclassified {split} images: true and predicted labels.",
@@ -79,6 +87,7 @@ def smooth_centred(values: Sequence[float], smoothing: float = 0.9) -> np.ndarra
 
 # ----------------------------------------------------------------------------- training curves
 
+
 def plot_loss_curves(rows: list[dict[str, Any]], path: Path, smoothing: float = 0.9) -> Path:
     """Left: loss per epoch for each split. Right: step-level train loss, raw and smoothed (if logged)."""
     steps = [r for r in step_rows(rows) if _num(r.get("loss"))]
@@ -93,7 +102,9 @@ def plot_loss_curves(rows: list[dict[str, Any]], path: Path, smoothing: float = 
         x = [r["step"] for r in steps]
         y = [r["loss"] for r in steps]
         axes[1].plot(x, y, color="tab:blue", alpha=0.25, lw=1, label="train (raw)")
-        axes[1].plot(x, smooth_centred(y, smoothing), color="tab:blue", lw=2, label="train (smoothed, no lag)")
+        axes[1].plot(
+            x, smooth_centred(y, smoothing), color="tab:blue", lw=2, label="train (smoothed, no lag)"
+        )
         axes[1].set(title="train loss per step", xlabel="step", ylabel="loss")
         axes[1].legend()
     for ax in axes:
@@ -116,7 +127,7 @@ def plot_metrics(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_visible(False)
     return _save(fig, path)
 
@@ -146,7 +157,9 @@ def plot_layer_norms(rows: list[dict[str, Any]], path: Path, max_legend: int = 1
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("weight_norm", "grad_norm")):
         for layer in layers:
-            pts = [(r[x_key], r[key]) for r in rows if r["layer"] == layer and _num(r.get(key)) and r[key] > 0]
+            pts = [
+                (r[x_key], r[key]) for r in rows if r["layer"] == layer and _num(r.get(key)) and r[key] > 0
+            ]
             if pts:
                 ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=layer)
         # gradients span decades between layers (log); weight norms change by percents (linear)
@@ -159,7 +172,10 @@ def plot_layer_norms(rows: list[dict[str, Any]], path: Path, max_legend: int = 1
 
 # ----------------------------------------------------------------------------- classification
 
-def plot_confusion_matrix(target: np.ndarray, pred: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
+
+def plot_confusion_matrix(
+    target: np.ndarray, pred: np.ndarray, class_names: Sequence[str], path: Path
+) -> Path:
     return _save(confusion_matrix_figure(target, pred, class_names), path)
 
 
@@ -170,19 +186,31 @@ def confusion_matrix_figure(target: np.ndarray, pred: np.ndarray, class_names: S
     size = min(max(4.5, 0.45 * n), 14)  # inches per panel; 100 classes still fit a screen
     fig = Figure(figsize=(2 * size + 1, size), layout="constrained")
     axes = fig.subplots(1, 2)
-    for ax, normalize, fmt, title in ((axes[0], None, "d", "counts"), (axes[1], "true", ".2f", "normalised by true class")):
+    for ax, normalize, fmt, title in (
+        (axes[0], None, "d", "counts"),
+        (axes[1], "true", ".2f", "normalised by true class"),
+    ):
         cm = confusion_matrix(target, pred, labels=labels, normalize=normalize)
         disp = ConfusionMatrixDisplay(cm, display_labels=list(class_names))
-        disp.plot(ax=ax, colorbar=False, include_values=n <= 20, values_format=fmt, cmap="Blues",
-                  xticks_rotation=45 if n > 5 else "horizontal")
+        disp.plot(
+            ax=ax,
+            colorbar=False,
+            include_values=n <= 20,
+            values_format=fmt,
+            cmap="Blues",
+            xticks_rotation=45 if n > 5 else "horizontal",
+        )
         ax.set_title(title)
         if n > 30:
             ax.tick_params(labelsize=max(3, 9 - n // 15))
     return fig
 
 
-def plot_roc(target: np.ndarray, output: np.ndarray, class_names: Sequence[str], path: Path, max_curves: int = 10) -> Path:
-    """Binary: one curve of P(class 1). Multi-class: one-vs-rest per class (first `max_curves`) plus micro-average."""
+def plot_roc(
+    target: np.ndarray, output: np.ndarray, class_names: Sequence[str], path: Path, max_curves: int = 10
+) -> Path:
+    """Binary: one curve of P(class 1). Multi-class:
+    one-vs-rest per class (first `max_curves`) plus micro-average."""
     fig = Figure(figsize=(6, 5))
     ax = fig.subplots()
     if output.ndim == 1:  # binary: output is P(class 1), shape (N,)
@@ -197,35 +225,49 @@ def plot_roc(target: np.ndarray, output: np.ndarray, class_names: Sequence[str],
         fpr, tpr, _ = roc_curve(onehot.ravel(), output.ravel())
         ax.plot(fpr, tpr, "k--", lw=2, label=f"micro-average (AUC = {auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls=":")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(
+        xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02)
+    )
     ax.legend(fontsize="small", loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
-def plot_precision_recall(target: np.ndarray, pred: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
+def plot_precision_recall(
+    target: np.ndarray, pred: np.ndarray, class_names: Sequence[str], path: Path
+) -> Path:
     """Grouped bars: precision and recall of each class (sklearn, zero where a class is never predicted)."""
     labels = np.arange(len(class_names))
-    precision, recall, _, support = precision_recall_fscore_support(target, pred, labels=labels, zero_division=0)
+    precision, recall, _, support = precision_recall_fscore_support(
+        target, pred, labels=labels, zero_division=0
+    )
     fig = Figure(figsize=(min(max(6, 0.5 * len(labels) + 2), 20), 4))
     ax = fig.subplots()
     ax.bar(labels - 0.2, precision, width=0.4, label="precision")
     ax.bar(labels + 0.2, recall, width=0.4, label="recall")
-    ax.set_xticks(labels, [f"{n}\n(n={s})" for n, s in zip(class_names, support)] if len(labels) <= 12 else list(class_names),
-                  rotation=0 if len(labels) <= 12 else 90, fontsize="small")
+    ax.set_xticks(
+        labels,
+        [f"{n}\n(n={s})" for n, s in zip(class_names, support)] if len(labels) <= 12 else list(class_names),
+        rotation=0 if len(labels) <= 12 else 90,
+        fontsize="small",
+    )
     ax.set(ylim=(0, 1.05), title="precision and recall per class")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: bars near 1 stay visible
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
 
-def plot_misclassified(images: np.ndarray, true: np.ndarray, pred: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
+def plot_misclassified(
+    images: np.ndarray, true: np.ndarray, pred: np.ndarray, class_names: Sequence[str], path: Path
+) -> Path:
     """A grid of (M, C, H, W) images, each labelled 'true → pred'. Each image is min-max scaled for display,
     because inputs are usually normalised (mean 0, std 1) rather than in [0, 1]."""
     imgs = np.asarray(images, dtype=np.float32)
     lo = imgs.min(axis=(1, 2, 3), keepdims=True)
     imgs = (imgs - lo) / np.maximum(imgs.max(axis=(1, 2, 3), keepdims=True) - lo, 1e-12)
-    tiles = imgs.transpose(0, 2, 3, 1) if imgs.shape[1] == 3 else imgs.mean(axis=1)  # (M, H, W, 3) or (M, H, W)
+    tiles = (
+        imgs.transpose(0, 2, 3, 1) if imgs.shape[1] == 3 else imgs.mean(axis=1)
+    )  # (M, H, W, 3) or (M, H, W)
     labels = [f"{_name(class_names, t)} → {_name(class_names, p)}" for t, p in zip(true, pred)]
     fig = _image_grid(tiles, labels, cmap="gray", vmin=0, vmax=1, label_color="tab:red", tile_inches=1.5)
     return _save(fig, path)
@@ -237,18 +279,33 @@ def plot_conv_kernels(weights: np.ndarray, path: Path, max_kernels: int = 64) ->
     w = np.asarray(weights, dtype=np.float32)[:max_kernels]
     if w.shape[1] == 3:
         lo = w.min(axis=(1, 2, 3), keepdims=True)
-        tiles = ((w - lo) / np.maximum(w.max(axis=(1, 2, 3), keepdims=True) - lo, 1e-12)).transpose(0, 2, 3, 1)
+        tiles = ((w - lo) / np.maximum(w.max(axis=(1, 2, 3), keepdims=True) - lo, 1e-12)).transpose(
+            0, 2, 3, 1
+        )
     else:
         k = w.mean(axis=1)  # (out, kh, kw)
         tiles = k / np.maximum(np.abs(k).max(axis=(1, 2), keepdims=True), 1e-12)  # in [-1, 1], sign kept
-    title = f"first conv layer: {weights.shape[0]} kernels of {weights.shape[1]}x{weights.shape[2]}x{weights.shape[3]}"
-    fig = _image_grid(tiles, [str(i) for i in range(len(w))], cmap="RdBu_r", vmin=-1, vmax=1, tile_inches=0.9,
-                      title=title)
+    title = (
+        f"first conv layer: {weights.shape[0]} kernels of "
+        f"{weights.shape[1]}x{weights.shape[2]}x{weights.shape[3]}"
+    )
+    fig = _image_grid(
+        tiles, [str(i) for i in range(len(w))], cmap="RdBu_r", vmin=-1, vmax=1, tile_inches=0.9, title=title
+    )
     return _save(fig, path)
 
 
-def _image_grid(tiles: np.ndarray, labels: list[str], cmap: str, vmin: float, vmax: float,
-                label_color: str = "black", tile_inches: float = 1.5, ncols: int = 8, title: str | None = None) -> Figure:
+def _image_grid(
+    tiles: np.ndarray,
+    labels: list[str],
+    cmap: str,
+    vmin: float,
+    vmax: float,
+    label_color: str = "black",
+    tile_inches: float = 1.5,
+    ncols: int = 8,
+    title: str | None = None,
+) -> Figure:
     """Tiles (M, H, W) or (M, H, W, 3) pasted into one mosaic drawn by a single imshow, with a label above
     each tile: one axes instead of M keeps a 64-image grid fast to draw. A `title` gets a band of its
     own above the mosaic (a suptitle over a full-figure axes sat on the first row's labels)."""
@@ -260,7 +317,7 @@ def _image_grid(tiles: np.ndarray, labels: list[str], cmap: str, vmin: float, vm
     mosaic = np.full((nrows * cell_h, ncols * cell_w) + tiles.shape[3:], np.nan, dtype=np.float32)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, ncols)
-        mosaic[r * cell_h + pad_top: (r + 1) * cell_h, c * cell_w: c * cell_w + w] = tile
+        mosaic[r * cell_h + pad_top : (r + 1) * cell_h, c * cell_w : c * cell_w + w] = tile
     if mosaic.ndim == 3:
         mosaic = np.nan_to_num(mosaic, nan=1.0)  # RGB padding: white
     grid_inches = tile_inches * nrows * cell_h / cell_w
@@ -268,22 +325,37 @@ def _image_grid(tiles: np.ndarray, labels: list[str], cmap: str, vmin: float, vm
     fig = Figure(figsize=(tile_inches * ncols, grid_inches + title_inches))
     ax = fig.add_axes((0, 0, 1, grid_inches / (grid_inches + title_inches)))
     if title:
-        fig.text(0.5, 1 - 0.5 * title_inches / (grid_inches + title_inches), title, ha="center", va="center",
-                 fontsize="large")
+        fig.text(
+            0.5,
+            1 - 0.5 * title_inches / (grid_inches + title_inches),
+            title,
+            ha="center",
+            va="center",
+            fontsize="large",
+        )
     colormap = matplotlib.colormaps[cmap].with_extremes(bad="white")  # NaN padding: white
     ax.imshow(mosaic, cmap=colormap, vmin=vmin, vmax=vmax, interpolation="nearest")
     for i, label in enumerate(labels):
         r, c = divmod(i, ncols)
-        ax.text(c * cell_w + w / 2 - 0.5, r * cell_h + pad_top - 1, label, ha="center", va="bottom",
-                fontsize=8, color=label_color)
+        ax.text(
+            c * cell_w + w / 2 - 0.5,
+            r * cell_h + pad_top - 1,
+            label,
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color=label_color,
+        )
     ax.axis("off")
     return fig
 
 
-# ----------------------------------------------------------------------------- regression and one-feature data
+# ---------------------------------------------------------------------------- regression and one-feature data
+
 
 def plot_regression(target: np.ndarray, output: np.ndarray, path: Path) -> Path:
-    """Predicted against true (the diagonal is perfect) and residuals against predicted (should be flat noise).
+    """Predicted against true (the diagonal is perfect)
+    and residuals against predicted (should be flat noise).
     With k outputs per sample all k are drawn together."""
     y, yhat = target.reshape(len(target), -1).ravel(), output.reshape(len(output), -1).ravel()
     fig = Figure(figsize=(11, 4.5), layout="constrained")
@@ -301,7 +373,9 @@ def plot_regression(target: np.ndarray, output: np.ndarray, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_fitted_curve(inputs: np.ndarray, target: np.ndarray, output: np.ndarray, task: str, path: Path) -> Path:
+def plot_fitted_curve(
+    inputs: np.ndarray, target: np.ndarray, output: np.ndarray, task: str, path: Path
+) -> Path:
     """One input feature: the data as points and the model's output as a curve over x. For a binary
     classifier the curve is P(y=1 | x) with the 0.5 decision line (the logistic-regression plot)."""
     x = inputs.reshape(len(inputs), -1)[:, 0]
@@ -324,6 +398,7 @@ def plot_fitted_curve(inputs: np.ndarray, target: np.ndarray, output: np.ndarray
 
 
 # ----------------------------------------------------------------------------- the run directory
+
 
 def write_plots(run_dir: Path, skipped: dict[str, str] | None = None) -> dict[str, Path]:
     """Write every plot that applies to `run_dir` into `run_dir/plots/` and return {name: path}.
@@ -350,12 +425,18 @@ def _plan(run: RunFiles) -> dict[str, tuple[str | None, Any]]:
     no_preds = "no predictions/val.npz or predictions/test.npz in the run directory"
     plan: dict[str, tuple[str | None, Any]] = {}
 
-    plan["loss"] = (None if any(_num(r.get("loss")) for r in rows) else "metrics.jsonl is missing or has no loss values",
-                    lambda p: plot_loss_curves(rows, p))
-    plan["metrics"] = (None if metric_names(epoch_rows(rows)) else "metrics.jsonl has no metrics besides the loss",
-                       lambda p: plot_metrics(rows, p))
-    plan["lr"] = (None if any(_num(r.get("lr")) for r in rows) else "metrics.jsonl has no lr values",
-                  lambda p: plot_lr(rows, p))
+    plan["loss"] = (
+        None if any(_num(r.get("loss")) for r in rows) else "metrics.jsonl is missing or has no loss values",
+        lambda p: plot_loss_curves(rows, p),
+    )
+    plan["metrics"] = (
+        None if metric_names(epoch_rows(rows)) else "metrics.jsonl has no metrics besides the loss",
+        lambda p: plot_metrics(rows, p),
+    )
+    plan["lr"] = (
+        None if any(_num(r.get("lr")) for r in rows) else "metrics.jsonl has no lr values",
+        lambda p: plot_lr(rows, p),
+    )
 
     classifier = run.task in ("classification", "binary")
     for name in ("confusion_matrix", "roc", "precision_recall"):
@@ -370,22 +451,46 @@ def _plan(run: RunFiles) -> dict[str, tuple[str | None, Any]]:
 
     images = run.misclassified_images()
     plan["misclassified"] = (
-        None if images is not None else no_preds if preds is None
-        else f"the {split} predictions hold no misclassified images (not image data, or nothing misclassified)",
-        lambda p: plot_misclassified(*images, run.class_names, p))
+        None
+        if images is not None
+        else no_preds
+        if preds is None
+        else f"the {split} predictions hold no misclassified images (not image "
+        "data, or nothing misclassified)",
+        lambda p: plot_misclassified(*images, run.class_names, p),
+    )
     plan["regression"] = (
-        no_preds if preds is None else None if run.task == "regression" else f"not a regression (task: {run.task})",
-        lambda p: plot_regression(preds["target"], preds["output"], p))
-    one_feature = preds is not None and "inputs" in preds and preds["inputs"].reshape(len(preds["inputs"]), -1).shape[1] == 1
+        no_preds
+        if preds is None
+        else None
+        if run.task == "regression"
+        else f"not a regression (task: {run.task})",
+        lambda p: plot_regression(preds["target"], preds["output"], p),
+    )
+    one_feature = (
+        preds is not None
+        and "inputs" in preds
+        and preds["inputs"].reshape(len(preds["inputs"]), -1).shape[1] == 1
+    )
     plan["fitted_curve"] = (
-        no_preds if preds is None else "the data has more than one input feature" if not one_feature
-        else None if run.task in ("binary", "regression") else f"only drawn for binary and regression tasks (task: {run.task})",
-        lambda p: plot_fitted_curve(preds["inputs"], preds["target"], preds["output"], run.task, p))
+        no_preds
+        if preds is None
+        else "the data has more than one input feature"
+        if not one_feature
+        else None
+        if run.task in ("binary", "regression")
+        else f"only drawn for binary and regression tasks (task: {run.task})",
+        lambda p: plot_fitted_curve(preds["inputs"], preds["target"], preds["output"], run.task, p),
+    )
     kernels = run.conv_kernels()
-    plan["conv_kernels"] = (None if kernels is not None else "the model has no convolution layer (or no model.safetensors)",
-                            lambda p: plot_conv_kernels(kernels, p))
-    plan["layer_norms"] = (None if run.layer_stats else "no layer_stats.jsonl in the run directory",
-                           lambda p: plot_layer_norms(run.layer_stats, p))
+    plan["conv_kernels"] = (
+        None if kernels is not None else "the model has no convolution layer (or no model.safetensors)",
+        lambda p: plot_conv_kernels(kernels, p),
+    )
+    plan["layer_norms"] = (
+        None if run.layer_stats else "no layer_stats.jsonl in the run directory",
+        lambda p: plot_layer_norms(run.layer_stats, p),
+    )
     return plan
 
 

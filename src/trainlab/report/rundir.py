@@ -3,6 +3,7 @@
 A missing or unreadable file reads as empty (None, {} or []), so a half-written run (interrupted,
 failed, or from an older trainlab) still gets every plot its files allow.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,21 @@ import numpy as np
 import yaml
 
 # keys of metrics.jsonl rows that are bookkeeping, not metrics
-NOT_METRICS = {"epoch", "step", "split", "kind", "loss", "lr", "time", "elapsed", "seconds",
-               "samples_per_second", "data_wait_fraction", "grad_norm", "fold"}
+NOT_METRICS = {
+    "epoch",
+    "step",
+    "split",
+    "kind",
+    "loss",
+    "lr",
+    "time",
+    "elapsed",
+    "seconds",
+    "samples_per_second",
+    "data_wait_fraction",
+    "grad_norm",
+    "fold",
+}
 
 
 @dataclass
@@ -38,7 +52,8 @@ class RunFiles:
 
     @cached_property
     def task(self) -> str:
-        """classification | binary | regression: summary.json, else config.yaml, else the prediction shapes."""
+        """classification | binary | regression: summary.json, else config.yaml,
+        else the prediction shapes."""
         for task in (self.summary.get("task"), self.config.get("task")):
             if task in ("classification", "binary", "regression"):
                 return task
@@ -58,7 +73,11 @@ class RunFiles:
             return [str(n) for n in names]
         if self.task == "binary":
             return ["0", "1"]
-        n = self.predictions["output"].shape[1] if self.predictions is not None and self.predictions["output"].ndim == 2 else 0
+        n = (
+            self.predictions["output"].shape[1]
+            if self.predictions is not None and self.predictions["output"].ndim == 2
+            else 0
+        )
         return [str(i) for i in range(n)]
 
     def predicted_classes(self) -> np.ndarray:
@@ -80,7 +99,8 @@ class RunFiles:
         return None
 
     def conv_kernels(self) -> np.ndarray | None:
-        """(out, in, kh, kw) weights of the first conv layer: first_conv_weights.npy, else model.safetensors."""
+        """(out, in, kh, kw) weights of the first conv layer: first_conv_weights.npy,
+        else model.safetensors."""
         npy = self.path / "first_conv_weights.npy"
         if npy.is_file():
             return np.load(npy, allow_pickle=False)
@@ -100,7 +120,8 @@ def first_conv_from_safetensors(path: Path) -> np.ndarray | None:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            shapes = {k: f.get_slice(k).get_shape() for k in f.keys() if k.endswith("weight")}
+            # safe_open has keys() but is not iterable
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys() if k.endswith("weight")}  # noqa: SIM118
             convs = [k for k, s in shapes.items() if len(s) == 4]
             if not convs:
                 return None

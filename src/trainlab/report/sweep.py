@@ -2,6 +2,7 @@
 inlined as base64, like report.html): the trials table, Optuna's optimisation history, parallel
 coordinates and parameter importances (optuna.visualization.matplotlib), and loss curves of trials
 overlaid (every trial of a grid first; the best trial with the next best)."""
+
 from __future__ import annotations
 
 import base64
@@ -27,30 +28,63 @@ def write_sweep_report(out_dir: Path, study: Any, summary: dict[str, Any], grid:
     if grid:
         path = _overlay(trials, plots / "all_trials_loss.png")
         if path:
-            figures.append(("all-trials", ("Training (dashed) and validation (solid) loss of every trial of "
-                                           "the grid, same seed: the comparison experiment."), path))
+            figures.append(
+                (
+                    "all-trials",
+                    (
+                        "Training (dashed) and validation (solid) loss of every trial of "
+                        "the grid, same seed: the comparison experiment."
+                    ),
+                    path,
+                )
+            )
     optuna_figures = [  # (id, title, caption, function of optuna.visualization.matplotlib)
-        ("history", "Optimisation history", f"{metric} of each trial and the best so far.",
-         "plot_optimization_history"),
-        ("parallel", "Parallel coordinates", (f"each line is a complete trial, through its parameter values to "
-         f"its {metric}."), "plot_parallel_coordinate"),
-        ("importances", "Parameter importances", (f"how much each parameter explains {metric} (fANOVA over the "
-         "complete trials)."), "plot_param_importances")]
+        (
+            "history",
+            "Optimisation history",
+            f"{metric} of each trial and the best so far.",
+            "plot_optimization_history",
+        ),
+        (
+            "parallel",
+            "Parallel coordinates",
+            (f"each line is a complete trial, through its parameter values to its {metric}."),
+            "plot_parallel_coordinate",
+        ),
+        (
+            "importances",
+            "Parameter importances",
+            (f"how much each parameter explains {metric} (fANOVA over the complete trials)."),
+            "plot_param_importances",
+        ),
+    ]
     for name, title, caption, function in optuna_figures:
         if name == "importances" and sum(t["state"] == "complete" for t in trials) < 2:
             skipped[title] = "they need at least 2 complete trials"
             continue
         try:
-            figures.append((name, f"{title}: {caption}", _optuna_figure(function, study, plots / f"{name}.png", metric)))
+            figures.append(
+                (name, f"{title}: {caption}", _optuna_figure(function, study, plots / f"{name}.png", metric))
+            )
         except Exception as e:  # noqa: BLE001 - a figure Optuna cannot draw for this study is noted, not fatal
             skipped[title] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    ranked = sorted((t for t in trials if t["state"] == "complete" and t["value"] is not None and t["run_dir"]),
-                    key=lambda t: t["value"], reverse=summary["direction"] == "maximize")
+    ranked = sorted(
+        (t for t in trials if t["state"] == "complete" and t["value"] is not None and t["run_dir"]),
+        key=lambda t: t["value"],
+        reverse=summary["direction"] == "maximize",
+    )
     if ranked:
         path = _overlay(ranked[:2], plots / "best_trials_loss.png")
         if path:
-            figures.append(("best", "Loss curves of the best trial" + (" and the next best" if len(ranked) > 1 else "")
-                            + " (train dashed, val solid).", path))
+            figures.append(
+                (
+                    "best",
+                    "Loss curves of the best trial"
+                    + (" and the next best" if len(ranked) > 1 else "")
+                    + " (train dashed, val solid).",
+                    path,
+                )
+            )
     page = out_dir / "sweep_report.html"
     page.write_text(_render(out_dir, summary, figures, skipped), encoding="utf-8")
     return page
@@ -75,33 +109,53 @@ def _optuna_figure(function: str, study: Any, path: Path, metric: str) -> Path:
 
 
 def _overlay(trials: list[dict[str, Any]], path: Path) -> Path | None:
-    runs = [(t, Path(t["run_dir"])) for t in trials if t.get("run_dir") and (Path(t["run_dir"]) / "metrics.jsonl").is_file()]
+    runs = [
+        (t, Path(t["run_dir"]))
+        for t in trials
+        if t.get("run_dir") and (Path(t["run_dir"]) / "metrics.jsonl").is_file()
+    ]
     if not runs:
         return None
     labels = [f"#{t['number']} " + describe(t["params"], short=True) for t, _ in runs]
     return plot_compare([read_run(p) for _, p in runs], labels, path)
 
 
-def _render(out_dir: Path, summary: dict[str, Any], figures: list[tuple[str, str, Path]], skipped: dict[str, str]) -> str:
+def _render(
+    out_dir: Path, summary: dict[str, Any], figures: list[tuple[str, str, Path]], skipped: dict[str, str]
+) -> str:
     best = summary.get("best")
     metric = summary["metric"]
-    head = (f"<p>Best: trial {best['trial']}, {_e(metric)} = {_e(fmt(best['value']))} "
-            f"({_e(describe(best['params'], short=True))})</p>" if best else '<p class="muted">No complete trial yet.</p>')
+    head = (
+        f"<p>Best: trial {best['trial']}, {_e(metric)} = {_e(fmt(best['value']))} "
+        f"({_e(describe(best['params'], short=True))})</p>"
+        if best
+        else '<p class="muted">No complete trial yet.</p>'
+    )
     states: dict[str, int] = {}
     for t in summary["trials"]:
         states[t["state"]] = states.get(t["state"], 0) + 1
-    parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-             f"<title>{_e(out_dir.name)} · trainlab sweep</title><style>{CSS}</style></head><body>",
-             f"<h1>Sweep {_e(out_dir.name)}</h1>",
-             f"<p>{_e(summary['direction'])} {_e(metric)} · "
-             + " · ".join(f"{n} {_e(s)}" for s, n in states.items()) + "</p>", head, "<h2>Figures</h2>"]
+    parts = [
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(out_dir.name)} · trainlab sweep</title><style>{CSS}</style></head><body>",
+        f"<h1>Sweep {_e(out_dir.name)}</h1>",
+        f"<p>{_e(summary['direction'])} {_e(metric)} · "
+        + " · ".join(f"{n} {_e(s)}" for s, n in states.items())
+        + "</p>",
+        head,
+        "<h2>Figures</h2>",
+    ]
     for ident, caption, png in figures:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
-        parts.append(f'<figure id="plot-{ident}"><img alt="{_e(ident)}" src="data:image/png;base64,{data}">'
-                     f"<figcaption>{_e(caption)}</figcaption></figure>")
+        parts.append(
+            f'<figure id="plot-{ident}"><img alt="{_e(ident)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>"
+        )
     if skipped:
-        parts.append('<p class="muted">Not drawn:</p><ul class="skipped">'
-                     + "".join(f"<li>{_e(k)}: {_e(v)}</li>" for k, v in skipped.items()) + "</ul>")
+        parts.append(
+            '<p class="muted">Not drawn:</p><ul class="skipped">'
+            + "".join(f"<li>{_e(k)}: {_e(v)}</li>" for k, v in skipped.items())
+            + "</ul>"
+        )
     parts += ["<h2>Trials</h2>", _trials_table(out_dir, summary), "</body></html>"]
     return "\n".join(parts)
 
@@ -122,8 +176,15 @@ def _trials_table(out_dir: Path, summary: dict[str, Any]) -> str:
             except ValueError:
                 href = target.resolve().as_uri()
             link = f'<a href="{_e(href)}">{_e(run.name)}</a>'
-        cells = [t["number"], t["state"], t["value"],
-                 *(p if isinstance(p, (float, str)) or p is None else flow(p) for p in (t["params"].get(k) for k in keys))]
+        cells = [
+            t["number"],
+            t["state"],
+            t["value"],
+            *(
+                p if isinstance(p, (float, str)) or p is None else flow(p)
+                for p in (t["params"].get(k) for k in keys)
+            ),
+        ]
         rows.append("<tr>" + "".join(f"<td>{_e(fmt(c))}</td>" for c in cells) + f"<td>{link}</td></tr>")
     return f'<table id="trials"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 

@@ -4,6 +4,7 @@ kernels and weight/gradient histograms every `histogram_every` epochs, the confu
 Scalars (loss, metrics, LR, gradient norm, samples/s) are written by the logging callback; this one
 adds what costs more and so is written rarely.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -26,8 +27,15 @@ class TensorBoardExtras(Callback):
     `run_dir` (else `logs["run_dir"]`) is where the confusion matrix' predictions/val.npz is read at the end,
     unless `on_train_end`'s logs carry "predictions" ({"target", "output"} arrays)."""
 
-    def __init__(self, writer: Any, histogram_every: int | None = None, sample_batch: tuple[torch.Tensor, Any] | None = None,
-                 class_names: list[str] | None = None, max_images: int = 32, run_dir: str | Path | None = None):
+    def __init__(
+        self,
+        writer: Any,
+        histogram_every: int | None = None,
+        sample_batch: tuple[torch.Tensor, Any] | None = None,
+        class_names: list[str] | None = None,
+        max_images: int = 32,
+        run_dir: str | Path | None = None,
+    ):
         self.writer = writer
         self.histogram_every = histogram_every
         self.sample_batch = sample_batch
@@ -36,7 +44,9 @@ class TensorBoardExtras(Callback):
         self.model: nn.Module | None = None
         self.run_path = Path(run_dir) if run_dir is not None else None
         self.epochs_done = 0  # counted here (saved in state_dict) so "every N epochs" survives --resume
-        self._grads: dict[str, torch.Tensor] | None = None  # buffers, only during an epoch that logs histograms
+        self._grads: dict[str, torch.Tensor] | None = (
+            None  # buffers, only during an epoch that logs histograms
+        )
 
     # ------------------------------------------------------------------ hooks
 
@@ -49,7 +59,9 @@ class TensorBoardExtras(Callback):
         if isinstance(x, torch.Tensor):
             if x.ndim == 4 and x.shape[1] in (1, 3):  # (B, C, H, W) images
                 imgs = x[: self.max_images].detach().float().cpu()
-                imgs = (imgs - imgs.min()) / (imgs.max() - imgs.min()).clamp_min(1e-12)  # normalised inputs -> [0, 1]
+                imgs = (imgs - imgs.min()) / (imgs.max() - imgs.min()).clamp_min(
+                    1e-12
+                )  # normalised inputs -> [0, 1]
                 self.writer.add_images("inputs/sample_batch", imgs, 0)
             self._add_graph(x)
         self._add_kernels(0)
@@ -57,7 +69,9 @@ class TensorBoardExtras(Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None:
         if self._histogram_epoch() and self.model is not None:
             # preallocated once per such epoch; each backward copies into them (no allocation per step)
-            self._grads = {n: torch.empty_like(p) for n, p in self.model.named_parameters() if p.requires_grad}
+            self._grads = {
+                n: torch.empty_like(p) for n, p in self.model.named_parameters() if p.requires_grad
+            }
 
     def on_after_backward(self, step: int, logs: dict[str, Any]) -> None:
         # The loop may say which batch is the epoch's last ("last_batch"); without it every step of this
@@ -93,7 +107,9 @@ class TensorBoardExtras(Callback):
             else:
                 pred = None  # a regression: no confusion matrix
             if pred is not None:
-                self.writer.add_figure("eval/confusion_matrix", confusion_matrix_figure(target, pred, self.class_names), step)
+                self.writer.add_figure(
+                    "eval/confusion_matrix", confusion_matrix_figure(target, pred, self.class_names), step
+                )
         self.writer.flush()
 
     def state_dict(self) -> dict[str, Any]:
@@ -120,16 +136,22 @@ class TensorBoardExtras(Callback):
                 warnings.simplefilter("ignore")  # tracer warnings are noise here
                 self.writer.add_graph(model, x[:2].to(device))
         except Exception as e:
-            warnings.warn(f"TensorBoard: could not add the model graph ({type(e).__name__}: {e}); "
-                          "the other TensorBoard logs are unaffected.", stacklevel=2)
+            warnings.warn(
+                f"TensorBoard: could not add the model graph ({type(e).__name__}: {e}); "
+                "the other TensorBoard logs are unaffected.",
+                stacklevel=2,
+            )
         finally:
             model.train(was_training)
 
     def _add_kernels(self, step: int) -> None:
         """The first Conv2d's kernels as one image grid, each kernel scaled to its own range and enlarged
         (kernels are 3x3 to 11x11 pixels: too small to see at their own size)."""
-        conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None) \
-            if self.model is not None else None
+        conv = (
+            next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None)
+            if self.model is not None
+            else None
+        )
         if conv is None:
             return
         w = conv.weight.detach().float().cpu()  # (out, in, kh, kw)
