@@ -130,3 +130,12 @@ def test_extending_a_finished_cosine_run_warns_about_its_final_learning_rate(tmp
     code, _, stderr = cli_in_process(capsys, "train", "--out", str(out), "--resume", "train.epochs=2", *args)
     assert code == 0
     assert "train.epochs: 1 -> 2" in stderr and "final learning rate" in stderr
+
+
+def test_resume_needs_only_the_run_directory(tmp_path, capsys, no_report):
+    out = tmp_path / "r"
+    args = ["model.name=mlp", "model.hidden=[8]", "data.batch_size=256", "--quiet"]
+    assert cli_in_process(capsys, "train", "--out", str(out), "train.epochs=1", *args)[0] == 0
+    code, _, err = cli_in_process(capsys, "train", "--out", str(out), "--resume", "train.epochs=2", "--quiet")
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["epochs_completed"] == 2

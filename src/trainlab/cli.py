@@ -105,6 +105,8 @@ def train(
             )
     if smoke:
         overrides.append("train.smoke=true")
+    if resume and config is None and out is not None and (out / "config.yaml").is_file():
+        config = str(out / "config.yaml")  # `train --out DIR --resume`: the run's own resolved config
     cfg = load_config(config, overrides)  # a bad key or value is reported before torch is even imported
     from trainlab.run import default_run_dir
 
