@@ -119,7 +119,7 @@ def best_and_final(trainer: Trainer) -> tuple[dict[str, Any], dict[str, Any]]:
         "train": {k[6:]: v for k, v in last_row.items() if k.startswith("train_")},
         "val": {k[4:]: v for k, v in last_row.items() if k.startswith("val_")},
     }
-    best = {**trainer.best}
+    best = {k: v for k, v in trainer.best.items() if k not in ("tie_break", "tie_value")}  # checkpoint-only
     best_row = next((r for r in trainer.history if r["epoch"] == best.get("epoch")), None)
     if best_row:
         best.update({k: v for k, v in best_row.items() if k.startswith("val_") or k.startswith("train_")})
