@@ -139,3 +139,33 @@ def test_resume_needs_only_the_run_directory(tmp_path, capsys, no_report):
     code, _, err = cli_in_process(capsys, "train", "--out", str(out), "--resume", "train.epochs=2", "--quiet")
     assert code == 0, err
     assert json.loads((out / "summary.json").read_text())["epochs_completed"] == 2
+
+
+def test_trainer_with_out_writes_a_run_directory(tmp_path, capsys):
+    x, y = digits_tensors()
+    out = tmp_path / "trainer_run"
+    torch.manual_seed(0)
+    trainer = trainlab.Trainer.from_datasets(
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
+        TensorDataset(x, y),
+        TensorDataset(x[:200], y[:200]),
+        epochs=2,
+        device="cpu",
+        out=out,
+    )
+    trainer.fit()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    assert summary["best"]["metric"] == "val_accuracy" and summary["final"]["val"]["accuracy"] > 0.2
+    for name in (
+        "metrics.jsonl",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+        "model.safetensors",
+        "report.html",
+    ):
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").iterdir())
+    assert f"run directory: {out}" in capsys.readouterr().out
+    with pytest.raises(trainlab.TrainlabError):  # one owner: the folder now holds a run
+        trainlab.Trainer.from_datasets(nn.Linear(64, 10), TensorDataset(x, y), device="cpu", out=out)

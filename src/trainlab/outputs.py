@@ -13,6 +13,7 @@ from trainlab.data.base import ArrayDataset
 from trainlab.data.loaders import TensorLoader
 from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
+from trainlab.engine.callbacks import Callback
 from trainlab.engine.device import unwrap
 from trainlab.engine.evaluate import evaluate
 from trainlab.engine.loop import Trainer
@@ -114,13 +115,17 @@ def divergence(trainer: Trainer, pipe: Pipeline) -> dict[str, Any] | None:
 def best_and_final(trainer: Trainer) -> tuple[dict[str, Any], dict[str, Any]]:
     """summary.json's `best` (the monitored value, its epoch and that epoch's values) and the last
     epoch's train/val values for `final`."""
-    last_row = trainer.history[-1] if trainer.history else {}
+    return best_and_final_of(trainer.best, trainer.history)
+
+
+def best_and_final_of(best: dict[str, Any], history: list[dict[str, Any]]) -> tuple[dict, dict]:
+    last_row = history[-1] if history else {}
     final = {
         "train": {k[6:]: v for k, v in last_row.items() if k.startswith("train_")},
         "val": {k[4:]: v for k, v in last_row.items() if k.startswith("val_")},
     }
-    best = {k: v for k, v in trainer.best.items() if k not in ("tie_break", "tie_value")}  # checkpoint-only
-    best_row = next((r for r in trainer.history if r["epoch"] == best.get("epoch")), None)
+    best = {k: v for k, v in best.items() if k not in ("tie_break", "tie_value")}  # checkpoint-only
+    best_row = next((r for r in history if r["epoch"] == best.get("epoch")), None)
     if best_row:
         best.update({k: v for k, v in best_row.items() if k.startswith("val_") or k.startswith("train_")})
     return best, final
@@ -223,3 +228,55 @@ def closing_lines(summary: dict[str, Any], pipe: Pipeline, run: RunDir) -> list[
 
 def _values(logs: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in logs.items())
+
+
+class TrainerRunDirectory:
+    """The run directory of a Python `Trainer` (`Trainer.from_datasets(..., out=DIR)`): the callbacks
+    that write metrics.jsonl, TensorBoard and layer statistics while training, and at the end
+    summary.json, model.safetensors and report.html. (A config run writes these through `run.py`.)"""
+
+    def __init__(self, out: str | Any, steps_per_epoch: int, epochs: int, quiet: bool):
+        from torch.utils.tensorboard import SummaryWriter
+
+        from trainlab.claim import claim_run_dir
+        from trainlab.diagnose.gradients import LayerStatsCallback
+        from trainlab.logging import MetricsFile, TensorBoardScalars
+
+        self.run = claim_run_dir(out)  # one owner; a folder that holds a run is refused
+        self.quiet = quiet
+        self.writer = SummaryWriter(str(self.run.tensorboard))
+        self.run.update_summary(status="running")
+        self.callbacks = [
+            MetricsFile(self.run.metrics),
+            TensorBoardScalars(self.writer),
+            LayerStatsCallback(self.run.path),
+            _FinishRun(self),
+        ]
+
+
+class _FinishRun(Callback):
+    def __init__(self, owner: TrainerRunDirectory):
+        self.owner = owner
+
+    def on_train_end(self, logs: dict[str, Any]) -> None:
+        from trainlab.claim import release_all
+        from trainlab.report import write_report
+
+        run = self.owner.run
+        best, final = best_and_final_of(logs.get("best") or {}, logs.get("history") or [])
+        if run.best.exists() or run.last.exists():
+            write_safetensors(run)
+        run.update_summary(
+            status=logs["status"],
+            epochs_completed=logs["epoch"],
+            global_step=logs["step"],
+            best=best,
+            final=final,
+            task=logs.get("task"),
+            samples_per_second=logs.get("samples_per_second"),
+        )
+        self.owner.writer.close()
+        write_report(run.path)
+        release_all()
+        if not self.owner.quiet:
+            print(f"\nrun directory: {run.path}\nreport: {run.report}")

@@ -15,7 +15,8 @@ Hooks a callback does not override are not called at all, so unused hooks cost n
     on_epoch_end(epoch, logs)      logs: {"epoch", "step", "lr", "train": {...}, "val": {...} | None,
                                           "monitored": float, "eval_samples_per_second"}
     on_train_end(logs)             logs: {"status", "epoch", "step"}, and "test" (test metrics) in a
-                                   config run, "history" in a Trainer run
+                                   config run; "history", "best", "task", "samples_per_second" in a
+                                   Trainer run
 """
 
 from __future__ import annotations

@@ -159,12 +159,14 @@ class Trainer:
         eval_batch_size: int | None = None,
         seed: int = 0,
         quiet: bool = False,
+        out: Any = None,
         **kwargs: Any,
     ) -> Trainer:
         """A Trainer for Datasets (or loaders): batches of `batch_size` in a seeded order (tensor data on
         the fast path), cross-entropy and Adam(lr=1e-3) unless given, the task from the loss, a progress
-        bar and one line per epoch unless `quiet`. Other keyword arguments go to `Trainer(...)`, or to
-        `TrainConfig` (epochs=3, device="cpu", ...)."""
+        bar and one line per epoch unless `quiet`; with `out`, a run directory there (metrics.jsonl,
+        TensorBoard, checkpoints, summary.json, model.safetensors, report.html). Other keyword arguments
+        go to `Trainer(...)`, or to `TrainConfig` (epochs=3, device="cpu", ...)."""
         from trainlab.data.loaders import as_loader, default_eval_batch_size
         from trainlab.logging import ConsoleProgress
 
@@ -202,13 +204,18 @@ class Trainer:
             metrics = TaskMetrics.for_output(
                 task, _output_of(model, val_loader or train_loader, device), metrics
             )
+        steps, epochs = (
+            steps_per_epoch(len(train_loader), cfg.grad_accum),
+            total_epochs(cfg, len(train_loader)),
+        )
         if not quiet:
-            own["callbacks"] = [
-                *own.get("callbacks", ()),
-                ConsoleProgress(
-                    steps_per_epoch(len(train_loader), cfg.grad_accum), total_epochs(cfg, len(train_loader))
-                ),
-            ]
+            own["callbacks"] = [*own.get("callbacks", ()), ConsoleProgress(steps, epochs)]
+        if out is not None:
+            from trainlab.outputs import TrainerRunDirectory
+
+            run = TrainerRunDirectory(out, steps, epochs, quiet)
+            own["callbacks"] = [*own.get("callbacks", ()), *run.callbacks]
+            own.setdefault("checkpoint_dir", run.run.checkpoints)
         return cls(
             model,
             train_loader,
@@ -363,12 +370,17 @@ class Trainer:
             self.signals.restore()
         if not self.caller_ends_training:
             self.callbacks.call(
-                "on_train_end",
+                "on_train_end",  # a Trainer run: also what a run directory's summary needs
                 {
                     "status": self.status,
                     "history": self.history,
                     "epoch": self.epoch,
                     "step": self.global_step,
+                    "best": dict(self.best),
+                    "task": self.task,
+                    "samples_per_second": self.samples_seen / self.train_time
+                    if self.train_time > 0
+                    else None,
                 },
             )
         return self.history
