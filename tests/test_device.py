@@ -440,7 +440,7 @@ def test_resuming_a_cuda_run_on_a_cpu_machine_needs_train_device_cpu(tmp_path, c
         str(run),
         "--quiet",
     ]
-    code, _, err = cli_in_process(capsys, "train", "train.device=cpu", *args)
+    code, _, err = cli_in_process(capsys, "train", *args)  # train.device: auto, the CPU here
     assert code == 0, err
     as_if_written_on_cuda(run / "checkpoints" / "last.pt")
     code, _, err = cli_in_process(

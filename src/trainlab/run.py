@@ -241,6 +241,9 @@ def train_one(
         _write_outputs(trainer, pipe, run, status, final, best, writer, quiet)
     if error is not None:
         raise error
+    # Under torchrun the other ranks wait here while rank 0 writes the outputs, so that no process leaves
+    # the process group while another still holds it (a lone early exit once aborted a rank in teardown)
+    distributed.barrier()
     return Run(
         out, cfg, unwrap(pipe.model), trainer.history, best, final, status, run.read_summary() if run else {}
     )
