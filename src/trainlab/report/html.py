@@ -137,11 +137,7 @@ def _plots(run: RunFiles, plots: dict[str, Path], skipped: dict[str, str]) -> st
     out = []
     for name in CAPTIONS:  # the report's order
         if name in plots:
-            data = base64.b64encode(plots[name].read_bytes()).decode("ascii")
-            out.append(
-                f'<figure id="plot-{name}"><img alt="{_e(name)}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{_e(caption(name, run))}</figcaption></figure>"
-            )
+            out.append(figure_html(name, plots[name], caption(name, run)))
     if skipped:
         out.append(
             '<p class="muted">Not drawn for this run:</p><ul class="skipped">'
@@ -246,3 +242,12 @@ def _is_num(v: Any) -> bool:
 
 def _e(v: Any) -> str:
     return html.escape(str(v), quote=True)
+
+
+def figure_html(ident: str, png: Path, caption_text: str) -> str:
+    """A PNG inlined as a `<figure>` (base64: the page stays one self-contained file)."""
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return (
+        f'<figure id="plot-{ident}"><img alt="{_e(ident)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{_e(caption_text)}</figcaption></figure>"
+    )

@@ -5,14 +5,13 @@ overlaid (every trial of a grid first; the best trial with the next best)."""
 
 from __future__ import annotations
 
-import base64
 import html
 import warnings
 from pathlib import Path
 from typing import Any
 
 from trainlab.report.compare import plot_compare
-from trainlab.report.html import CSS, fmt
+from trainlab.report.html import CSS, figure_html, fmt
 from trainlab.report.rundir import read_run
 from trainlab.sweep_space import describe, flow
 
@@ -145,11 +144,7 @@ def _render(
         "<h2>Figures</h2>",
     ]
     for ident, caption, png in figures:
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        parts.append(
-            f'<figure id="plot-{ident}"><img alt="{_e(ident)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>"
-        )
+        parts.append(figure_html(ident, png, caption))
     if skipped:
         parts.append(
             '<p class="muted">Not drawn:</p><ul class="skipped">'
