@@ -34,15 +34,12 @@ geometric mean of the per-round ratios over an even number of rounds (as in benc
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 import trainlab
+from bench_loops import silenced  # the same muting as the loop benchmark (benchmarks/ is on sys.path)
 from trainlab.config import Config
 
 SIZE, BATCH, EPOCHS, LR, MOMENTUM = 64, 32, 2, 0.01, 0.9
@@ -233,17 +231,6 @@ def run_tensor(x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
 
 
 # ----------------------------------------------------------------------------- driver
-
-
-@contextlib.contextmanager
-def silenced(enabled: bool):
-    if not enabled:
-        yield
-        return
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def one(loop: str, root: Path, seed: int, tensors, quiet: bool, crop: bool) -> dict:
