@@ -144,9 +144,11 @@ def train(
         if note:
             click.echo(note, err=True)
     try:
-        run_train(cfg, out=out, resume=resume, quiet=quiet)
+        run = run_train(cfg, out=out, resume=resume, quiet=quiet)
     finally:
         distributed.teardown()
+    if quiet and rank == 0:  # --quiet still says where the run went
+        click.echo(f"run directory: {run.run_dir}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

@@ -348,8 +348,9 @@ def _write_outputs(
     writer.close()
     write_report(run.path)
     lines = outputs.closing_lines(summary, pipe, run)
-    print("\n".join(lines if not quiet else [f"run directory: {run.path}"]))  # --quiet: where it went, still
-    if quiet and summary.get("diverging"):
+    if not quiet:
+        print("\n".join(lines))
+    elif summary.get("diverging"):  # a warning even when quiet
         print(lines[0].strip(), file=sys.stderr)
 
 
