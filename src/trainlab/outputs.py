@@ -27,11 +27,13 @@ def test_runs(trainer: Trainer, pipe: Pipeline, run: RunDir | None) -> dict[str,
     predictions/{val,test}.npz of the best weights."""
     final: dict[str, Any] = {}
     metrics = TaskMetrics.for_data(pipe.bundle, pipe.config.metrics).to(pipe.device)
-    if pipe.test_loader is not None:
+    # best.pt holds the last weights when the last epoch was the best: test once, not twice
+    last_is_best = trainer.best.get("epoch") == trainer.epoch
+    if pipe.test_loader is not None and not last_is_best:
         final["test_last"], _ = evaluate(
             trainer.model, pipe.test_loader, pipe.loss_fn, metrics, pipe.device, trainer.autocast
         )
-    if run is not None and run.best.exists():
+    if run is not None and run.best.exists() and not last_is_best:
         unwrap(trainer.model).load_state_dict(ckpt.load_checkpoint(run.best)["model"])
     distributed.broadcast_weights(trainer.model)  # every rank tests the best weights rank 0 loaded
     for split, loader in (("val", pipe.val_loader), ("test", pipe.test_loader)):
@@ -51,6 +53,7 @@ def test_runs(trainer: Trainer, pipe: Pipeline, run: RunDir | None) -> dict[str,
         )  # whole split on rank 0
         if split == "test":
             final["test"] = logs
+            final.setdefault("test_last", logs)
         if run is not None and kept is not None:
             save_predictions(run, split, kept, pipe)
     return final
