@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,11 +21,9 @@ import optuna
 import pytest
 import yaml
 
-from conftest import cli_in_process, run_cli, tiny_config
+from conftest import CHROMIUM, chromium_screenshot, cli_in_process, run_cli, tiny_config
 from trainlab.config import load_config
 from trainlab.sweep import Objective, make_plan
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def sweep_config(epochs: int = 1, **sweep: Any) -> dict[str, Any]:
@@ -122,28 +119,9 @@ def test_sweep_report_is_self_contained(tpe_sweep):
     "the HTML structure test above still runs",
 )
 def test_sweep_report_renders_in_headless_chromium(tpe_sweep, tmp_path):
-    import matplotlib.image as mpimg
 
     out, _ = tpe_sweep
-    shot = tmp_path / "shot.png"
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1200,2000",
-        (out / "sweep_report.html").resolve().as_uri(),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert shot.is_file(), f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    pixels = mpimg.imread(shot)[..., :3]
+    pixels = chromium_screenshot((out / "sweep_report.html"), tmp_path)  # (H, W, 3) floats in [0, 1]
     assert pixels.shape[:2] == (2000, 1200)
     assert pixels.std() > 0.05, "the rendered report is blank"
     assert (pixels.max(axis=2) - pixels.min(axis=2)).max() > 0.3, "no coloured pixels: plots did not render"
