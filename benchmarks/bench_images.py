@@ -20,6 +20,9 @@ SGD (lr 0.01, momentum 0.9), on all 990 images (no validation or test split), fo
           `RandomHorizontalFlip`, `ToTensor` per sample, DataLoader(batch 32, shuffle), a plain step
   tensor  the same model and step on an in-memory uint8 tensor (990, 3, 64, 64), hand-written:
           `index_select` of a random permutation, a per-sample flip, /255: the model alone
+  before  with `--before SRC`: trainlab from another checkout's `src` folder (e.g. a git worktree of
+          the commit before the image cache, 2b6acb7), the same config without `data.cache`, run in
+          a subprocess (PYTHONPATH=SRC); its epoch-2 samples/s and data wait, as for `cache`
 `--crop` swaps the Resize for `RandomResizedCrop: 64` (the ants/bees recipe: no fixed size before the
 first random item): `cache` then decodes each file once at its own size (CachedImages) and crops,
 resizes and flips per sample in the DataLoader; `pil` crops with PIL; `tensor` is left out.
@@ -58,6 +61,7 @@ SIZE, BATCH, EPOCHS, LR, MOMENTUM = 64, 32, 2, 0.01, 0.9
 CLASSES = 11
 LOOPS = ("cache", "off", "pil", "tensor")
 LABELS = {
+    "before": "trainlab before the cache (--before checkout), decoded per epoch",
     "cache": "trainlab, data.cache: auto (decoded once into memory)",
     "off": "trainlab, data.cache: off (decoded per epoch)",
     "pil": "hand-written: PIL per sample in a DataLoader (the notes' way)",
@@ -133,6 +137,32 @@ def run_trainlab(root: Path, cache: str, seed: int, crop: bool) -> tuple[float, 
         run = trainlab.train(trainlab_config(root, cache, seed, crop), out=Path(tmp) / "run")
     row = run.history_rows[-1]
     return row["train_samples_per_second"], row["train_data_wait_fraction"]
+
+
+_BEFORE = """
+import json, sys, tempfile, pathlib, trainlab
+with tempfile.TemporaryDirectory() as tmp:
+    run = trainlab.train(json.loads(sys.argv[1]), out=pathlib.Path(tmp) / "run")
+row = run.history_rows[-1]
+print(json.dumps([row["train_samples_per_second"], row.get("train_data_wait_fraction")]))
+"""
+
+
+def run_before(src: Path, root: Path, seed: int, crop: bool) -> tuple[float, float]:
+    """trainlab of another checkout (`src`: its src folder) on the same config, in a subprocess."""
+    import os
+    import subprocess
+
+    config = trainlab_config(root, "off", seed, crop)
+    del config["data"]["cache"]  # a key the older code does not know
+    env = {**os.environ, "PYTHONPATH": str(src), "TQDM_DISABLE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _BEFORE, json.dumps(config)], env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"--before {src}: the run failed:\n{done.stderr[-2000:]}")
+    sps, wait = json.loads(done.stdout.strip().splitlines()[-1])
+    return sps, wait
 
 
 def make_model(seed: int) -> nn.Module:
@@ -233,7 +263,10 @@ def run_tensor(x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
 # ----------------------------------------------------------------------------- driver
 
 
-def one(loop: str, root: Path, seed: int, tensors, quiet: bool, crop: bool) -> dict:
+def one(loop: str, root: Path, seed: int, tensors, quiet: bool, crop: bool, before: Path | None) -> dict:
+    if loop == "before":
+        sps, wait = run_before(before, root, seed, crop)
+        return {"samples_per_second": sps, "data_wait_fraction": wait}
     with silenced(quiet):
         if loop in ("cache", "off"):
             sps, wait = run_trainlab(root, "auto" if loop == "cache" else "off", seed, crop)
@@ -300,6 +333,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--crop", action="store_true", help="RandomResizedCrop: 64 instead of Resize [[64, 64]]"
     )
+    parser.add_argument(
+        "--before", type=Path, metavar="SRC", help="also time trainlab from this checkout's src folder"
+    )
     parser.add_argument("--json", type=Path, help="save the measurements here")
     parser.add_argument("--report", type=Path, help="print the tables of a saved --json file and exit")
     parser.add_argument("--verbose", action="store_true", help="show trainlab's output")
@@ -329,6 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
             )
             return costs
         loops = LOOPS[:-1] if args.crop else LOOPS
+        if args.before:
+            loops = (*loops, "before")
         meta.update(loops=loops, crop=args.crop)
         tensors = None if args.crop else in_memory_tensors(root)
         with silenced(not args.verbose):  # the cache's own line, from one run
@@ -341,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
             order = loops if r % 2 == 0 else loops[::-1]
             row = {}
             for loop in order:
-                row[loop] = one(loop, root, r, tensors, not args.verbose, args.crop)
+                row[loop] = one(loop, root, r, tensors, not args.verbose, args.crop, args.before)
                 print(f"round {r + 1}/{rounds} {loop}: {row[loop]}", file=sys.stderr, flush=True)
             results.append(row)
     table = report(results, meta)
