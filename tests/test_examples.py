@@ -27,6 +27,8 @@ from torch import nn
 import trainlab
 from conftest import load_run_dir_checker
 from trainlab.config import load_config
+from trainlab.data import build_data
+from trainlab.data.base import ArrayDataset
 from trainlab.engine.callbacks import Callback
 from trainlab.errors import ConfigError
 
@@ -352,6 +354,9 @@ def test_food11_trains_on_an_image_folder_of_mixed_sizes(tmp_path, fast_runs):
     )
     summary = _assert_trained(run, steps=2)
     assert summary["data_info"]["num_files"] == {"train": 11, "val": 11, "test": 11}
+    # decoded once at the training size, then batched by the fast path (issue 16)
+    assert summary["data_info"]["cache"]["shapes"] == {s: [3, 128, 128] for s in ("train", "val", "test")}
+    assert isinstance(build_data(run.config).train, ArrayDataset)  # what TensorLoader batches
     # adaptive_pool: 4 gives the notes' 512x4x4 fc input on 128x128 images, then 1024 - 32 - 11.
     assert _linears(run.model) == [(512 * 4 * 4, 1024), (1024, 32), (32, 11)]
 
@@ -367,6 +372,8 @@ def test_ants_bees_trains_resnet18_on_an_image_folder(tmp_path, fast_runs):
     )
     summary = _assert_trained(run, steps=2)
     assert summary["class_names"] == ["ants", "bees"]
+    # RandomResizedCrop first: decoded once at their own sizes, cropped per sample; val at 224x224
+    assert summary["data_info"]["cache"]["shapes"] == {"train": "several", "val": [3, 224, 224]}
     assert _linears(run.model) == [(512, 2)]  # resnet18's classifier, replaced for 2 classes
 
 
