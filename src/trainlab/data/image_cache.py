@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -148,8 +149,9 @@ def decode_into(
 ) -> list[tuple[int, BaseException]]:
     """Decode `files` (in a thread pool: decoding and resizing release the GIL) through `size` and the
     plan's head into `out`; returns [(index, error)] for the files that failed."""
-    from tqdm.auto import tqdm
+    from trainlab.logging import progress_bar_class
 
+    bar_class = progress_bar_class(sys.stderr)  # a bar in a terminal or notebook; none in a log or pipe
     compose = v2.Compose(build_list(plan.head, [v2], "data.transforms")) if plan.head else None
 
     def one(i: int) -> BaseException | None:
@@ -165,14 +167,19 @@ def decode_into(
         return None
 
     failed = []
-    with (
-        ThreadPoolExecutor(_threads()) as pool,
-        tqdm(total=len(files), desc=desc, unit="img", leave=False, mininterval=0.5) as bar,
-    ):
+    bar = (
+        bar_class(total=len(files), desc=desc, unit="img", leave=False, mininterval=0.5)
+        if bar_class
+        else None
+    )
+    with ThreadPoolExecutor(_threads()) as pool:
         for i, error in enumerate(pool.map(one, range(len(files)))):
-            bar.update()
+            if bar is not None:
+                bar.update()
             if error is not None:
                 failed.append((i, error))
+    if bar is not None:
+        bar.close()
     return failed
 
 
