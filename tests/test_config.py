@@ -123,3 +123,13 @@ def test_a_value_that_fits_no_type_of_a_union_is_one_error_naming_the_key():
     text = str(info.value)
     assert "train.channels_last: bad value 'maybe'" in text and "or input should be 'auto'" in text
     assert "channels_last.bool" not in text and "literal" not in text
+
+
+def test_yaml_off_means_cache_off(tmp_path):
+    # YAML 1.1 reads a bare `off` as false; `cache: off` in a file and `data.cache=off` on the
+    # command line both mean "decode every epoch", not "bad value False"
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {source: image_folder, root: x, cache: off}\n")
+    assert load_config(path).data.cache == "off"
+    assert load_config(path, ["data.cache=off"]).data.cache == "off"
+    assert load_config(path, ["data.cache=on"]).data.cache == "auto"

@@ -108,6 +108,12 @@ class DataConfig(_Strict):
     cache_memory_mb: float | None = Field(default=None, gt=0)  # None: 25% of the physical memory
     cache_dir: str | None = None  # None: <data.root>/.trainlab-cache, else ~/.cache/trainlab/images
 
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML reads a bare `off` (and `on`) as a boolean: `cache: off` / `data.cache=off` mean "off"
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+
 
 class EarlyStopping(_Strict):
     patience: int | None = Field(default=None, ge=1)  # None: off
