@@ -348,7 +348,8 @@ def summary_line(
         phrases.append(f"decoded {parts(decoded).replace(' at ', ' once at ', 1)} {place}")
     if read:
         into = " into memory" if in_memory else ""
-        phrases.append(f"read {parts(read)} (decoded by an earlier run) from {folder}{into}")
+        by = "an earlier run" if ranks == 1 else "an earlier run or local rank 0"
+        phrases.append(f"read {parts(read)} (decoded by {by}) from {folder}{into}")
     line = "; ".join(phrases)
     if ranks > 1:
         line += f", shared by {ranks} ranks" + (
