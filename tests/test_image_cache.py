@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from PIL import Image
 
 import trainlab
+from test_distributed import assert_close_weights, weights
 from trainlab.data import build_data
 from trainlab.data.base import ArrayDataset
 from trainlab.data.image_cache import CACHE_VERSION, CachedImages
@@ -28,6 +30,7 @@ from trainlab.data.splits import targets_of
 from trainlab.errors import DataError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+GLOO = dist.is_available() and dist.is_gloo_available()
 TRANSFORMS = [{"Resize": [[8, 8]]}, "RandomHorizontalFlip", "ToTensor"]
 
 
@@ -123,6 +126,40 @@ def test_a_changed_file_rebuilds_the_cache(tmp_path):
     assert torch.equal(row, torch.full((3, 8, 8), 200, dtype=torch.uint8)) and not torch.equal(
         row, first.train.x[0]
     )
+
+
+def test_a_changed_file_removes_the_stale_caches_and_keeps_other_transforms_of_the_same_files(tmp_path):
+    root, folder = make_folder(tmp_path / "images"), tmp_path / "cache"
+    other_root = make_folder(tmp_path / "other", n=4)
+
+    def build(root, size):
+        transforms = [{"Resize": [[size, size]]}, "ToTensor"]
+        return build_data(
+            config(root, cache="disk", cache_dir=str(folder), val_fraction=0.0, transforms=transforms)
+        )
+
+    build(root, 8), build(root, 6), build(other_root, 8)
+    assert len(cache_files(folder)) == 6  # train caches of two sizes, and one of another root
+    (folder / "train-old.json").write_text(json.dumps({"version": 1, "key": "old"}))  # no root: left alone
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    dead, alive = folder / f".train-x.npy.{ended.pid}.tmp", folder / f".train-y.npy.{os.getpid()}.tmp"
+    for tmp in (dead, alive):  # left by a killed writer, and by one still writing (this process)
+        tmp.write_bytes(b"x" * 1000)
+        os.utime(tmp, (time.time() - 7200, time.time() - 7200))
+
+    target = root / "cats" / "0.png"
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))  # "edited"
+    edited = build(root, 8)
+    assert edited.info["notes"][-1].startswith("decoded 16 images once")
+    assert edited.info["cache"]["removed"]["caches"] == 2  # both sizes described the old files
+    assert "removed 2 stale caches and 1 leftover .tmp file" in edited.info["notes"][-1]
+    assert not dead.exists() and alive.exists()
+    other = sorted({n.rsplit(".", 1)[0] for n in cache_files(folder)} - {"train-old"})
+    assert len(other) == 2  # the new cache and the other root's
+    assert build(root, 6).info["cache"]["removed"]["caches"] == 0  # same files, another size: both kept
+    assert len(cache_files(folder)) == 7  # 3 caches (npy + json) and the old manifest
+    assert build(root, 8).info["notes"][-1].startswith("read 16 images")
 
 
 def _cache_of(folder, suffix):
@@ -254,3 +291,90 @@ def test_resume_mid_epoch_with_the_disk_cache_is_exact(tmp_path):
     assert got["global_step"] == ref["global_step"] == 6
     for k in ref["model"]:
         assert torch.equal(got["model"][k], ref["model"][k]), k
+
+
+# ----------------------------------------------------------------------------- DDP: one rank decodes
+
+
+@pytest.mark.skipif(not GLOO, reason="torch.distributed with the gloo backend is not available")
+def test_under_ddp_one_rank_decodes_and_the_other_maps_its_disk_cache(tmp_path):
+    """`trainlab train --nproc 2` with data.cache: memory: rank 0 decodes into the disk cache beside the
+    data, rank 1 waits and maps the same file, and training gives the weights of one process with batch
+    2 x 4 that decodes every epoch (data.cache: off)."""
+    from trainlab.cli import main
+
+    root = make_folder(tmp_path / "images")
+    args = [
+        "data.source=image_folder",
+        f"data.root={root}",
+        "data.batch_size=4",
+        "data.val_fraction=0.25",
+        "data.test_fraction=0",
+        "data.transforms=[{Resize: [[8, 8]]}, ToTensor]",  # no augmentation: the sample order decides
+        "model.name=mlp",
+        "model.hidden=[16]",
+        "optimizer.name=SGD",
+        "optimizer.lr=0.05",
+        "optimizer.momentum=0.9",
+        "scheduler.name=none",
+        "train.epochs=2",
+        "train.device=cpu",
+    ]
+    ddp = ["train", *args, "data.cache=memory", "--out", "ddp", "--nproc", "2"]
+    proc = subprocess.Popen(  # meanwhile, the single process below
+        [sys.executable, "-m", "trainlab", *ddp],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TQDM_DISABLE": "1"},
+    )
+    single = tmp_path / "single"
+    off = ["data.batch_size=8", "data.cache='off'"]  # quoted: YAML reads a bare off as false
+    assert main(["train", *args, *off, "--out", str(single), "--quiet"]) == 0
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    cache = summary["data_info"]["cache"]
+    assert (cache["ranks"], cache["decoded_by"], cache["where"]) == (2, 1, "disk")
+    assert f"into the disk cache {root / '.trainlab-cache'}, shared by 2 ranks" in stdout
+    assert stdout.count("decoded 16 images once") == 1  # printed once, by rank 0
+    assert len(cache_files(root / ".trainlab-cache")) == 2  # one cache (npy + manifest), written once
+    assert_close_weights(weights(tmp_path / "ddp"), weights(single))
+
+
+def _rank_with_a_broken_file(rank: int, init_file: str, root: Path, out: Path) -> None:
+    """One of two gloo ranks (torch.multiprocessing.spawn) building the data while cats/0.png cannot be
+    decoded; writes the DataError it got to out/<rank>.txt."""
+    from trainlab.data import image_cache
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    decode = image_cache.decode_file
+
+    def broken(path, mode):
+        if Path(path).name == "0.png":
+            raise OSError("broken on purpose")
+        return decode(path, mode)
+
+    image_cache.decode_file = broken
+    try:
+        build_data(config(root, cache="memory"))
+        message = "no error"
+    except DataError as e:
+        message = str(e)
+    finally:
+        dist.destroy_process_group()
+    (out / f"{rank}.txt").write_text(message)
+
+
+@pytest.mark.skipif(not GLOO, reason="torch.distributed with the gloo backend is not available")
+def test_under_ddp_a_decoding_error_on_rank_0_stops_the_waiting_rank_too(tmp_path):
+    root = make_folder(tmp_path / "images")
+    torch.multiprocessing.spawn(
+        _rank_with_a_broken_file, args=(str(tmp_path / "init"), root, tmp_path), nprocs=2, join=True
+    )
+    first, other = ((tmp_path / f"{r}.txt").read_text() for r in (0, 1))
+    assert first.startswith(f"image {root / 'cats' / '0.png'}: cannot decode (broken on purpose)")
+    assert other.startswith("rank 0 could not cache the image folder") and first in other

@@ -19,13 +19,23 @@ buffer (`CachedImages`), and its transforms run per sample in the DataLoader (a 
 Where the rows live (`data.cache`): `memory` (a tensor), `disk` (a memory-mapped .npy file in
 `data.cache_dir`, default `<data.root>/.trainlab-cache/`, or `~/.cache/trainlab/images/` when the
 root is not writable), `auto` (memory when every cached split fits `data.cache_memory_mb`, default
-25% of the physical memory, else disk). A disk cache is `<split>-<key>.npy` plus a JSON manifest;
-the key is a hash of the file list (paths, sizes, modification times), the image mode and size, the
-head, the decoded shapes and `CACHE_VERSION`. Both files are written under temporary names and
-renamed when complete, the manifest last, and checked (version, key, shape, exact file size) before
-use: a cache cut short by a kill, or written by another version, is rebuilt, never trusted. Memory
-mode reads a valid disk cache when there is one, and writes none. Caches of other keys are left in
-the folder (another config may use them): delete the folder to free the space.
+25% of the physical memory, else disk). A disk cache (disk_cache.py) is `<split>-<key>.npy` plus a
+JSON manifest; the key is a hash of the file list (paths, sizes, modification times), the image mode
+and size, the head, the decoded shapes and `CACHE_VERSION`. Both files are written under temporary
+names and renamed when complete, the manifest last, and checked (version, key, shape, exact file
+size) before use: a cache cut short by a kill, or written by another version, is rebuilt, never
+trusted. Memory mode reads a valid disk cache when there is one, and writes none. Writing a cache
+removes the caches of the same root and split whose files have changed since (they can never be
+valid again) and leftover temporary files of killed writers; caches of the same files under other
+transforms or sizes stay (another config may use them).
+
+Under DDP (`trainlab train --nproc N`: a process group of N > 1 ranks) one process per machine
+decodes: local rank 0 writes the disk cache while the other ranks wait (`distributed.local_main_first`,
+which makes them fail too, with rank 0's message, when it cannot decode), then they map the same
+file. `memory` then means the disk cache as well: the page cache holds the rows once for all ranks
+instead of one private copy per rank (the summary line says "... into the disk cache ..., shared by
+N ranks"). With several machines, each machine's local rank 0 writes its own cache; on a shared file
+system they write the same file, which the atomic renames make harmless.
 """
 
 from __future__ import annotations
@@ -35,7 +45,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,10 +59,18 @@ from torchvision.transforms.v2 import functional as F
 
 from trainlab.components import build_list, parse_item
 from trainlab.data.base import ArrayDataset
+from trainlab.data.disk_cache import (
+    CACHE_VERSION,
+    default_cache_dir,
+    file_list_hash,
+    prune_stale,
+    read_disk_cache,
+    write_disk_cache,
+)
 from trainlab.data.transforms import eval_items, normalize_items, resize_image
+from trainlab.engine import distributed
 from trainlab.errors import DataError
 
-CACHE_VERSION = 1  # bump when the decoded pixels or the file layout change
 # uint8 in, uint8 out, deterministic and idempotent: what a cached head may hold.
 HEAD_ITEMS = ("ToImage", "PILToTensor", "ToPureTensor", "Identity", "Resize", "CenterCrop")
 _TORCHVISION_SUFFIXES = (".jpg", ".jpeg", ".png")  # decoded by torchvision.io (2-3x PIL's speed here)
@@ -183,99 +200,21 @@ def decode_into(
     return failed
 
 
-# ----------------------------------------------------------------------------- the disk cache
+# ----------------------------------------------------------------------------- the cache key
 
 
-def default_cache_dir(root: Path) -> Path:
-    """<root>/.trainlab-cache when the data folder is writable, else the user's cache folder."""
-    if os.access(root, os.W_OK):
-        return root / ".trainlab-cache"
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "trainlab" / "images"
-
-
-def cache_key(files: list[Path], mode: str, size: list[int] | None, plan: Plan) -> str:
-    """A hash of everything the cached pixels depend on."""
-    h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            {
-                "version": CACHE_VERSION,
-                "mode": mode,
-                "image_size": size,
-                "head": plan.head,
-                "shapes": plan.shapes,
-                "n": len(files),
-            },
-            sort_keys=True,
-            default=str,
-        ).encode()
-    )
-    for f in files:
-        st = f.stat()
-        h.update(f"{Path(f).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:24]
-
-
-def _paths(folder: Path, split: str, key: str) -> tuple[Path, Path]:
-    return folder / f"{split}-{key}.npy", folder / f"{split}-{key}.json"
-
-
-def read_disk_cache(folder: Path, split: str, key: str) -> tuple[torch.Tensor, list[int]] | None:
-    """(memory-mapped rows, kept rows) of a complete cache with this key, else None."""
-    npy, manifest_path = _paths(folder, split, key)
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("version") != CACHE_VERSION or manifest.get("key") != key:
-            return None
-        rows = np.load(npy, mmap_mode="c")  # copy-on-write: writable for torch, the file is never changed
-    except (OSError, ValueError, json.JSONDecodeError):
-        return None
-    if (
-        rows.dtype != np.uint8
-        or list(rows.shape) != manifest.get("shape")
-        or npy.stat().st_size != rows.offset + rows.nbytes
-    ):
-        return None
-    return torch.from_numpy(rows), list(manifest["kept"])
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)  # atomic on one file system: readers see the old file or the whole new one
-
-
-def write_disk_cache(
-    folder: Path, split: str, key: str, shape: tuple[int, ...], fill: Callable[[torch.Tensor], list[int]]
-) -> tuple[torch.Tensor, list[int]]:
-    """Create `<split>-<key>.npy` of `shape` uint8, let `fill` write it (it returns the kept files), then
-    the manifest; both under temporary names first. Returns the mapped array and the kept files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    npy, manifest_path = _paths(folder, split, key)
-    tmp = folder / f".{npy.name}.{os.getpid()}.tmp"
-    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    try:
-        kept = fill(torch.from_numpy(rows))
-        rows.flush()
-        del rows
-        _replace(tmp, npy)
-    finally:
-        tmp.unlink(missing_ok=True)
-    manifest = {
+def cache_key(files_hash: str, mode: str, size: list[int] | None, plan: Plan) -> str:
+    """A hash of everything the cached pixels depend on: the files (`file_list_hash`) and how they are
+    decoded."""
+    about = {
         "version": CACHE_VERSION,
-        "key": key,
-        "shape": list(shape),
-        "kept": kept,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "files": files_hash,
+        "mode": mode,
+        "image_size": size,
+        "head": plan.head,
+        "shapes": plan.shapes,
     }
-    tmp_manifest = folder / f".{manifest_path.name}.{os.getpid()}.tmp"
-    tmp_manifest.write_text(json.dumps(manifest))
-    _replace(tmp_manifest, manifest_path)
-    found = read_disk_cache(folder, split, key)
-    if found is None:
-        raise DataError(
-            f"data.cache_dir: the image cache {npy} could not be read back after writing it; "
-            f"check the disk (free space), or set data.cache: memory"
-        )
-    return found
+    return hashlib.sha256(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 # ----------------------------------------------------------------------------- splits
@@ -334,9 +273,11 @@ def decode_split(
     folder: Path | None,
     skip_bad: bool,
     info: dict[str, Any],
+    root: Path | None = None,
 ) -> tuple[ArrayDataset | CachedImages, bool]:
     """One split decoded once, in memory or on disk: an ArrayDataset when the plan has one size, else
-    CachedImages. Returns (dataset, whether a cache of an earlier run was read)."""
+    CachedImages. Returns (dataset, whether a cache of an earlier run (or rank) was read). Writing a disk
+    cache removes the stale caches of `root`'s split from `folder`, counted in info["cache_removed"]."""
     n = len(files)
     _, h, w = plan.shapes[0]
     desc = f"caching {n:,} images at " + (f"{h}x{w}" if plan.fixed else "their own sizes")
@@ -352,14 +293,19 @@ def decode_split(
         bad = {i for i, _ in failed}
         return [i for i in range(n) if i not in bad]
 
-    key = cache_key(files, mode, size, plan) if folder is not None else ""
+    files_hash = file_list_hash(files) if folder is not None else ""
+    key = cache_key(files_hash, mode, size, plan) if folder is not None else ""
     found = read_disk_cache(folder, split, key) if folder is not None else None
     if found is not None:
         storage, kept = found
         if where == "memory":
             storage = storage.clone()  # off the disk into memory
     elif where == "disk":
-        storage, kept = write_disk_cache(folder, split, key, plan.storage_shape, fill)
+        source = {"root": str(root.resolve()) if root else "", "split": split, "files": files_hash}
+        storage, kept = write_disk_cache(folder, split, key, plan.storage_shape, fill, source)
+        removed = info.setdefault("cache_removed", {})
+        for k, v in prune_stale(folder, source).items():
+            removed[k] = removed.get(k, 0) + v
     else:
         storage = torch.empty(plan.storage_shape, dtype=torch.uint8)
         kept = fill(storage)
@@ -376,8 +322,16 @@ def decode_split(
     return ArrayDataset(storage, y), found is not None
 
 
-def summary_line(done: list[tuple[int, Plan, bool]], where: str, folder: Path, seconds: float) -> str:
-    """E.g. 'decoded 990 images once at 64×64 into memory, 12 MB, 2.1 s'."""
+def summary_line(
+    done: list[tuple[int, Plan, bool]],
+    where: str,
+    folder: Path,
+    seconds: float,
+    ranks: int = 1,
+    removed: dict[str, int] | None = None,
+) -> str:
+    """E.g. 'decoded 990 images once at 64×64 into memory, 12 MB, 2.1 s'. `ranks` > 1: the DDP ranks share
+    the disk cache; `removed`: what `prune_stale` removed."""
 
     def parts(group: list[tuple[int, Plan, bool]]) -> str:
         counts: dict[str, int] = {}
@@ -392,18 +346,30 @@ def summary_line(done: list[tuple[int, Plan, bool]], where: str, folder: Path, s
         return " and ".join(f"{n:,} images {what}" for what, n in counts.items())
 
     total_mb = sum(plan.nbytes for _, plan, _ in done) / 2**20
+    in_memory = where == "memory" and ranks == 1
     decoded = [d for d in done if not d[2]]
     read = [d for d in done if d[2]]
     phrases = []
     if decoded:
-        place = "into memory" if where == "memory" else f"into the disk cache {folder}"
+        place = "into memory" if in_memory else f"into the disk cache {folder}"
         phrases.append(f"decoded {parts(decoded).replace(' at ', ' once at ', 1)} {place}")
     if read:
-        phrases.append(
-            f"read {parts(read)} (decoded by an earlier run) from {folder}"
-            + (" into memory" if where == "memory" else "")
+        into = " into memory" if in_memory else ""
+        by = "an earlier run" if ranks == 1 else "an earlier run or local rank 0"
+        phrases.append(f"read {parts(read)} (decoded by {by}) from {folder}{into}")
+    line = "; ".join(phrases)
+    if ranks > 1:
+        line += f", shared by {ranks} ranks" + (
+            " (data.cache: memory under DDP: one copy in the page cache, not one in memory per rank)"
+            if where == "memory"
+            else ""
         )
-    return f"{'; '.join(phrases)}, {total_mb:.0f} MB, {seconds:.1f} s"
+    line += f", {total_mb:.0f} MB, {seconds:.1f} s"
+    if removed and (removed.get("caches") or removed.get("temporary_files")):
+        counts = {"stale cache": removed["caches"], "leftover .tmp file": removed["temporary_files"]}
+        what = [f"{n} {name}{'s' if n > 1 else ''}" for name, n in counts.items() if n]
+        line += f"; removed {' and '.join(what)} ({removed['bytes'] / 2**20:.1f} MB)"
+    return line
 
 
 def cache_splits(
@@ -463,33 +429,54 @@ def cache_splits(
 
     total_mb = sum(p.nbytes for p in plans.values()) / 2**20
     folder = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(root)
+    ranks = distributed.world_size()
+    # Under DDP the ranks map one disk cache (the page cache holds it once) instead of a copy each.
+    place = "disk" if ranks > 1 else where
     start = time.perf_counter()
-    datasets: dict[str, Dataset] = {}
-    done = []
-    for s, plan in plans.items():
-        files, targets, _ = splits[s]
-        datasets[s], was_cached = decode_split(
-            files,
-            targets,
-            mode,
-            size,
-            plan,
-            split=s,
-            where=where,
-            folder=folder,
-            skip_bad=cfg.skip_bad_files,
-            info=info,
-        )
-        done.append((len(datasets[s]), plan, was_cached))
+
+    def decode_all() -> tuple[dict[str, Dataset], list[tuple[int, Plan, bool]]]:
+        datasets: dict[str, Dataset] = {}
+        done = []
+        for s, plan in plans.items():
+            files, targets, _ = splits[s]
+            datasets[s], was_cached = decode_split(
+                files,
+                targets,
+                mode,
+                size,
+                plan,
+                split=s,
+                where=place,
+                folder=folder,
+                skip_bad=cfg.skip_bad_files,
+                info=info,
+                root=root,
+            )
+            done.append((len(datasets[s]), plan, was_cached))
+        return datasets, done
+
+    # Under DDP each machine's local rank 0 decodes into the disk cache; the other ranks wait, then read it.
+    datasets, done = distributed.local_main_first(
+        decode_all,
+        lambda rank, message: DataError(
+            f"rank {rank} could not cache the image folder {root} (in {folder}), so this rank stops too: "
+            f"{message}"
+        ),
+    )
+    decoded_by = round(distributed.all_reduce_sums(any(not d[2] for d in done))[0])
     seconds = time.perf_counter() - start
+    removed = info.pop("cache_removed", {})
     info["cache"] = {
-        "where": where,
-        "dir": str(folder) if where == "disk" or any(d[2] for d in done) else None,
+        "where": place,
+        "dir": str(folder) if place == "disk" or any(d[2] for d in done) else None,
         "images": sum(d[0] for d in done),
         "mb": round(total_mb, 1),
         "seconds": round(seconds, 2),
         "memory_limit_mb": round(limit),
         "shapes": {s: list(p.shapes[0]) if p.fixed else "several" for s, p in plans.items()},
+        "ranks": ranks,
+        "decoded_by": decoded_by,  # ranks that decoded (the others read the disk cache)
+        "removed": removed,
     }
-    notes.append(summary_line(done, where, folder, seconds))
+    notes.append(summary_line(done, where, folder, seconds, ranks, removed))
     return datasets

@@ -23,7 +23,9 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Any
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -32,6 +34,9 @@ from torch.utils.data import Dataset, Subset
 
 from trainlab.data.base import ArrayDataset
 from trainlab.engine.callbacks import Callback
+
+T = TypeVar("T")
+LONG_WAIT = timedelta(hours=24)  # local_main_first: the other ranks wait this long for local rank 0
 
 
 def env() -> tuple[int, int, int]:
@@ -96,6 +101,39 @@ def _restart_store(rank: int, world_size: int) -> dist.Store | None:
 def teardown() -> None:
     if is_initialized():
         dist.destroy_process_group()
+
+
+def world_size() -> int:
+    """Processes in the initialised process group; 1 without one."""
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def local_main_first(work: Callable[[], T], failed: Callable[[int, str], Exception]) -> T:
+    """`work()` in every process, first in each machine's local rank 0 (LOCAL_RANK, else RANK), which
+    writes what the others then read (e.g. the image cache). The others wait in a collective that carries
+    every local rank 0's outcome, so an exception there stops every rank (`failed(rank, message)` is
+    raised) instead of leaving them waiting. The wait has its own gloo group with a long timeout: decoding
+    a large folder may outlast the default group's (10 min with nccl). Just `work()` without a group."""
+    if world_size() == 1:
+        return work()
+    rank = dist.get_rank()
+    first = int(os.environ.get("LOCAL_RANK", rank)) == 0
+    group = dist.new_group(backend="gloo", timeout=LONG_WAIT)  # a collective: before anyone is busy
+    result, error = None, None
+    if first:
+        try:
+            result = work()
+        except Exception as e:  # noqa: BLE001 - every rank must hear of it, then it is raised here
+            error = e
+    outcomes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(outcomes, None if error is None else str(error), group=group)
+    dist.destroy_process_group(group)
+    if error is not None:
+        raise error
+    for other, message in enumerate(outcomes):
+        if message is not None:
+            raise failed(other, message)
+    return result if first else work()
 
 
 def barrier() -> None:
