@@ -214,7 +214,7 @@ def test_images_of_several_sizes_after_the_head_are_cached_at_their_own_sizes(tm
     bundle = build_data(trainlab.load_config(None, args))
     assert isinstance(bundle.train.dataset, CachedImages) and isinstance(bundle.val, ArrayDataset)
     assert bundle.val.x.shape == (6, 3, 8, 8)
-    assert any(n.startswith("the train images keep several sizes") for n in bundle.info["notes"])
+    assert any(n.startswith("the train transforms start with a random item") for n in bundle.info["notes"])
     assert bundle.info["notes"][-1].startswith("decoded 6 images once at their own sizes (up to")
     off = build_data(trainlab.load_config(None, {**args, "data.cache": "off"}))
     raw_cached, raw_off = bundle.train.dataset, off.train.dataset  # under the per-sample transforms

@@ -406,21 +406,24 @@ def cache_splits(
     for s, plan in list(plans.items()):
         if plan.fixed:
             continue
-        names = ", ".join(parse_item(i, "")[0] for i in plan.head) or "none"
+        names = ", ".join(parse_item(i, "")[0] for i in plan.head)
+        why = (
+            f"the {s} images keep several sizes through the transforms before the first random item ({names})"
+            if names
+            else f"the {s} transforms start with a random item, so the images keep their own sizes"
+        )
         if where == "disk" and cfg.cache == "auto":
             # Pixels at the files' own sizes take 20x the bytes of their JPEGs (the benchmark's folder): too
             # much to write beside the data unasked, and slower to read back from disk than to decode.
             del plans[s]
             notes.append(
-                f"not cached: the {s} images keep several sizes through the transforms before the first "
-                f"random item ({names}) and do not fit data.cache_memory_mb at those sizes, so they are "
+                f"not cached: {why} and do not fit data.cache_memory_mb at those sizes, so they are "
                 f"decoded every epoch (data.cache: disk caches them; a list that starts with "
                 f"Resize: [H, W] caches them small)"
             )
         else:
             notes.append(
-                f"the {s} images keep several sizes through the transforms before the first random item "
-                f"({names}): they are decoded once at their own sizes and transformed per sample in the "
+                f"{why}: they are decoded once at their own sizes and transformed per sample in the "
                 f"DataLoader; a list that starts with Resize: [H, W] (or data.image_size) takes the batched "
                 f"fast path"
             )
