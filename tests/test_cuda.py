@@ -50,11 +50,17 @@ def test_fast_path_keeps_a_split_that_fits_on_the_gpu_and_pins_one_that_does_not
     monkeypatch.setattr(loaders, "GPU_DATA_SHARE", 0.0)  # nothing fits: host memory, pinned copies
     on_host = TensorLoader(images(), 16, shuffle=True, seed=1, device=CUDA)
     assert on_host.placement == "pinned" and not on_host.x.is_cuda
+    data = images()  # as a split of a memory-mapped cache: row numbers, the rows stay on the host
+    by_rows = TensorLoader(
+        ArrayDataset(data.x, data.y, data.transform, rows=torch.arange(len(data))), 16, seed=1, device=CUDA
+    )
+    assert by_rows.placement == "pinned" and not by_rows.x.is_cuda
     for _ in range(2):  # two epochs: the same batches, on the GPU, either way
-        for (xa, ya), (xb, yb) in zip(on_gpu, on_host, strict=True):
-            assert xb.is_cuda and yb.is_cuda
-            assert torch.equal(ya, yb)  # the same samples in the same order
+        for (xa, ya), (xb, yb), (xc, yc) in zip(on_gpu, on_host, by_rows, strict=True):
+            assert xb.is_cuda and yb.is_cuda and xc.is_cuda
+            assert torch.equal(ya, yb) and torch.equal(ya, yc)  # the same samples in the same order
             torch.testing.assert_close(xa, xb)  # normalised on the GPU vs the CPU: equal up to rounding
+            torch.testing.assert_close(xa, xc)
 
 
 @pytest.mark.parametrize("world_size", [2, 3])

@@ -137,6 +137,28 @@ def test_resuming_from_a_mid_epoch_state_gives_the_remaining_batches(in_memory):
     assert resumed.state_dict() == {"epoch": 2, "position": 0}
 
 
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_a_split_kept_as_row_numbers_batches_shards_and_resumes_like_its_copy(world_size):
+    """A subset of a dataset with `rows` (as a split of a memory-mapped image cache) keeps row numbers
+    into the same storage; its loader serves the copied split's batches, per rank, from mid-epoch."""
+    ds = images(2 * N)
+    index = torch.arange(1, 2 * N, 2)  # every other sample
+    kept = ArrayDataset(ds.x, ds.y, ds.transform, rows=torch.arange(2 * N)).subset(index)
+    copied = ds.subset(index)
+    assert kept.storage is ds.x and torch.equal(kept.rows, index) and torch.equal(kept.x, copied.x)
+    assert torch.equal(kept.subset([3, 0]).rows, index[[3, 0]])  # a subset of a subset: rows composed
+    for rank in range(world_size):
+        a, b = (TensorLoader(d, 8, seed=5, rank=rank, world_size=world_size) for d in (kept, copied))
+        assert not a.precomputed and b.precomputed  # the head runs per batch: the split stays where it is
+        b.set_epoch(1)
+        expected = list(b)
+        a.load_state_dict({"epoch": 1, "position": 2})
+        rest = list(a)
+        assert len(rest) == len(expected) - 2 and a.state_dict() == {"epoch": 2, "position": 0}
+        for (xa, ya), (xb, yb) in zip(rest, expected[2:], strict=True):
+            assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
 def test_the_dataloader_path_sees_the_same_batches_as_the_fast_path():
     fast = make_loader(images(), 8, shuffle=True, seed=9)
     slow = make_loader(images(), 8, shuffle=True, seed=9, in_memory=False)

@@ -21,11 +21,12 @@ from PIL import Image
 
 import trainlab
 from test_distributed import assert_close_weights, weights
-from trainlab.data import build_data
+from trainlab.data import build_data, image_cache
 from trainlab.data.base import ArrayDataset
 from trainlab.data.image_cache import CACHE_VERSION, CachedImages
 from trainlab.data.images import ImageFileDataset
 from trainlab.data.loaders import ResumableDataLoader, TensorLoader, make_loader
+from trainlab.data.peek import sample_batch
 from trainlab.data.splits import targets_of
 from trainlab.errors import DataError
 
@@ -103,6 +104,51 @@ def test_memory_and_disk_give_identical_tensors_and_disk_is_reused(tmp_path):
     assert from_disk.info["notes"][-1].startswith("read 16 images") and torch.equal(
         from_disk.train.x, memory.train.x
     )
+
+
+def mapped_file(x):
+    """The file (or '[heap]', or None) of the memory mapping that holds x's data, from /proc/self/maps."""
+    ptr = x.untyped_storage().data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(v, 16) for v in fields[0].split("-"))
+        if start <= ptr < end:
+            return fields[5] if len(fields) == 6 else None
+    return None
+
+
+def epoch(dataset, shuffle):
+    """One epoch of the fast loader: [(x, y)] with the global RNG (the random flips) seeded."""
+    torch.manual_seed(0)
+    loader = make_loader(dataset, 4, shuffle=shuffle, seed=3)
+    assert isinstance(loader, TensorLoader)
+    return list(loader)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory mappings")
+def test_splits_cut_from_a_disk_cache_stay_in_it_and_batch_as_in_memory(tmp_path):
+    root, folder = make_folder(tmp_path / "images", n=24), tmp_path / "cache"
+    fractions = {"val_fraction": 0.25, "test_fraction": 0.25, "cache_dir": str(folder)}
+    disk = build_data(config(root, cache="disk", **fractions))
+    memory = build_data(config(root, cache="memory", **fractions))  # reads the same cache into memory
+    npy = str(_cache_of(folder, ".npy").resolve())
+    splits = {s: (getattr(disk, s), getattr(memory, s)) for s in ("train", "val", "test")}
+    assert [len(d) for d, _ in splits.values()] == [12, 6, 6]
+    for name, (d, m) in splits.items():
+        # not copied: every split indexes the one mapping of the cache file; memory mode copies as before
+        assert d.storage is disk.train.storage and mapped_file(d.storage) == npy, name
+        assert d.rows is not None and m.rows is None and mapped_file(m.x) != npy
+        assert torch.equal(d.x, m.x) and torch.equal(d.y, m.y), name
+        # the same batches: samples, order, pixels (flips included) over one epoch
+        shuffle = name == "train"
+        for (xd, yd), (xm, ym) in zip(epoch(d, shuffle), epoch(m, shuffle), strict=True):
+            assert torch.equal(yd, ym) and torch.equal(xd, xm), name
+    loader = make_loader(disk.train, 4, shuffle=True, seed=3)
+    assert not loader.precomputed and mapped_file(loader.x) == npy
+    assert torch.equal(sample_batch(loader, 3)[0], sample_batch(memory.train, 3)[0])  # peeking: its rows
+    folds = build_data(config(root, cache="disk", **{**fractions, "val_fraction": 0.0}, k_fold=3, fold=1))
+    cut = (folds.train, folds.val, folds.test)  # k-fold cuts keep row numbers too
+    assert [len(s) for s in cut] == [12, 6, 6] and all(mapped_file(s.storage) == npy for s in cut)
 
 
 def test_auto_goes_to_disk_when_the_memory_limit_is_exceeded(tmp_path):
@@ -196,6 +242,32 @@ def test_bad_files_are_reported_or_skipped_with_the_cache(tmp_path):
     assert isinstance(bundle.train, ArrayDataset)
 
 
+def test_a_file_that_fails_to_decode_leaves_the_disk_cache_by_row_number(tmp_path, monkeypatch):
+    """A file the scan passes but the decoder rejects (a real one is rare: the scan checks headers and
+    ends) is dropped; on disk the other rows stay in the mapped file, and read back, the same."""
+    root, folder = make_folder(tmp_path / "images"), tmp_path / "cache"
+    decode = image_cache.decode_file
+
+    def failing(path, mode):
+        if Path(path).name == "1.jpg":
+            raise OSError("broken data stream")
+        return decode(path, mode)
+
+    monkeypatch.setattr(image_cache, "decode_file", failing)
+    memory = build_data(config(root, cache="memory", skip_bad_files=True))
+    for first in (True, False):  # decoded, then read back
+        disk = build_data(config(root, cache="disk", cache_dir=str(folder), skip_bad_files=True))
+        assert disk.info["notes"][-1].startswith("decoded" if first else "read")
+        assert disk.info["skipped_files"] == memory.info["skipped_files"] == 1
+        npy = str(_cache_of(folder, ".npy").resolve())
+        assert len(disk.train.storage) == 16 and mapped_file(disk.train.storage) == npy
+        assert disk.val.storage is disk.train.storage
+        assert len(set(torch.cat([disk.train.rows, disk.val.rows]).tolist())) == 15
+        for split in ("train", "val"):
+            d, m = getattr(disk, split), getattr(memory, split)
+            assert torch.equal(d.x, m.x) and torch.equal(d.y, m.y)
+
+
 def test_images_of_several_sizes_after_the_head_are_cached_at_their_own_sizes(tmp_path):
     # The ants/bees shape: training starts with RandomResizedCrop (no fixed size before it): the train
     # folder is decoded once at the files' own sizes and transformed per sample; evaluation is Resize +
@@ -248,13 +320,13 @@ def test_resume_mid_epoch_with_the_disk_cache_is_exact(tmp_path):
     weights as an uninterrupted run."""
     from trainlab.cli import main
 
-    root = make_folder(tmp_path / "images")
+    root = make_folder(tmp_path / "images", n=24)
     args = [
         "data.source=image_folder",
         f"data.root={root}",
         "data.batch_size=4",
-        "data.val_fraction=0.25",
-        "data.test_fraction=0",
+        "data.val_fraction=0.25",  # both cut from the disk cache by row numbers
+        "data.test_fraction=0.25",
         "data.transforms=[{Resize: [[8, 8]]}, RandomHorizontalFlip, ToTensor]",
         "data.cache=disk",
         f"data.cache_dir={tmp_path / 'cache'}",

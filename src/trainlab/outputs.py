@@ -171,14 +171,14 @@ def save_predictions(run: RunDir, split: str, kept: dict[str, torch.Tensor], pip
     arrays: dict[str, Any] = {"target": target, "output": output}
     ds = pipe.bundle.val if split == "val" else pipe.bundle.test
     if isinstance(ds, ArrayDataset) and len(ds) == len(target):  # (a smoke run tests one batch only)
-        x = ds.x
-        if x.dim() == 2 and x.shape[1] == 1:
-            arrays["inputs"] = x.float().numpy()
-        if x.dim() == 4 and task in ("classification", "binary"):
+        shape = ds.storage.shape  # the shape of a sample: that of a row
+        if len(shape) == 2 and shape[1] == 1:
+            arrays["inputs"] = ds.x.float().numpy()
+        if len(shape) == 4 and task in ("classification", "binary"):
             pred = output.argmax(-1) if task == "classification" else (output > 0.5).astype(int)
             wrong = np.nonzero(pred != target.reshape(pred.shape))[0][:64]
             if len(wrong):
-                imgs = x[torch.as_tensor(wrong)]
+                imgs = ds.gather(torch.as_tensor(wrong))
                 imgs = imgs.float() / 255 if imgs.dtype == torch.uint8 else imgs.float()
                 arrays.update(
                     images=imgs.numpy(), image_index=wrong, image_target=target[wrong], image_pred=pred[wrong]

@@ -92,9 +92,9 @@ def _as_task_targets(ds: Dataset | None, task: str) -> Dataset | None:
     if not isinstance(ds, ArrayDataset):
         return ds
     if task == "regression" and not ds.y.is_floating_point():
-        return ArrayDataset(ds.x, ds.y.to(torch.float32), ds.transform)
+        return ds.with_targets(ds.y.to(torch.float32))
     if task != "regression" and ds.y.is_floating_point() and bool(torch.all(ds.y == ds.y.round())):
-        return ArrayDataset(ds.x, ds.y.to(torch.int64), ds.transform)
+        return ds.with_targets(ds.y.to(torch.int64))
     return ds
 
 
@@ -126,7 +126,7 @@ def _check_labels(splits: dict[str, Dataset], num_classes: int, where: str) -> N
 def _standardize(train: Dataset, others: list[Dataset | None]) -> tuple[list[Dataset | None], dict[str, Any]]:
     """Fit per-feature mean/std on the training split (over samples, axis 0) and apply it to every split."""
     arrays = [ds for ds in [train, *others] if ds is not None]
-    if not all(isinstance(ds, ArrayDataset) for ds in arrays) or not train.x.is_floating_point():
+    if not all(isinstance(ds, ArrayDataset) for ds in arrays) or not train.storage.is_floating_point():
         raise ConfigError(
             "data.standardize: works on numeric in-memory features (csv and the built-in tabular "
             "sets); for images use `Normalize: auto` in data.transforms"

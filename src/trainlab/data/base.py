@@ -23,6 +23,11 @@ class ArrayDataset(Dataset):
     `transform` maps a batch of inputs (B, ...) to model inputs; it is applied per batch by the fast
     loader and to a batch of one by `__getitem__`, so both paths give the same values. Images are
     kept as uint8 (N, C, H, W) and converted to float per batch, which saves 4x memory.
+
+    With `rows` (a LongTensor), sample i is row `rows[i]` of the tensor given as `x` (`storage`), and
+    a `subset` picks rows instead of copying them: for a memory-mapped image cache (decode_split), so
+    that the splits cut from it stay on disk. Read inputs with `gather(index)` (the rows asked for);
+    the `x` property copies every row of the split.
     """
 
     def __init__(
@@ -30,26 +35,42 @@ class ArrayDataset(Dataset):
         x: torch.Tensor,
         y: torch.Tensor,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        rows: torch.Tensor | None = None,
     ):
-        if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
-        self.x, self.y, self.transform = x, y, transform
+        if len(x if rows is None else rows) != len(y):
+            raise ValueError(f"x has {len(x if rows is None else rows)} samples but y has {len(y)}")
+        self.storage, self.y, self.transform, self.rows = x, y, transform, rows
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The inputs of every sample (N, ...): the storage itself, or a copy of the rows it uses."""
+        return self.storage if self.rows is None else self.storage[self.rows]
+
+    def gather(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """The inputs of the samples at `index` (positions in this dataset)."""
+        return self.storage[index if self.rows is None else self.rows[index]]
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.y)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.x[i : i + 1]
+        x = self.gather(slice(i, i + 1))
         if self.transform is not None:
             x = self.transform(x)
         return x[0], self.y[i]
 
     def subset(self, index: torch.Tensor | list[int]) -> ArrayDataset:
+        """The samples at `index`: a copy of their inputs, or only their row numbers when `rows` is set."""
         index = torch.as_tensor(index, dtype=torch.long)
-        return ArrayDataset(self.x[index], self.y[index], self.transform)
+        if self.rows is not None:
+            return ArrayDataset(self.storage, self.y[index], self.transform, self.rows[index])
+        return ArrayDataset(self.storage[index], self.y[index], self.transform)
 
     def with_transform(self, transform: Callable | None) -> ArrayDataset:
-        return ArrayDataset(self.x, self.y, transform)
+        return ArrayDataset(self.storage, self.y, transform, self.rows)
+
+    def with_targets(self, y: torch.Tensor) -> ArrayDataset:
+        return ArrayDataset(self.storage, y, self.transform, self.rows)
 
 
 @dataclass

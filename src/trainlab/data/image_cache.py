@@ -315,11 +315,10 @@ def decode_split(
     if not plan.fixed:  # files that failed to decode leave a gap in the buffer
         shapes = [plan.shapes[i] for i in kept]
         return CachedImages(storage, plan.offsets[index].tolist(), shapes, y[index]), found is not None
-    if (
-        len(kept) < n
-    ):  # rows of files that failed to decode are dropped (a copy; rare after the scan's checks)
-        storage, y = storage[index], y[index]
-    return ArrayDataset(storage, y), found is not None
+    # A memory-mapped split keeps row numbers (`rows`), so that its subsets are not copied into memory.
+    dataset = ArrayDataset(storage, y, rows=torch.arange(n) if where == "disk" else None)
+    # files that failed to decode are dropped (in memory a copy; rare after the scan's checks)
+    return (dataset.subset(index) if len(kept) < n else dataset), found is not None
 
 
 def summary_line(

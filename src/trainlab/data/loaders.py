@@ -161,6 +161,9 @@ class TensorLoader(_Resumable):
     `dataset.transform(dataset.x[idx])` (the transform's deterministic head is precomputed when it
     fits `precompute_limit` bytes: 0 turns that off). On CUDA a split too large for the GPU
     (`data_placement`) stays on the host: batches come to the device by pinned, non_blocking copies.
+    A dataset with `rows` (a split of a memory-mapped cache) stays where it is, on the host: each batch
+    gathers its rows from the file's pages, and the head runs per batch (precomputing it would hold
+    the split in memory, which the disk cache is there to avoid).
     """
 
     def __init__(
@@ -178,14 +181,18 @@ class TensorLoader(_Resumable):
     ):
         self.dataset = dataset
         self.device = torch.device(device)
-        self.placement = data_placement(dataset.x.nbytes + dataset.y.nbytes, self.device)
+        self.rows = dataset.rows  # sample i is row rows[i] of x; None: row i
+        if self.rows is None:
+            self.placement = data_placement(dataset.x.nbytes + dataset.y.nbytes, self.device)
+        else:
+            self.placement = "pinned" if self.device.type == "cuda" else "device"
         storage = self.device if self.placement == "device" else torch.device("cpu")
-        self.x = dataset.x.to(storage)  # moved once; batches are slices of these tensors
+        self.x = dataset.storage.to(storage)  # moved once; batches are rows of these tensors
         self.y = dataset.y.to(storage)
         self.transform = dataset.transform  # the whole transform (for callers peeking at raw x)
         head, rest = split_transform(dataset.transform)
         self.inputs, self.batch_transform = self.x, dataset.transform
-        if head is not None and precompute_limit > 0:
+        if head is not None and precompute_limit > 0 and self.rows is None:
             with torch.no_grad():
                 done = precompute(self.x, head, precompute_limit)
             if done is not None:
@@ -193,7 +200,7 @@ class TensorLoader(_Resumable):
         self.precomputed = self.inputs is not self.x
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        n = len(self.x)
+        n = len(self.y)
         self.samples = -(-n // world_size) if world_size > 1 else n
 
     def __len__(self) -> int:
@@ -201,16 +208,22 @@ class TensorLoader(_Resumable):
             return self.samples // self.batch_size
         return -(-self.samples // self.batch_size)
 
+    def gather(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """Inputs of the samples at `index` before the transform, where the loader keeps them."""
+        return self.x[index if self.rows is None else self.rows[index]]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         bs, transform = self.batch_size, self.batch_transform
-        order = epoch_order(len(self.x), self.epoch, self.seed, self.shuffle, self.rank, self.world_size)
+        order = epoch_order(len(self.y), self.epoch, self.seed, self.shuffle, self.rank, self.world_size)
         order = order.to(self.x.device)
+        rows = order if self.rows is None else self.rows[order]  # the row of x of each sample in order
         pinned = self.placement == "pinned"
         for b in range(self.position, len(self)):
             idx = order[b * bs : (b + 1) * bs]
             # index_select, not x[idx]: the same rows (a copy, so the model may change its input in
             # place) in half the time on the CPU for 64 random MNIST rows (benchmarks/bench_kernels.py)
-            x, y = torch.index_select(self.inputs, 0, idx), torch.index_select(self.y, 0, idx)
+            x = torch.index_select(self.inputs, 0, rows[b * bs : (b + 1) * bs])
+            y = torch.index_select(self.y, 0, idx)
             if pinned:  # pinned buffers come from torch's caching host allocator, reused once copied
                 x = x.pin_memory().to(self.device, non_blocking=True)
                 y = y.pin_memory().to(self.device, non_blocking=True)

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from trainlab.data.base import ArrayDataset
+from trainlab.data.loaders import TensorLoader
 
 
 def sample_batch(source: Any, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,19 +22,17 @@ def sample_batch(source: Any, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     # a loader's dataset (TensorLoader, ResumableDataLoader, DataLoader); a Dataset as it is (a
     # TransformedDataset's own `.dataset` is the data before its transforms)
     dataset = source if isinstance(source, Dataset) else getattr(source, "dataset", source)
-    transform = (
-        getattr(source, "transform", None) if not isinstance(source, ArrayDataset) else source.transform
-    )
+    # tensors to gather from: an ArrayDataset, a TensorLoader (x on its device), a loader's ArrayDataset
+    tensors = source if isinstance(source, (ArrayDataset, TensorLoader)) else None
+    tensors = dataset if tensors is None and isinstance(dataset, ArrayDataset) else tensors
+    transform = getattr(tensors if tensors is not None else source, "transform", None)
     generator = getattr(transform, "generator", None)  # a BatchTransform's own random stream
     saved = generator.get_state() if generator is not None else None
     try:
         with torch.random.fork_rng(devices=[]):
-            if hasattr(source, "x") and hasattr(source, "y"):  # a TensorLoader: x already on its device
-                x, y = source.x[:n], source.y[:n]
-                return (transform(x) if transform is not None else x), y
-            if isinstance(dataset, ArrayDataset):
-                x = dataset.x[:n]
-                return (dataset.transform(x) if dataset.transform is not None else x), dataset.y[:n]
+            if tensors is not None:
+                x = tensors.gather(slice(0, n))
+                return (transform(x) if transform is not None else x), tensors.y[:n]
             items = [dataset[i] for i in range(min(n, len(dataset)))]
             return (
                 torch.stack([torch.as_tensor(a) for a, _ in items]),

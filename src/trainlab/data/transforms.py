@@ -310,8 +310,7 @@ def channel_stats(dataset: Dataset, max_samples: int = _NORMALIZE_SAMPLES) -> tu
     total = total_sq = None
     count = 0
     if isinstance(dataset, ArrayDataset):
-        x = dataset.x
-        chunks = (x[i : i + 4096] for i in range(0, len(x), 4096))
+        chunks = (dataset.gather(slice(i, i + 4096)) for i in range(0, len(dataset), 4096))
     else:
         n = len(dataset)  # type: ignore[arg-type]
         index = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_samples]
@@ -350,13 +349,13 @@ def _attach(dataset: Dataset | None, items: list[Any], key: str, force: bool) ->
     if dataset is None:
         return None, True
     if isinstance(dataset, ArrayDataset):
-        image = dataset.x.ndim == 4
-        if not image and items:
+        x = dataset.storage  # its rows have the split's shape and type
+        if x.ndim != 4 and items:
             raise ConfigError(
                 f"{key}: transforms apply to images (C, H, W), but this source gives samples of "
-                f"shape {tuple(dataset.x.shape[1:])}"
+                f"shape {tuple(x.shape[1:])}"
             )
-        if not (items or force or dataset.x.dtype == torch.uint8):
+        if not (items or force or x.dtype == torch.uint8):
             return dataset, True  # float images, no transforms: left as they are
         if not BatchTransform.unsupported(items, key):
             return dataset.with_transform(BatchTransform(items, key)), True
@@ -397,7 +396,7 @@ def attach_transforms(
     (empty for data that is not images and has no transforms)."""
     train_raw = list(cfg.transforms or [])
     eval_raw = list(cfg.eval_transforms) if cfg.eval_transforms is not None else None
-    sample = train.x[0] if isinstance(train, ArrayDataset) and len(train) else _peek(train)
+    sample = train.gather(0) if isinstance(train, ArrayDataset) and len(train) else _peek(train)
     image = _is_image(sample) or (isinstance(sample, torch.Tensor) and sample.ndim == 3)
     if not (image or train_raw or eval_raw):
         return train, val, test, {}
