@@ -5,12 +5,15 @@ cache, resume is exact, bad files are still skipped or reported. Tiny folders wr
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +243,39 @@ def test_bad_files_are_reported_or_skipped_with_the_cache(tmp_path):
     bundle = build_data(config(root, cache="disk", cache_dir=str(tmp_path / "cache"), skip_bad_files=True))
     assert bundle.info["skipped_files"] == 1 and len(bundle.train) + len(bundle.val) == 15
     assert isinstance(bundle.train, ArrayDataset)
+
+
+def broken_png(path: Path) -> None:
+    """A PNG whose compressed pixels are garbage under valid CRCs: PIL's verify() passes it, torchvision
+    0.29's decoder dies on it with SIGSEGV, PIL's decoder raises OSError."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    i = data.index(b"IDAT")
+    n = struct.unpack(">I", data[i - 4 : i])[0]
+    data[i + 4 : i + 4 + n] = b"\xff" * n
+    data[i + 4 + n : i + 8 + n] = struct.pack(">I", zlib.crc32(bytes(data[i : i + 4 + n])))
+    path.write_bytes(bytes(data))
+
+
+def test_a_png_with_broken_compressed_data_is_an_error_not_a_crash(tmp_path):
+    root = make_folder(tmp_path / "images")
+    broken_png(root / "cats" / "0.png")
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text(
+        f"data: {{source: image_folder, root: {root}, cache: memory, val_fraction: 0.25,\n"
+        "  transforms: [{Resize: [[8, 8]]}, ToTensor]}\n"
+        "model: {name: mlp, hidden: [8]}\ntrain: {max_steps: 1}\n"
+    )
+    cli = [sys.executable, "-m", "trainlab", "train", str(cfg), "--quiet"]
+    # in a child process: a regression would kill it (exit -11), not this test session
+    done = subprocess.run([*cli, "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "cats/0.png" in done.stderr and "skip_bad_files" in done.stderr
+    skipped = subprocess.run(
+        [*cli, "data.skip_bad_files=true", "--out", str(tmp_path / "run2")], capture_output=True, text=True
+    )
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
 
 
 def test_a_file_that_fails_to_decode_leaves_the_disk_cache_by_row_number(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 The transforms up to the first random or float item (`Resize`, `CenterCrop`, `ToImage`, ...: the
 *head*) give the same pixels for a file every epoch, so they run once per file, here:
 
-    file -> decode (torchvision.io for JPEG/PNG, PIL for the rest) -> RGB or L -> data.image_size
+    file -> decode (torchvision.io for JPEG, PIL for the rest) -> RGB or L -> data.image_size
          -> head -> one uint8 (C, H, W) row of an (N, C, H, W) tensor
 
 A split becomes an `ArrayDataset`, which the fast path (`TensorLoader`) batches by indexing; the
@@ -73,7 +73,10 @@ from trainlab.errors import DataError
 
 # uint8 in, uint8 out, deterministic and idempotent: what a cached head may hold.
 HEAD_ITEMS = ("ToImage", "PILToTensor", "ToPureTensor", "Identity", "Resize", "CenterCrop")
-_TORCHVISION_SUFFIXES = (".jpg", ".jpeg", ".png")  # decoded by torchvision.io (2-3x PIL's speed here)
+# Decoded by torchvision.io (libjpeg-turbo: 2-3x PIL's speed here). Not PNG: torchvision 0.29's libpng
+# path kills the process (SIGSEGV) on a PNG whose compressed data is broken but whose CRCs are valid,
+# which neither PIL's verify() nor skip_bad_files could then catch; PIL raises an error for it.
+_TORCHVISION_SUFFIXES = (".jpg", ".jpeg")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, RuntimeError, EOFError)
 
 
@@ -83,8 +86,9 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, RuntimeError, EOFError)
 def decode_file(path: str | Path, mode: str) -> torch.Tensor:
     """One image file as a uint8 (C, H, W) tensor in `mode` ('RGB' or 'L').
 
-    JPEG and PNG go through torchvision.io (libjpeg-turbo / libpng, the same pixels as PIL for RGB);
-    other formats, 16-bit PNGs and files torchvision rejects go through PIL, whose error is raised.
+    JPEG goes through torchvision.io (libjpeg-turbo, the same pixels as PIL for RGB); other formats
+    (PNG included, see _TORCHVISION_SUFFIXES) and files torchvision rejects go through PIL, whose
+    error is raised.
     """
     if str(path).lower().endswith(_TORCHVISION_SUFFIXES):
         try:
