@@ -192,8 +192,9 @@ def test_a_changed_file_removes_the_stale_caches_and_keeps_other_transforms_of_t
     (folder / "train-old.json").write_text(json.dumps({"version": 1, "key": "old"}))  # no root: left alone
     ended = subprocess.Popen([sys.executable, "-c", ""])
     ended.wait()
-    dead, alive = folder / f".train-x.npy.{ended.pid}.tmp", folder / f".train-y.npy.{os.getpid()}.tmp"
-    for tmp in (dead, alive):  # left by a killed writer, and by one still writing (this process)
+    dead, alive = folder / f".train-0a1b.npy.{ended.pid}.tmp", folder / f".train-2c3d.json.{os.getpid()}.tmp"
+    foreign = folder / f".notes.txt.{ended.pid}.tmp"  # not a cache's: the folder may hold other files
+    for tmp in (dead, alive, foreign):  # left by a killed writer, and by one still writing (this process)
         tmp.write_bytes(b"x" * 1000)
         os.utime(tmp, (time.time() - 7200, time.time() - 7200))
 
@@ -203,7 +204,7 @@ def test_a_changed_file_removes_the_stale_caches_and_keeps_other_transforms_of_t
     assert edited.info["notes"][-1].startswith("decoded 16 images once")
     assert edited.info["cache"]["removed"]["caches"] == 2  # both sizes described the old files
     assert "removed 2 stale caches and 1 leftover .tmp file" in edited.info["notes"][-1]
-    assert not dead.exists() and alive.exists()
+    assert not dead.exists() and alive.exists() and foreign.exists()
     other = sorted({n.rsplit(".", 1)[0] for n in cache_files(folder)} - {"train-old"})
     assert len(other) == 2  # the new cache and the other root's
     assert build(root, 6).info["cache"]["removed"]["caches"] == 0  # same files, another size: both kept

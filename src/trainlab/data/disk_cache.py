@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 from trainlab.errors import DataError
 
 CACHE_VERSION = 2  # bump when the decoded pixels or the file layout change (2: manifests name root and files)
+_TEMPORARY_NAME = re.compile(r"\.\w+-[0-9a-f]+\.(npy|json)\.\d+\.tmp")  # .<split>-<key>.npy.<pid>.tmp
 TEMPORARY_MAX_AGE_S = 3600  # a writer's temporary file untouched this long, with no such process here: dead
 
 
@@ -168,6 +170,8 @@ def prune_stale(folder: Path, source: dict[str, str]) -> dict[str, int]:
         removed["bytes"] += size
     now = time.time()
     for tmp in folder.glob(".*.tmp"):
+        if not _TEMPORARY_NAME.fullmatch(tmp.name):  # only write_disk_cache's (cache_dir may be shared)
+            continue
         pid = tmp.name.rsplit(".", 2)[-2]
         try:
             st = tmp.stat()
