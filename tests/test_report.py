@@ -579,3 +579,16 @@ def test_centred_smoothing_removes_noise():
 
     noisy = np.tile([0.0, 2.0], 50)
     assert smooth_centred(noisy)[10:-10].std() < 0.1 * noisy.std() and len(smooth_centred(noisy)) == 100
+
+
+def test_data_notes_read_as_text_in_the_report():
+    from trainlab.report.html import _dataset
+
+    info = {
+        "notes": ["decoded 3 images once at 8×8 into memory, 0 MB, 0.0 s", "a second note"],
+        "cache": {"where": "memory", "note": "8×8"},
+    }
+    html = _dataset(info, [])
+    assert "decoded 3 images once at 8×8 into memory, 0 MB, 0.0 s · a second note" in html
+    assert "\\u00d7" not in html and "[&quot;" not in html  # not a JSON list with escaped characters
+    assert "&quot;where&quot;: &quot;memory&quot;" in html  # mappings stay JSON

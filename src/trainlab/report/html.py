@@ -171,13 +171,16 @@ def _dataset(info: Any, class_names: list[str]) -> str:
         out.append("<h3>Class balance</h3>" + table(["class", *per_split], rows, table_id="class-balance"))
     rest = {k: v for k, v in info.items() if k not in ("sizes", "class_counts")}
     if rest:
-        out.append(
-            table(
-                ["", "value"],
-                [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in rest.items()],
-            )
-        )
+        out.append(table(["", "value"], [[k, _value(v)] for k, v in rest.items()]))
     return "\n".join(out)
+
+
+def _value(v: Any) -> Any:
+    """A data_info value for a table cell: lines of text (e.g. the data notes) one after another, other
+    lists and mappings as JSON with their characters (64×64, not 64\\u00d764)."""
+    if isinstance(v, list) and v and all(isinstance(line, str) for line in v):
+        return " · ".join(v)
+    return json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
 
 
 def _diagnosis(diag: Any) -> str:
