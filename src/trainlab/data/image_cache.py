@@ -406,6 +406,9 @@ def cache_splits(
         if cfg.cache in ("memory", "disk")
         else ("memory" if sum(p.nbytes for p in plans.values()) / 2**20 <= limit else "disk")
     )
+    # Under DDP every machine follows rank 0's choice (machines may have different memory): the same
+    # splits are cached everywhere, and every rank reaches the collective in local_main_first below.
+    where = distributed.broadcast_object(where)
     for s, plan in list(plans.items()):
         if plan.fixed:
             continue
