@@ -5,6 +5,7 @@ cache, resume is exact, bad files are still skipped or reported. Tiny folders wr
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -487,3 +488,137 @@ def test_under_ddp_a_decoding_error_on_rank_0_stops_the_waiting_rank_too(tmp_pat
     first, other = ((tmp_path / f"{r}.txt").read_text() for r in (0, 1))
     assert first.startswith(f"image {root / 'cats' / '0.png'}: cannot decode (broken on purpose)")
     assert other.startswith("rank 0 could not cache the image folder") and first in other
+
+
+# ----------------------------------------------------------------------------- a cache_dir that fails
+
+
+def test_a_cache_dir_that_cannot_be_written_is_a_data_error_naming_it(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "images")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError, match=rf"data\.cache_dir: cannot write the image cache in {blocker}/cache"):
+        build_data(config(root, cache="disk", cache_dir=str(blocker / "cache")))
+
+    def read_only(*args, **kwargs):  # what a read-only folder gives, without needing a non-root user
+        raise PermissionError(13, "Permission denied", str(args[0]))
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", read_only)
+    folder = tmp_path / "cache"
+    with pytest.raises(DataError, match=rf"data\.cache_dir: .* in {folder} \(Permission denied\)"):
+        build_data(config(root, cache="disk", cache_dir=str(folder)))
+
+
+def test_a_full_disk_is_a_data_error_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    root, folder = make_folder(tmp_path / "images"), tmp_path / "cache"
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(DataError, match=rf"not enough free space for the image cache \(0 MB\) in {folder};"):
+        build_data(config(root, cache="disk", cache_dir=str(folder)))
+    assert list(folder.iterdir()) == []  # the .tmp is gone
+
+    def unsupported(fd, offset, length):  # a file system that cannot reserve space: written without
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported, raising=False)
+    bundle = build_data(config(root, cache="disk", cache_dir=str(folder)))
+    assert bundle.info["notes"][-1].startswith("decoded 16 images once") and len(cache_files(folder)) == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: [m],  # a JSON list
+        lambda m: {k: v for k, v in m.items() if k != "kept"},
+        lambda m: {**m, "kept": ["0", 1]},
+        lambda m: {**m, "kept": [0, 1, 99]},  # past the 16 files
+    ],
+)
+def test_a_malformed_manifest_is_no_cache_and_is_rebuilt(tmp_path, change):
+    root, folder = make_folder(tmp_path / "images"), tmp_path / "cache"
+    good = build_data(config(root, cache="disk", cache_dir=str(folder))).train.x.clone()
+    manifest = _cache_of(folder, ".json")
+    manifest.write_text(json.dumps(change(json.loads(manifest.read_text()))))
+    rebuilt = build_data(config(root, cache="disk", cache_dir=str(folder)))
+    assert rebuilt.info["notes"][-1].startswith("decoded 16 images once")
+    assert torch.equal(rebuilt.train.x, good) and json.loads(manifest.read_text())["kept"] == list(range(16))
+
+
+def test_files_that_fail_to_decode_are_named_in_a_note(tmp_path, monkeypatch):
+    root, folder = make_folder(tmp_path / "images"), tmp_path / "cache"
+    decode = image_cache.decode_file
+
+    def failing(path, mode):
+        if Path(path).name in ("1.jpg", "5.jpg"):
+            raise OSError("broken data stream")
+        return decode(path, mode)
+
+    monkeypatch.setattr(image_cache, "decode_file", failing)
+    decoded = build_data(config(root, cache="disk", cache_dir=str(folder), skip_bad_files=True))
+    assert decoded.info["skipped_files"] == 2
+    assert (
+        "skipped 2 files that failed to decode: dogs/1.jpg (broken data stream), dogs/5.jpg (broken data "
+        "stream)" in decoded.info["notes"]
+    )
+    read = build_data(config(root, cache="disk", cache_dir=str(folder), skip_bad_files=True))
+    assert (
+        "skipped 2 files that failed to decode when the cache was written: dogs/1.jpg, dogs/5.jpg"
+        in (read.info["notes"])
+    )
+
+
+def _as_two_ranks(tmp_path, monkeypatch):
+    """This process as rank 0 of 2 for the image cache: a real gloo group of one, world_size() says 2."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    monkeypatch.setattr(image_cache.distributed, "world_size", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+
+
+@pytest.mark.skipif(not GLOO, reason="torch.distributed with the gloo backend is not available")
+def test_under_ddp_an_unwritable_cache_dir_falls_back_to_memory_per_rank(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "images")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    _as_two_ranks(tmp_path, monkeypatch)
+    try:
+        bundle = build_data(config(root, cache="memory", cache_dir=str(blocker / "cache")))
+        assert bundle.info["cache"]["where"] == "memory" and bundle.train.rows is None
+        note, summary = bundle.info["notes"][-2:]
+        assert note.startswith("each of the 2 ranks decodes the images into its own memory: data.cache_dir")
+        assert summary.startswith("decoded 16 images once at 8×8 into memory, ")
+        assert "shared by" not in summary
+
+        folder = tmp_path / "cache"
+        expected = ["decoded 16 images once", "read 16 images at 8×8 (decoded by an earlier run) from"]
+        for start in expected:  # auto, which fits in memory: the ranks share the disk cache
+            bundle = build_data(config(root, cache="auto", cache_dir=str(folder)))
+            summary = bundle.info["notes"][-1]
+            assert bundle.info["cache"]["where"] == "disk" and "data.cache: memory" not in summary
+            assert "shared by 2 ranks (one copy in the page cache, not one per rank)" in summary
+            assert summary.startswith(start)
+        monkeypatch.setenv("LOCAL_RANK", "1")  # a rank that waits for its machine's local rank 0
+        summary = build_data(config(root, cache="auto", cache_dir=str(folder))).info["notes"][-1]
+        assert summary.startswith("read 16 images at 8×8 (decoded by an earlier run or local rank 0)")
+    finally:
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- placement of a mapped split
+
+
+def test_a_mapped_split_stays_on_the_host_for_any_accelerator_and_batches_are_copied():
+    storage = torch.arange(6 * 4, dtype=torch.uint8).reshape(6, 4)
+    split = ArrayDataset(storage, torch.arange(3), rows=torch.tensor([5, 0, 3]))
+    expected = {"cpu": "device", "cuda": "pinned", "mps": "host", "xpu": "host"}
+    for device, placement in expected.items():  # nothing touches the device while the loader is built
+        loader = TensorLoader(split, 2, shuffle=False, device=device)
+        assert (loader.placement, loader.x.device.type) == (placement, "cpu"), device
+    # "meta" stands for an accelerator this machine lacks: each batch is gathered on the host, then moved
+    batches = list(TensorLoader(split, 2, shuffle=False, device="meta"))
+    assert [(x.device.type, tuple(x.shape), y.device.type) for x, y in batches] == [
+        ("meta", (2, 4), "meta"),
+        ("meta", (1, 4), "meta"),
+    ]

@@ -18,10 +18,12 @@ once they are an hour old.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,12 +59,32 @@ def _paths(folder: Path, split: str, key: str) -> tuple[Path, Path]:
     return folder / f"{split}-{key}.npy", folder / f"{split}-{key}.json"
 
 
-def read_disk_cache(folder: Path, split: str, key: str) -> tuple[torch.Tensor, list[int]] | None:
-    """(memory-mapped rows, kept rows) of a complete cache with this key, else None."""
+def _kept_rows(manifest: dict[str, Any], items: int | None) -> list[int] | None:
+    """The manifest's `kept`: increasing file indices (below `items` when given), else None."""
+    kept = manifest.get("kept")
+    if not isinstance(kept, list) or not all(type(i) is int for i in kept):
+        return None
+    if any(b <= a for a, b in zip(kept, kept[1:])) or (kept and kept[0] < 0):
+        return None
+    if kept and items is not None and kept[-1] >= items:
+        return None
+    return kept
+
+
+def read_disk_cache(
+    folder: Path, split: str, key: str, items: int | None = None
+) -> tuple[torch.Tensor, list[int]] | None:
+    """(memory-mapped rows, kept rows) of a complete cache with this key, else None (a malformed
+    manifest included: the cache is then rebuilt). `items`: the number of files the cache holds."""
     npy, manifest_path = _paths(folder, split, key)
     try:
         manifest = json.loads(manifest_path.read_text())
+        if not isinstance(manifest, dict):
+            return None
         if manifest.get("version") != CACHE_VERSION or manifest.get("key") != key:
+            return None
+        kept = _kept_rows(manifest, items)
+        if kept is None:
             return None
         rows = np.load(npy, mmap_mode="c")  # copy-on-write: writable for torch, the file is never changed
     except (OSError, ValueError, json.JSONDecodeError):
@@ -73,11 +95,53 @@ def read_disk_cache(folder: Path, split: str, key: str) -> tuple[torch.Tensor, l
         or npy.stat().st_size != rows.offset + rows.nbytes
     ):
         return None
-    return torch.from_numpy(rows), list(manifest["kept"])
+    return torch.from_numpy(rows), kept
 
 
 def _replace(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)  # atomic on one file system: readers see the old file or the whole new one
+
+
+def _unwritable(folder: Path, e: OSError) -> DataError:
+    return DataError(
+        f"data.cache_dir: cannot write the image cache in {folder} ({e.strerror or e}); set data.cache_dir "
+        f"to a writable folder, or data.cache: memory"
+    )
+
+
+def cache_dir_problem(folder: Path) -> str | None:
+    """Why the image cache cannot be written in `folder` (created if missing), or None when it can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return str(_unwritable(folder, e))
+    return None
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _reserve(tmp: Path, folder: Path) -> None:
+    """Allocates the whole (sparse) file now: on a full disk, writing the mapped pages would end the
+    process with SIGBUS. A file system that cannot reserve space (EOPNOTSUPP, EINVAL) goes without."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    size = tmp.stat().st_size
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in _NO_ROOM:
+            raise DataError(
+                f"data.cache_dir: not enough free space for the image cache ({size / 2**20:.0f} MB) in "
+                f"{folder}; free some space, set data.cache_dir to another disk, or data.cache: memory"
+            ) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_disk_cache(
@@ -90,29 +154,37 @@ def write_disk_cache(
 ) -> tuple[torch.Tensor, list[int]]:
     """Create `<split>-<key>.npy` of `shape` uint8, let `fill` write it (it returns the kept files), then
     the manifest (with `source`: root, split, files); both under temporary names first. Returns the
-    mapped array and the kept files."""
-    folder.mkdir(parents=True, exist_ok=True)
+    mapped array and the kept files. A folder that cannot be written, or a disk without room for the
+    file, is a DataError naming data.cache_dir."""
     npy, manifest_path = _paths(folder, split, key)
     tmp = folder / f".{npy.name}.{os.getpid()}.tmp"
-    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    try:
-        kept = fill(torch.from_numpy(rows))
-        rows.flush()
-        del rows
-        _replace(tmp, npy)
-    finally:
-        tmp.unlink(missing_ok=True)
-    manifest = {
-        "version": CACHE_VERSION,
-        "key": key,
-        "shape": list(shape),
-        "kept": kept,
-        **source,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
     tmp_manifest = folder / f".{manifest_path.name}.{os.getpid()}.tmp"
-    tmp_manifest.write_text(json.dumps(manifest))
-    _replace(tmp_manifest, manifest_path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            _reserve(tmp, folder)
+            kept = fill(torch.from_numpy(rows))
+            rows.flush()
+            del rows
+            _replace(tmp, npy)
+        finally:
+            tmp.unlink(missing_ok=True)
+        manifest = {
+            "version": CACHE_VERSION,
+            "key": key,
+            "shape": list(shape),
+            "kept": kept,
+            **source,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        try:
+            tmp_manifest.write_text(json.dumps(manifest))
+            _replace(tmp_manifest, manifest_path)
+        finally:
+            tmp_manifest.unlink(missing_ok=True)
+    except OSError as e:
+        raise _unwritable(folder, e) from None
     found = read_disk_cache(folder, split, key)
     if found is None:
         raise DataError(

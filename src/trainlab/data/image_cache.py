@@ -32,10 +32,12 @@ transforms or sizes stay (another config may use them).
 Under DDP (`trainlab train --nproc N`: a process group of N > 1 ranks) one process per machine
 decodes: local rank 0 writes the disk cache while the other ranks wait (`distributed.local_main_first`,
 which makes them fail too, with rank 0's message, when it cannot decode), then they map the same
-file. `memory` then means the disk cache as well: the page cache holds the rows once for all ranks
-instead of one private copy per rank (the summary line says "... into the disk cache ..., shared by
-N ranks"). With several machines, each machine's local rank 0 writes its own cache; on a shared file
-system they write the same file, which the atomic renames make harmless.
+file. `memory` (or `auto` choosing memory) then means the disk cache as well: the page cache holds the
+rows once for all ranks instead of one private copy per rank (the summary line says "... into the disk
+cache ..., shared by N ranks"), unless the cache folder cannot be written (rank 0 checks it for all):
+then each rank decodes into its own memory, and a note says why. With several machines, each
+machine's local rank 0 writes its own cache; on a shared file system they write the same file, which
+the atomic renames make harmless.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from trainlab.components import build_list, parse_item
 from trainlab.data.base import ArrayDataset
 from trainlab.data.disk_cache import (
     CACHE_VERSION,
+    cache_dir_problem,
     default_cache_dir,
     file_list_hash,
     prune_stale,
@@ -286,6 +289,8 @@ def decode_split(
     _, h, w = plan.shapes[0]
     desc = f"caching {n:,} images at " + (f"{h}x{w}" if plan.fixed else "their own sizes")
 
+    errors: dict[int, BaseException] = {}
+
     def fill(out: torch.Tensor) -> list[int]:
         failed = decode_into(out, plan, files, mode, size, desc)
         if failed and not skip_bad:
@@ -294,12 +299,12 @@ def decode_split(
                 f"image {files[i]}: cannot decode ({e}); replace or remove it, or set "
                 f"data.skip_bad_files: true"
             )
-        bad = {i for i, _ in failed}
-        return [i for i in range(n) if i not in bad]
+        errors.update(failed)
+        return [i for i in range(n) if i not in errors]
 
     files_hash = file_list_hash(files) if folder is not None else ""
     key = cache_key(files_hash, mode, size, plan) if folder is not None else ""
-    found = read_disk_cache(folder, split, key) if folder is not None else None
+    found = read_disk_cache(folder, split, key, items=n) if folder is not None else None
     if found is not None:
         storage, kept = found
         if where == "memory":
@@ -314,6 +319,8 @@ def decode_split(
         storage = torch.empty(plan.storage_shape, dtype=torch.uint8)
         kept = fill(storage)
     info["skipped_files"] = info.get("skipped_files", 0) + (n - len(kept))
+    if len(kept) < n:
+        info.setdefault("notes", []).append(decode_failures_note(files, kept, errors, root))
     y = torch.tensor(targets, dtype=torch.long)
     index = torch.tensor(kept, dtype=torch.long)
     if not plan.fixed:  # files that failed to decode leave a gap in the buffer
@@ -325,6 +332,26 @@ def decode_split(
     return (dataset.subset(index) if len(kept) < n else dataset), found is not None
 
 
+def decode_failures_note(
+    files: list[Path], kept: list[int], errors: dict[int, BaseException], root: Path | None, show: int = 3
+) -> str:
+    """E.g. 'skipped 1 file that failed to decode: cats/3.jpg (broken data stream)'. `errors` is empty
+    when the cache was read back (its manifest keeps the rows, not the reasons)."""
+    kept_set = set(kept)
+    dropped = [i for i in range(len(files)) if i not in kept_set]
+
+    def name(i: int) -> str:
+        path = Path(files[i])
+        if root is not None and path.is_relative_to(root):
+            path = path.relative_to(root)
+        return f"{path} ({errors[i]})" if i in errors else str(path)
+
+    n = len(dropped)
+    listed = ", ".join(name(i) for i in dropped[:show]) + (f" and {n - show} more" if n > show else "")
+    when = "" if errors else " when the cache was written"
+    return f"skipped {n} file{'s' if n > 1 else ''} that failed to decode{when}: {listed}"
+
+
 def summary_line(
     done: list[tuple[int, Plan, bool]],
     where: str,
@@ -332,9 +359,12 @@ def summary_line(
     seconds: float,
     ranks: int = 1,
     removed: dict[str, int] | None = None,
+    first: bool = True,
 ) -> str:
-    """E.g. 'decoded 990 images once at 64×64 into memory, 12 MB, 2.1 s'. `ranks` > 1: the DDP ranks share
-    the disk cache; `removed`: what `prune_stale` removed."""
+    """E.g. 'decoded 990 images once at 64×64 into memory, 12 MB, 2.1 s'. `where`: where the rows are
+    ("memory" or "disk"); `ranks` > 1 with "disk": the DDP ranks share the disk cache; `removed`: what
+    `prune_stale` removed; `first`: this process decodes first on its machine (its local rank 0), so a
+    cache it read was written by an earlier run."""
 
     def parts(group: list[tuple[int, Plan, bool]]) -> str:
         counts: dict[str, int] = {}
@@ -349,7 +379,7 @@ def summary_line(
         return " and ".join(f"{n:,} images {what}" for what, n in counts.items())
 
     total_mb = sum(plan.nbytes for _, plan, _ in done) / 2**20
-    in_memory = where == "memory" and ranks == 1
+    in_memory = where == "memory"
     decoded = [d for d in done if not d[2]]
     read = [d for d in done if d[2]]
     phrases = []
@@ -358,15 +388,11 @@ def summary_line(
         phrases.append(f"decoded {parts(decoded).replace(' at ', ' once at ', 1)} {place}")
     if read:
         into = " into memory" if in_memory else ""
-        by = "an earlier run" if ranks == 1 else "an earlier run or local rank 0"
+        by = "an earlier run" if ranks == 1 or first else "an earlier run or local rank 0"
         phrases.append(f"read {parts(read)} (decoded by {by}) from {folder}{into}")
     line = "; ".join(phrases)
-    if ranks > 1:
-        line += f", shared by {ranks} ranks" + (
-            " (data.cache: memory under DDP: one copy in the page cache, not one in memory per rank)"
-            if where == "memory"
-            else ""
-        )
+    if ranks > 1 and not in_memory:
+        line += f", shared by {ranks} ranks (one copy in the page cache, not one per rank)"
     line += f", {total_mb:.0f} MB, {seconds:.1f} s"
     if removed and (removed.get("caches") or removed.get("temporary_files")):
         counts = {"stale cache": removed["caches"], "leftover .tmp file": removed["temporary_files"]}
@@ -439,8 +465,16 @@ def cache_splits(
     total_mb = sum(p.nbytes for p in plans.values()) / 2**20
     folder = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(root)
     ranks = distributed.world_size()
-    # Under DDP the ranks map one disk cache (the page cache holds it once) instead of a copy each.
-    place = "disk" if ranks > 1 else where
+    rank = torch.distributed.get_rank() if ranks > 1 else 0
+    # Under DDP the ranks map one disk cache (the page cache holds it once) instead of a copy each, when
+    # the folder can be written (rank 0 decides for all); else each rank decodes into its own memory.
+    place = where
+    if ranks > 1 and where == "memory":
+        problem = distributed.broadcast_object(cache_dir_problem(folder) if rank == 0 else None)
+        if problem is None:
+            place = "disk"
+        else:
+            notes.append(f"each of the {ranks} ranks decodes the images into its own memory: {problem}")
     start = time.perf_counter()
 
     def decode_all() -> tuple[dict[str, Dataset], list[tuple[int, Plan, bool]]]:
@@ -487,5 +521,6 @@ def cache_splits(
         "decoded_by": decoded_by,  # ranks that decoded (the others read the disk cache)
         "removed": removed,
     }
-    notes.append(summary_line(done, where, folder, seconds, ranks, removed))
+    first = int(os.environ.get("LOCAL_RANK", rank)) == 0  # as in local_main_first: it decoded first
+    notes.append(summary_line(done, place, folder, seconds, ranks, removed, first))
     return datasets

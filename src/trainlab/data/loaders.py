@@ -161,9 +161,10 @@ class TensorLoader(_Resumable):
     `dataset.transform(dataset.x[idx])` (the transform's deterministic head is precomputed when it
     fits `precompute_limit` bytes: 0 turns that off). On CUDA a split too large for the GPU
     (`data_placement`) stays on the host: batches come to the device by pinned, non_blocking copies.
-    A dataset with `rows` (a split of a memory-mapped cache) stays where it is, on the host: each batch
-    gathers its rows from the file's pages, and the head runs per batch (precomputing it would hold
-    the split in memory, which the disk cache is there to avoid).
+    A dataset with `rows` (a split of a memory-mapped cache) stays on the host whatever the device:
+    each batch gathers its rows from the file's pages, then goes to the device (pinned, non_blocking on
+    CUDA), and the head runs per batch (precomputing it would hold the split in memory, which the disk
+    cache is there to avoid).
     """
 
     def __init__(
@@ -184,8 +185,8 @@ class TensorLoader(_Resumable):
         self.rows = dataset.rows  # sample i is row rows[i] of x; None: row i
         if self.rows is None:
             self.placement = data_placement(dataset.x.nbytes + dataset.y.nbytes, self.device)
-        else:
-            self.placement = "pinned" if self.device.type == "cuda" else "device"
+        else:  # the mapped file stays on the host; "host": batches are copied to another accelerator
+            self.placement = {"cuda": "pinned", "cpu": "device"}.get(self.device.type, "host")
         storage = self.device if self.placement == "device" else torch.device("cpu")
         self.x = dataset.storage.to(storage)  # moved once; batches are rows of these tensors
         self.y = dataset.y.to(storage)
@@ -227,6 +228,8 @@ class TensorLoader(_Resumable):
             if pinned:  # pinned buffers come from torch's caching host allocator, reused once copied
                 x = x.pin_memory().to(self.device, non_blocking=True)
                 y = y.pin_memory().to(self.device, non_blocking=True)
+            elif self.placement == "host":
+                x, y = x.to(self.device), y.to(self.device)
             if transform is not None:
                 x = transform(x)
             self.position = b + 1
