@@ -116,7 +116,7 @@ def cache_dir_problem(folder: Path) -> str | None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        return str(_unwritable(folder, e))
+        return f"data.cache_dir: cannot write the image cache in {folder} ({e.strerror or e})"
     return None
 
 

@@ -474,7 +474,10 @@ def cache_splits(
         if problem is None:
             place = "disk"
         else:
-            notes.append(f"each of the {ranks} ranks decodes the images into its own memory: {problem}")
+            notes.append(
+                f"each of the {ranks} ranks decodes the images into its own memory: {problem}; a writable "
+                f"data.cache_dir lets them share one copy"
+            )
     start = time.perf_counter()
 
     def decode_all() -> tuple[dict[str, Dataset], list[tuple[int, Plan, bool]]]:
