@@ -353,7 +353,15 @@ def test_the_food11_example_runs_on_the_cached_fast_path(tmp_path):
     assert bundle.preprocessing["fast_path"] is True
 
 
-def test_resume_mid_epoch_with_the_disk_cache_is_exact(tmp_path):
+@pytest.mark.parametrize(
+    "transforms",
+    [
+        "[{Resize: [[8, 8]]}, RandomHorizontalFlip, ToTensor]",  # rows of one size: TensorLoader
+        "[{RandomResizedCrop: 8}, RandomHorizontalFlip, ToTensor]",  # own sizes: CroppedImageLoader
+    ],
+    ids=["resize", "crop"],
+)
+def test_resume_mid_epoch_with_the_disk_cache_is_exact(tmp_path, transforms):
     """Killed inside a checkpoint save mid-run (the fault hook of tests/test_resume.py), resumed: the same
     weights as an uninterrupted run."""
     from trainlab.cli import main
@@ -365,7 +373,8 @@ def test_resume_mid_epoch_with_the_disk_cache_is_exact(tmp_path):
         "data.batch_size=4",
         "data.val_fraction=0.25",  # both cut from the disk cache by row numbers
         "data.test_fraction=0.25",
-        "data.transforms=[{Resize: [[8, 8]]}, RandomHorizontalFlip, ToTensor]",
+        f"data.transforms={transforms}",
+        "data.eval_transforms=[{Resize: [[8, 8]]}, ToTensor]",
         "data.cache=disk",
         f"data.cache_dir={tmp_path / 'cache'}",
         "model.name=mlp",

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from trainlab.data.base import ArrayDataset
-from trainlab.data.loaders import TensorLoader
+from trainlab.data.loaders import ResumableDataLoader
 from trainlab.engine import checkpoint as ckpt
 from trainlab.engine import distributed
 from trainlab.engine.callbacks import Callback
@@ -203,7 +203,7 @@ def closing_lines(summary: dict[str, Any], pipe: Pipeline, run: RunDir) -> list[
         wait is not None
         and wait > 0.3
         and pipe.config.data.num_workers == 0
-        and not isinstance(pipe.train_loader, TensorLoader)
+        and isinstance(pipe.train_loader, ResumableDataLoader)  # decoding or transforming per sample
     ):
         lines.append(
             f"\nnote: {wait:.0%} of the training time waited for data (decoded in this process); "

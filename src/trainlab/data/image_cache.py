@@ -148,6 +148,8 @@ class CachedImages(Dataset):
     """Images of several sizes decoded once: (uint8 (C, H, W), class index) items cut from one flat
     uint8 buffer (in memory or memory-mapped), as ImageFileDataset gives them from the files."""
 
+    decoded_images = True  # cheap items: a crop-first list may batch them (transforms.CropBatchTransform)
+
     def __init__(self, flat: torch.Tensor, offsets: list[int], shapes: list[Shape], targets: torch.Tensor):
         self.flat, self.offsets, self.shapes, self.targets = flat, offsets, shapes, targets
 
@@ -455,9 +457,8 @@ def cache_splits(
             )
         else:
             notes.append(
-                f"{why}: they are decoded once at their own sizes and transformed per sample in the "
-                f"DataLoader; a list that starts with Resize: [H, W] (or data.image_size) takes the batched "
-                f"fast path"
+                f"{why}: they are decoded once at their own sizes and cropped per sample every epoch; a "
+                f"list that starts with Resize: [H, W] (or data.image_size) resizes them once instead"
             )
     if not plans:
         return {}

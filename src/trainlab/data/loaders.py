@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from trainlab.data.base import ArrayDataset
-from trainlab.data.transforms import BatchTransform
+from trainlab.data.transforms import BatchTransform, TransformedDataset
 
 # Inputs transformed once may take up to this many bytes (uint8 images become 4x larger as floats);
 # above it, conversion and normalisation run per batch.
@@ -237,6 +237,57 @@ class TensorLoader(_Resumable):
         self.epoch, self.position = self.epoch + 1, 0
 
 
+class CroppedImageLoader(_Resumable):
+    """Batches of images decoded once at their own sizes (`CachedImages`) under a list that starts with
+    RandomResizedCrop (`TransformedDataset.batched`): the crop brings a batch's images to one size and
+    the rest of the list runs on the batch, in this process, as on the fast path (no DataLoader, no
+    per-sample transform call, no collate). The order is `epoch_order` (sharded by rank) and the random
+    draws come from the global CPU RNG, which checkpoints restore: a resumed run sees the same batches."""
+
+    def __init__(
+        self,
+        dataset: TransformedDataset,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        pin_memory: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.dataset, self.transform = dataset, dataset.batched
+        self.device = torch.device(device)
+        self.pinned = pin_memory and self.device.type == "cuda"
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        n = len(dataset)
+        self.samples = -(-n // world_size) if world_size > 1 else n
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.samples // self.batch_size
+        return -(-self.samples // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raw, bs = self.dataset.dataset, self.batch_size  # raw: uint8 (C, H, W) images and their targets
+        order = epoch_order(
+            len(self.dataset), self.epoch, self.seed, self.shuffle, self.rank, self.world_size
+        )
+        order = order.tolist()
+        for b in range(self.position, len(self)):
+            items = [raw[i] for i in order[b * bs : (b + 1) * bs]]
+            x = self.transform([image for image, _ in items])
+            y = torch.stack([torch.as_tensor(target) for _, target in items])
+            if self.device.type != "cpu":
+                x, y = (t.pin_memory() if self.pinned else t for t in (x, y))
+                x, y = (t.to(self.device, non_blocking=self.pinned) for t in (x, y))
+            self.position = b + 1
+            yield x, y
+        self.epoch, self.position = self.epoch + 1, 0
+
+
 class ResumableSampler(Sampler[tuple[int, int]], _Resumable):
     """Yields (epoch, index) pairs: the epoch travels with each index into the workers."""
 
@@ -352,8 +403,9 @@ def make_loader(
     in_memory: bool | str = "auto",
     rank: int = 0,
     world_size: int = 1,
-) -> TensorLoader | ResumableDataLoader:
-    """The fast path for tensor-backed data, the DataLoader path for everything else."""
+) -> TensorLoader | CroppedImageLoader | ResumableDataLoader:
+    """The fast path for tensor-backed data (and for images decoded once under a crop-first list), the
+    DataLoader path for everything else."""
     device = torch.device(device)
     if isinstance(dataset, ArrayDataset) and in_memory is not False:
         return TensorLoader(
@@ -368,6 +420,18 @@ def make_loader(
         )
     if pin_memory == "auto":
         pin_memory = device.type == "cuda"
+    if getattr(dataset, "batched", None) is not None and in_memory is not False:
+        return CroppedImageLoader(
+            dataset,
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=seed,
+            device=device,
+            pin_memory=bool(pin_memory),
+            rank=rank,
+            world_size=world_size,
+        )
     return ResumableDataLoader(
         dataset,
         batch_size,

@@ -23,7 +23,7 @@ from typing import Any
 import PIL.Image
 import torch
 import torch.nn.functional as nnF
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -270,8 +270,57 @@ class BatchTransform:
         return f"BatchTransform({self.items})"
 
 
+def random_resized_crops(
+    images: list[torch.Tensor], t: v2.RandomResizedCrop, g: torch.Generator | None
+) -> torch.Tensor:
+    """v2.RandomResizedCrop over images of several sizes, stacked (B, C, h, w): one box per image (area
+    in `scale`, log-uniform aspect `ratio`, clamped into the image instead of v2's rejection loop, as
+    the batched op draws it), and the crop resized to `size` with v2's interpolation and antialiasing."""
+    lo, hi = t.scale
+    lr0, lr1 = math.log(t.ratio[0]), math.log(t.ratio[1])
+    out = []
+    for x, (a, r, v, u) in zip(images, _rand(4 * len(images), g).view(-1, 4).tolist()):
+        H, W = x.shape[-2:]
+        area, ratio = H * W * (lo + (hi - lo) * a), math.exp(lr0 + (lr1 - lr0) * r)
+        w = min(W, max(1, round(math.sqrt(area * ratio))))
+        h = min(H, max(1, round(math.sqrt(area / ratio))))
+        top, left = int(v * (H - h + 1)), int(u * (W - w + 1))  # v, u < 1: the box stays inside
+        crop = x[..., top : top + h, left : left + w]
+        out.append(F.resize(crop, list(t.size), interpolation=t.interpolation, antialias=t.antialias))
+    return torch.stack(out)
+
+
+class CropBatchTransform:
+    """A list that starts with RandomResizedCrop, applied to a batch of images of several sizes (a list
+    of uint8 (C, H, W)): `random_resized_crops` brings them to one size, then the rest of the list runs
+    on the batch (a BatchTransform). Random draws come from the global torch RNG, as BatchTransform's."""
+
+    def __init__(self, items: list[Any], key: str = "data.transforms"):
+        self.items = normalize_items(items, key)
+        self.crop = _built(self.items[:1], key)[0]
+        self.rest = BatchTransform(self.items[1:], key)
+
+    @staticmethod
+    def supports(items: list[Any] | None, key: str = "data.transforms") -> bool:
+        items = normalize_items(items, key)
+        return (
+            bool(items)
+            and parse_item(items[0], f"{key}[0]")[0] == "RandomResizedCrop"
+            and not BatchTransform.unsupported(items[1:], key)
+        )
+
+    def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
+        return self.rest(random_resized_crops(images, self.crop, self.rest.generator))
+
+    def __repr__(self) -> str:
+        return f"CropBatchTransform({self.items})"
+
+
 class TransformedDataset(Dataset):
-    """A dataset whose inputs go through a per-sample transform (in DataLoader workers)."""
+    """A dataset whose inputs go through a per-sample transform (in DataLoader workers). `batched`: the
+    same list for a batch of raw inputs at once, where the data allows it (`CroppedImageLoader`)."""
+
+    batched: CropBatchTransform | None = None
 
     def __init__(self, dataset: Dataset, transform: Callable):
         self.dataset, self.transform = dataset, transform
@@ -361,7 +410,12 @@ def _attach(dataset: Dataset | None, items: list[Any], key: str, force: bool) ->
             return dataset.with_transform(BatchTransform(items, key)), True
         return TransformedDataset(dataset.with_transform(None), build_transforms(items, key)), False
     if items or force or _is_image(_peek(dataset)):
-        return TransformedDataset(dataset, build_transforms(items, key)), False
+        wrapped = TransformedDataset(dataset, build_transforms(items, key))
+        base = dataset.dataset if isinstance(dataset, Subset) else dataset
+        if getattr(base, "decoded_images", False) and CropBatchTransform.supports(items, key):
+            wrapped.batched = CropBatchTransform(items, key)  # crop-first lists on images decoded once
+            return wrapped, True
+        return wrapped, False
     return dataset, False
 
 
