@@ -19,7 +19,9 @@ What each piece does here:
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -283,15 +285,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+_TORCHRUN = (
+    "import sys; from trainlab.engine.distributed import torchrun_main; sys.exit(torchrun_main(sys.argv[1:]))"
+)
+
+
 def torchrun_command(
     nproc: int, argv: list[str], max_restarts: int = 0, port: int | None = None
 ) -> list[str]:
-    """`python -m torch.distributed.run ... -m trainlab <argv>` for one machine, on 127.0.0.1."""
+    """torchrun (`torch.distributed.run ... -m trainlab <argv>`, through `torchrun_main`) for one machine, on
+    127.0.0.1."""
     port = port or free_port()
     return [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
+        "-c",
+        _TORCHRUN,
         "--nnodes",
         "1",
         "--nproc-per-node",
@@ -326,10 +334,36 @@ def strip_launch_options(argv: list[str]) -> list[str]:
     return out
 
 
+def torchrun_main(args: list[str]) -> int:
+    """torchrun's main with its failure turned into trainlab's exit code, instead of torchrun's traceback:
+    2 when every failed rank stopped on bad input (exit 2; each rank printed its message), 130 after
+    Ctrl-C, else 1, with one line per failed rank (its exit code, and its error file when torch wrote one)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    # its "failed (exitcode: 2) local_rank: 0 ..." lines: the ranks' own messages, or ours below, say it
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
+    try:
+        main(args)
+    except ChildFailedError as e:
+        codes = {rank: failure.exitcode for rank, failure in sorted(e.failures.items())}
+        if set(codes.values()) == {2}:
+            return 2
+        if set(codes.values()) <= {130, -signal.SIGINT}:
+            return 130
+        for rank, code in codes.items():
+            print(f"trainlab: rank {rank} failed (exit code {code})", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, SignalException):  # the workers were stopped (and saved last.pt)
+        return 130
+    return 0
+
+
 def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     """Runs `trainlab <argv>` (argv as given to trainlab, e.g. ["train", "cfg.yaml", "--nproc", "2"])
-    in `nproc` processes under torchrun; returns torchrun's exit code (non-zero when a worker failed:
-    torchrun's error summary on stderr names the failing rank and its exit code)."""
+    in `nproc` processes under torchrun; returns its exit code (`torchrun_main`: 2 when the ranks stopped
+    on bad input, 1 naming the failed ranks)."""
     env_vars = dict(os.environ)
     # Each process gets its share of the cores: without these, every process starts one OpenMP
     # thread per core and they spin-wait on each other.
