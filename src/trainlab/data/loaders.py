@@ -70,6 +70,26 @@ class _Resumable:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
+class _ShardedBatches(_Resumable):
+    """Batches of `batch_size` over this epoch's `epoch_order` of n samples, this rank's share: the length
+    and order that TensorLoader and CroppedImageLoader share."""
+
+    def _batching(
+        self, n: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, rank: int, world_size: int
+    ) -> None:
+        self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.samples = -(-n // world_size) if world_size > 1 else n
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.samples // self.batch_size
+        return -(-self.samples // self.batch_size)
+
+    def epoch_indices(self) -> torch.Tensor:
+        return epoch_order(self.n, self.epoch, self.seed, self.shuffle, self.rank, self.world_size)
+
+
 def split_transform(transform: Callable | None) -> tuple[Callable | None, Callable | None]:
     """(deterministic head, per-batch rest) of a batch transform; head(x) is the same for a sample
     whatever batch it is in, so it can run once over the whole split. A transform that is not a
@@ -153,7 +173,7 @@ def data_placement(
     return "device" if nbytes <= share * free_bytes else "pinned"
 
 
-class TensorLoader(_Resumable):
+class TensorLoader(_ShardedBatches):
     """Batches of an in-memory `ArrayDataset` by indexing its tensors on `device`.
 
     Epoch `e` visits `epoch_order(n, e, seed, ...)` in slices of `batch_size`; its state is (epoch,
@@ -199,15 +219,7 @@ class TensorLoader(_Resumable):
             if done is not None:
                 self.inputs, self.batch_transform = done, rest
         self.precomputed = self.inputs is not self.x
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        n = len(self.y)
-        self.samples = -(-n // world_size) if world_size > 1 else n
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.samples // self.batch_size
-        return -(-self.samples // self.batch_size)
+        self._batching(len(self.y), batch_size, shuffle, drop_last, seed, rank, world_size)
 
     def gather(self, index: torch.Tensor | slice) -> torch.Tensor:
         """Inputs of the samples at `index` before the transform, where the loader keeps them."""
@@ -215,8 +227,7 @@ class TensorLoader(_Resumable):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         bs, transform = self.batch_size, self.batch_transform
-        order = epoch_order(len(self.y), self.epoch, self.seed, self.shuffle, self.rank, self.world_size)
-        order = order.to(self.x.device)
+        order = self.epoch_indices().to(self.x.device)
         rows = order if self.rows is None else self.rows[order]  # the row of x of each sample in order
         pinned = self.placement == "pinned"
         for b in range(self.position, len(self)):
@@ -237,7 +248,7 @@ class TensorLoader(_Resumable):
         self.epoch, self.position = self.epoch + 1, 0
 
 
-class CroppedImageLoader(_Resumable):
+class CroppedImageLoader(_ShardedBatches):
     """Batches of images decoded once at their own sizes (`CachedImages`) under a list that starts with
     RandomResizedCrop (`TransformedDataset.batched`): the crop brings a batch's images to one size and
     the rest of the list runs on the batch, in this process, as on the fast path (no DataLoader, no
@@ -260,22 +271,11 @@ class CroppedImageLoader(_Resumable):
         self.dataset, self.transform = dataset, dataset.batched
         self.device = torch.device(device)
         self.pinned = pin_memory and self.device.type == "cuda"
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        n = len(dataset)
-        self.samples = -(-n // world_size) if world_size > 1 else n
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.samples // self.batch_size
-        return -(-self.samples // self.batch_size)
+        self._batching(len(dataset), batch_size, shuffle, drop_last, seed, rank, world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         raw, bs = self.dataset.dataset, self.batch_size  # raw: uint8 (C, H, W) images and their targets
-        order = epoch_order(
-            len(self.dataset), self.epoch, self.seed, self.shuffle, self.rank, self.world_size
-        )
-        order = order.tolist()
+        order = self.epoch_indices().tolist()
         for b in range(self.position, len(self)):
             items = [raw[i] for i in order[b * bs : (b + 1) * bs]]
             x = self.transform([image for image, _ in items])
